@@ -1,0 +1,1 @@
+"""Per-architecture calling conventions: how registers become a Call and back."""

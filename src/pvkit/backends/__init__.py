@@ -1,0 +1,1 @@
+"""vCPU engines. Only this package imports Unicorn."""

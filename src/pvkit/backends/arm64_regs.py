@@ -1,0 +1,42 @@
+"""AArch64 architectural constants the Unicorn backend needs (ARM ARM values)."""
+
+from __future__ import annotations
+
+# Unicorn exception numbers (QEMU's EXCP_*) as seen by UC_HOOK_INTR.
+EXCP_UDEF = 1
+EXCP_SWI = 2
+EXCP_PREFETCH_ABORT = 3
+EXCP_DATA_ABORT = 4
+EXCP_BKPT = 7
+EXCP_HVC = 11
+EXCP_SMC = 13
+
+# ESR_ELx exception classes.
+EC_UNKNOWN = 0x00
+EC_SVC64 = 0x15
+ESR_IL = 1 << 25
+
+PSTATE_EL1H_MASKED = 0x3C5  # EL1 using SP_EL1, DAIF all masked: the exception-entry state
+PSTATE_SP_BIT = 1
+PSTATE_EL_SHIFT = 2
+
+# Vector offsets from VBAR_EL1 for synchronous exceptions.
+VECTOR_CURRENT_EL_SP0 = 0x000
+VECTOR_CURRENT_EL_SPX = 0x200
+VECTOR_LOWER_EL_A64 = 0x400
+
+WFI = 0xD503207F
+HVC_MASK, HVC_BITS = 0xFFE0001F, 0xD4000002
+SMC_MASK, SMC_BITS = 0xFFE0001F, 0xD4000003
+
+# System registers through Unicorn's CP_REG interface: (crn, crm, op0, op1, op2).
+SCR_EL3 = (1, 1, 3, 6, 0)
+SCR_NS = 1 << 0
+SCR_HCE = 1 << 8
+VMPIDR_EL2 = (0, 0, 3, 4, 5)
+MPIDR_RES1 = 1 << 31
+
+
+def immediate16(word: int) -> int:
+    """imm16 of an HVC/SMC/SVC encoding (bits 20:5)."""
+    return (word >> 5) & 0xFFFF

@@ -1,0 +1,59 @@
+"""What the machine layer needs from a vCPU engine, whatever runs the instructions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from pvkit.hypercall.call import Conduit, Outcome
+from pvkit.machine.power import StartRequest
+
+
+class ExitKind(Enum):
+    POWER_OFF = "power_off"  # the vCPU turned itself off (CPU_OFF)
+    STOP_VM = "stop_vm"  # a system event was raised; the VM is stopping
+    HALT = "halt"  # waiting for an interrupt (WFI / HLT)
+    KICKED = "kicked"  # the host asked the engine to return
+    FAULT = "fault"  # the guest did something it cannot recover from
+
+
+@dataclass(frozen=True, slots=True)
+class VcpuExit:
+    kind: ExitKind
+    message: str = ""
+    pc: int | None = None
+    address: int | None = None
+
+
+class VcpuEngine(Protocol):
+    """One vCPU's instruction engine, created fresh at every power-on (= reset state)."""
+
+    def start_at(self, start: StartRequest) -> None: ...
+
+    def run(self) -> VcpuExit: ...
+
+    def kick(self) -> None:
+        """Thread-safe: make `run` return KICKED soon; harmless when not running."""
+
+    def close(self) -> None: ...
+
+
+EngineFactory = Callable[[int], VcpuEngine]
+
+
+class RegisterFile(Protocol):
+    """General-purpose register access an ABI needs during a trap."""
+
+    def read_gprs(self, count: int) -> list[int]: ...
+
+    def write_gprs(self, values: list[int]) -> None: ...
+
+
+class HypercallPort(Protocol):
+    """Where an engine sends a trapped hypercall; returns what the vCPU does next."""
+
+    def on_hypercall(
+        self, regs: RegisterFile, conduit: Conduit, immediate: int, vcpu: int
+    ) -> Outcome: ...

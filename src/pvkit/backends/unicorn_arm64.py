@@ -1,0 +1,233 @@
+"""AArch64 vCPUs on Unicorn: traps, guest faults, exception injection, MMIO.
+
+Hypercalls arrive through UC_HOOK_INTR inside `emu_start`; the engine only returns to
+the run loop when the vCPU must stop (power off, halt, fault, kick), never per call.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from unicorn import (
+    UC_ARCH_ARM64,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_ARM,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import arm64_const as r
+
+from pvkit.backends import arm64_regs as a
+from pvkit.backends.base import ExitKind, HypercallPort, VcpuExit
+from pvkit.devices.base import MmioDevice
+from pvkit.hypercall.call import Conduit, Outcome
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.power import StartRequest
+from pvkit.trace.events import TraceHub, VmEvent
+
+_X = [getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31)]
+_TCG_BUFFER = 32 << 20  # per-vCPU translation cache; the 1 GiB default does not scale
+
+
+class Arm64Engine:
+    def __init__(
+        self,
+        vcpu: int,
+        mpidr: int,
+        memory: GuestMemory,
+        devices: Sequence[MmioDevice],
+        port: HypercallPort | None,
+        trace: TraceHub,
+    ):
+        self.vcpu = vcpu
+        self._memory = memory
+        self._port = port
+        self._trace = trace
+        self._kicked = threading.Event()
+        self._exit: VcpuExit | None = None
+        self._unmapped: tuple[int, int, int] | None = None
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)
+        uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        for dev in devices:
+            uc.mmio_map(
+                dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
+            )
+        if port is not None:
+            # HVC then traps as a real HVC exception with PC already advanced (cheapest path);
+            # NS enables EL2 so that VMPIDR_EL2 is what the guest reads as MPIDR_EL1.
+            scr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.SCR_EL3)
+            uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.SCR_EL3, scr | a.SCR_HCE | a.SCR_NS))
+            uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.VMPIDR_EL2, a.MPIDR_RES1 | mpidr))
+        uc.hook_add(UC_HOOK_INTR, self._on_exception)
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+            self._on_unmapped,
+        )
+        self._uc = uc
+
+    # -- run loop interface -------------------------------------------------------------
+    def start_at(self, start: StartRequest) -> None:
+        self._uc.reg_write(r.UC_ARM64_REG_X0, start.argument)
+        self._uc.reg_write(r.UC_ARM64_REG_PC, start.entry)
+
+    def run(self) -> VcpuExit:
+        uc = self._uc
+        while True:
+            if self._kicked.is_set():
+                self._kicked.clear()
+                return VcpuExit(ExitKind.KICKED)
+            self._exit = None
+            pc = uc.reg_read(r.UC_ARM64_REG_PC)
+            try:
+                uc.emu_start(pc, 0)
+            except UcError as err:
+                return self._fault_from(err)
+            if self._exit is not None:
+                return self._exit
+            if self._kicked.is_set():
+                continue
+            pc = uc.reg_read(r.UC_ARM64_REG_PC)
+            if self._word(pc - 4) == a.WFI:
+                return VcpuExit(ExitKind.HALT, pc=pc)
+            # Anything else (WFE, a yield) is a hint: resume where the engine stopped.
+
+    def kick(self) -> None:
+        self._kicked.set()
+        self._uc.emu_stop()
+
+    def close(self) -> None:
+        self._uc = None  # type: ignore[assignment]  # releases the engine
+
+    # -- RegisterFile -----------------------------------------------------------------
+    def read_gprs(self, count: int) -> list[int]:
+        rd = self._uc.reg_read
+        return [rd(_X[i]) for i in range(count)]
+
+    def write_gprs(self, values: list[int]) -> None:
+        wr = self._uc.reg_write
+        for i, v in enumerate(values):
+            wr(_X[i], v)
+
+    # -- hooks -------------------------------------------------------------------------
+    def _on_exception(self, uc: Uc, intno: int, _user: object) -> None:
+        try:
+            if intno in (a.EXCP_HVC, a.EXCP_SMC):
+                self._hypercall(uc, intno)
+            elif intno == a.EXCP_UDEF:
+                pc = uc.reg_read(r.UC_ARM64_REG_PC)
+                self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc, "undefined instruction")
+            elif intno == a.EXCP_SWI:
+                pc = uc.reg_read(r.UC_ARM64_REG_PC)
+                iss = a.immediate16(self._word(pc - 4))
+                self._inject(uc, a.EC_SVC64 << 26 | a.ESR_IL | iss, pc, "SVC")
+            else:
+                self._stop_with_fault(uc, self._describe_exception(uc, intno))
+        except Exception as exc:  # noqa: BLE001 - never unwind through the engine
+            self._stop_with_fault(uc, f"internal error while handling exception {intno}: {exc}")
+
+    def _hypercall(self, uc: Uc, intno: int) -> None:
+        pc = uc.reg_read(r.UC_ARM64_REG_PC)  # already past the HVC/SMC
+        if self._port is None:
+            # No hypervisor: the instruction is undefined, as on bare metal without EL2/EL3.
+            self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc - 4, "undefined instruction")
+            return
+        conduit = Conduit.HVC if intno == a.EXCP_HVC else Conduit.SMC
+        outcome = self._port.on_hypercall(self, conduit, a.immediate16(self._word(pc - 4)), self.vcpu)
+        if outcome is Outcome.POWER_OFF:
+            self._exit = VcpuExit(ExitKind.POWER_OFF)
+            uc.emu_stop()
+        elif outcome is Outcome.STOP_VM:
+            self._exit = VcpuExit(ExitKind.STOP_VM)
+            uc.emu_stop()
+
+    def _inject(self, uc: Uc, esr: int, return_pc: int, what: str) -> None:
+        """Take a synchronous exception to the guest's EL1 vectors, or fault if it has none."""
+        vbar = uc.reg_read(r.UC_ARM64_REG_VBAR_EL1)
+        if vbar == 0 or not self._memory.contains(vbar, 0x800):
+            word = self._word(return_pc)
+            self._stop_with_fault(
+                uc,
+                f"{what} {word:#010x} at PC {return_pc:#x} and the guest has no exception vectors",
+                pc=return_pc,
+            )
+            return
+        pstate = uc.reg_read(r.UC_ARM64_REG_PSTATE)
+        el = (pstate >> a.PSTATE_EL_SHIFT) & 3
+        if el == 0:
+            offset = a.VECTOR_LOWER_EL_A64
+        elif pstate & a.PSTATE_SP_BIT:
+            offset = a.VECTOR_CURRENT_EL_SPX
+        else:
+            offset = a.VECTOR_CURRENT_EL_SP0
+        uc.reg_write(r.UC_ARM64_REG_ESR_EL1, esr)
+        uc.reg_write(r.UC_ARM64_REG_ELR_EL1, return_pc)
+        uc.reg_write(r.UC_ARM64_REG_SPSR_EL1, pstate)
+        uc.reg_write(r.UC_ARM64_REG_PSTATE, a.PSTATE_EL1H_MASKED)
+        uc.reg_write(r.UC_ARM64_REG_PC, vbar + offset)
+        if self._trace.active:
+            fields = {"what": what, "esr": f"{esr:#x}", "elr": f"{return_pc:#x}"}
+            self._trace.event(VmEvent("inject", time.perf_counter_ns(), self.vcpu, fields))
+
+    def _on_unmapped(
+        self, uc: Uc, access: int, address: int, size: int, value: int, _user: object
+    ) -> bool:
+        self._unmapped = (access, address, size)
+        return False
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
+        try:
+            return dev.read(offset, size)
+        except Exception as exc:  # noqa: BLE001
+            self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
+            return 0
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
+        try:
+            dev.write(offset, size, value)
+        except Exception as exc:  # noqa: BLE001
+            self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
+
+    # -- faults ------------------------------------------------------------------------
+    def _stop_with_fault(self, uc: Uc, message: str, pc: int | None = None) -> None:
+        if pc is None:
+            pc = uc.reg_read(r.UC_ARM64_REG_PC)
+        self._exit = VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {message}", pc=pc)
+        uc.emu_stop()
+
+    def _describe_exception(self, uc: Uc, intno: int) -> str:
+        pc = uc.reg_read(r.UC_ARM64_REG_PC)
+        names = {
+            a.EXCP_PREFETCH_ABORT: "instruction abort (MMU translation or permission fault)",
+            a.EXCP_DATA_ABORT: "data abort (MMU translation or permission fault)",
+            a.EXCP_BKPT: "breakpoint (BRK)",
+        }
+        return f"{names.get(intno, f'unhandled exception {intno}')} at PC {pc:#x}"
+
+    def _fault_from(self, err: UcError) -> VcpuExit:
+        pc = self._uc.reg_read(r.UC_ARM64_REG_PC)
+        if self._unmapped is not None:
+            access, address, size = self._unmapped
+            self._unmapped = None
+            if access == UC_MEM_FETCH_UNMAPPED:
+                what = "instruction fetch from"
+            elif access == UC_MEM_WRITE_UNMAPPED:
+                what = f"{size}-byte write to"
+            else:
+                what = f"{size}-byte read from"
+            message = f"vCPU {self.vcpu}: {what} unmapped address {address:#x} at PC {pc:#x}"
+            return VcpuExit(ExitKind.FAULT, message, pc=pc, address=address)
+        return VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {err} at PC {pc:#x}", pc=pc)
+
+    def _word(self, address: int) -> int:
+        if not self._memory.contains(address, 4):
+            return 0
+        return self._memory.read_u32(address)

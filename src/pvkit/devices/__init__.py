@@ -1,0 +1,1 @@
+"""Emulated devices reached through MMIO (and, later, port I/O)."""

@@ -1,0 +1,1 @@
+"""Discovery data (device tree; later CPUID tables, ACPI) computed from the VM's services."""

@@ -1,0 +1,132 @@
+"""The flattened device tree handed to the guest in x0, written with libfdt.
+
+Node layout follows QEMU's virt board so that kernels and firmware built for it find
+what they expect; which nodes exist follows from the VM's services and profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import libfdt
+
+from pvkit.machine.memory import Region
+
+PSCI_COMPATIBLE = ("arm,psci-1.0", "arm,psci-0.2", "arm,psci")
+# PSCI 0.1 binding properties; QEMU fills them with the standard 0.2+ IDs, as we do.
+PSCI_0_1_IDS = {
+    "cpu_suspend": 0xC400_0001,
+    "cpu_off": 0x8400_0002,
+    "cpu_on": 0xC400_0003,
+    "migrate": 0xC400_0005,
+}
+CPU_COMPATIBLE = "arm,cortex-a72"
+UART_CLOCK_HZ = 24_000_000
+_CLOCK_PHANDLE = 0x8000
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTreeSpec:
+    ram: Region
+    mpidrs: Sequence[int]
+    uart: Region
+    psci_method: str | None  # "hvc" / "smc", None when no PSCI is served
+    hypervisor_compatible: Sequence[str] = ()
+    bootargs: str = ""
+    reserved: Sequence[Region] = field(default_factory=tuple)
+
+
+def _strings(values: Sequence[str]) -> bytes:
+    return b"".join(v.encode() + b"\0" for v in values)
+
+
+def _cells(*values: int) -> bytes:
+    return b"".join(v.to_bytes(4, "big") for v in values)
+
+
+def _reg64(base: int, size: int) -> bytes:
+    return _cells(base >> 32, base & 0xFFFF_FFFF, size >> 32, size & 0xFFFF_FFFF)
+
+
+def build_dtb(spec: DeviceTreeSpec) -> bytes:
+    sw = libfdt.FdtSw()
+    sw.finish_reservemap()
+    sw.begin_node("")
+    sw.property_string("compatible", "linux,dummy-virt")
+    sw.property_string("model", "pvkit virt")
+    sw.property_u32("#address-cells", 2)
+    sw.property_u32("#size-cells", 2)
+
+    uart_name = f"pl011@{spec.uart.base:x}"
+    sw.begin_node("chosen")
+    sw.property_string("stdout-path", f"/{uart_name}")
+    if spec.bootargs:
+        sw.property_string("bootargs", spec.bootargs)
+    sw.end_node()
+
+    sw.begin_node(f"memory@{spec.ram.base:x}")
+    sw.property_string("device_type", "memory")
+    sw.property("reg", _reg64(spec.ram.base, spec.ram.size))
+    sw.end_node()
+
+    if spec.reserved:
+        sw.begin_node("reserved-memory")
+        sw.property_u32("#address-cells", 2)
+        sw.property_u32("#size-cells", 2)
+        sw.property("ranges", b"")
+        for r in spec.reserved:
+            sw.begin_node(f"{r.name}@{r.base:x}")
+            sw.property("reg", _reg64(r.base, r.size))
+            sw.property("no-map", b"")
+            sw.end_node()
+        sw.end_node()
+
+    sw.begin_node("cpus")
+    sw.property_u32("#address-cells", 2 if any(m >> 32 for m in spec.mpidrs) else 1)
+    sw.property_u32("#size-cells", 0)
+    wide = any(m >> 32 for m in spec.mpidrs)
+    for mpidr in spec.mpidrs:
+        sw.begin_node(f"cpu@{mpidr:x}")
+        sw.property_string("device_type", "cpu")
+        sw.property_string("compatible", CPU_COMPATIBLE)
+        sw.property("reg", _cells(mpidr >> 32, mpidr & 0xFFFF_FFFF) if wide else _cells(mpidr))
+        if spec.psci_method:
+            sw.property_string("enable-method", "psci")
+        sw.end_node()
+    sw.end_node()
+
+    if spec.psci_method:
+        sw.begin_node("psci")
+        sw.property("compatible", _strings(PSCI_COMPATIBLE))
+        sw.property_string("method", spec.psci_method)
+        for name, fid in PSCI_0_1_IDS.items():
+            sw.property_u32(name, fid)
+        sw.end_node()
+
+    if spec.hypervisor_compatible:
+        sw.begin_node("hypervisor")
+        sw.property("compatible", _strings(spec.hypervisor_compatible))
+        if spec.psci_method:
+            sw.property_string("method", spec.psci_method)
+        sw.end_node()
+
+    sw.begin_node("apb-pclk")
+    sw.property_string("compatible", "fixed-clock")
+    sw.property_u32("#clock-cells", 0)
+    sw.property_u32("clock-frequency", UART_CLOCK_HZ)
+    sw.property_string("clock-output-names", "clk24mhz")
+    sw.property_u32("phandle", _CLOCK_PHANDLE)
+    sw.end_node()
+
+    sw.begin_node(uart_name)
+    sw.property("compatible", _strings(("arm,pl011", "arm,primecell")))
+    sw.property("reg", _reg64(spec.uart.base, spec.uart.size))
+    sw.property("clock-names", _strings(("uartclk", "apb_pclk")))
+    sw.property("clocks", _cells(_CLOCK_PHANDLE, _CLOCK_PHANDLE))
+    sw.end_node()
+
+    sw.end_node()
+    fdt = sw.as_fdt()
+    fdt.pack()
+    return bytes(fdt.as_bytearray())

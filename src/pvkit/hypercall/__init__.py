@@ -1,0 +1,1 @@
+"""Arch-neutral hypercall core: Call values, the ID namespace, policy and dispatch."""

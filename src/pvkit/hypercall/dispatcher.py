@@ -1,0 +1,82 @@
+"""The dispatcher: policy first, then the namespace, then the handler; one trace event per call.
+
+A handler that raises is a host bug, not a guest one: the guest gets the ABI's
+"not supported" answer, the error is traced and counted, and the host keeps running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pvkit.hypercall.call import Call
+from pvkit.hypercall.namespace import Namespace
+from pvkit.hypercall.policy import Action, Policy
+from pvkit.trace.events import CallEvent, TraceHub, VmEvent
+
+Namer = Callable[[int], str]
+
+
+class Dispatcher:
+    def __init__(self, namespace: Namespace, policy: Policy, trace: TraceHub, namer: Namer):
+        self.namespace = namespace
+        self.policy = policy
+        self.trace = trace
+        self._namer = namer
+        self.internal_errors = 0
+
+    def dispatch(self, call: Call, preset: tuple[int, ...]) -> None:
+        """Serve `call` in place; `preset` is the ABI's not-supported answer."""
+        tracing = self.trace.active
+        start = time.perf_counter_ns() if tracing else 0
+        action, detail = self._serve(call, preset)
+        if tracing:
+            end = time.perf_counter_ns()
+            self.trace.call(
+                CallEvent(
+                    vcpu=call.vcpu,
+                    conduit=call.conduit.value,
+                    function_id=call.function_id,
+                    name=self._namer(call.function_id),
+                    args=call.args,
+                    results=tuple(call.results),
+                    action=action,
+                    duration_ns=end - start,
+                    time_ns=end,
+                    detail=detail,
+                )
+            )
+
+    def _serve(self, call: Call, preset: tuple[int, ...]) -> tuple[str, str | None]:
+        if call.rejected is not None:
+            return "rejected", call.rejected
+        rule = self.policy.rule_for(call.function_id)
+        if rule is not None and rule.action is Action.DENY:
+            return "deny", None
+        if rule is not None and rule.handler is not None:
+            handler = rule.handler
+            action = "forward"
+        else:
+            fn = self.namespace.lookup(call.function_id)
+            if fn is None:
+                return "unknown", None
+            handler = fn.handler
+            action = "handle"
+        try:
+            handler(call)
+        except Exception as exc:  # noqa: BLE001 - the host must survive its own bugs
+            self.internal_errors += 1
+            call.results[:] = preset
+            detail = f"{type(exc).__name__}: {exc}"
+            self.trace.event(
+                VmEvent("handler_error", time.perf_counter_ns(), call.vcpu, {"error": detail})
+            )
+            return "error", detail
+        return action, None
+
+    def serves(self, function_id: int) -> bool:
+        """Would a call to `function_id` reach a handler (for FEATURES-style queries)?"""
+        rule = self.policy.rule_for(function_id)
+        if rule is not None:
+            return rule.action is Action.FORWARD
+        return self.namespace.lookup(function_id) is not None

@@ -1,0 +1,95 @@
+"""Managed function-ID namespace: services claim ranges; clashes fail at VM build time."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from pvkit.hypercall.call import Call
+
+Handler = Callable[[Call], None]
+
+
+class NamespaceClash(ValueError):
+    """Two claimants want overlapping function IDs."""
+
+
+@dataclass(frozen=True, slots=True)
+class IdRange:
+    """Inclusive range of function IDs."""
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if self.last < self.first:
+            raise ValueError(f"empty ID range {self.first:#x}..{self.last:#x}")
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and self.first <= value <= self.last
+
+    def overlaps(self, other: IdRange) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def __str__(self) -> str:
+        if self.first == self.last:
+            return f"{self.first:#010x}"
+        return f"{self.first:#010x}..{self.last:#010x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """One served function: its ID, its spec name and its handler."""
+
+    function_id: int
+    name: str
+    handler: Handler
+    feature: int = 0  # value ARCH_FEATURES-style queries answer for this ID
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    owner: str
+    ids: IdRange
+
+
+class Namespace:
+    """Built once per VM; lookups are a dict probe on the hot path."""
+
+    def __init__(self, claims: Iterable[Claim], functions: Iterable[tuple[str, Function]]):
+        self._claims = sorted(claims, key=lambda c: c.ids.first)
+        for before, after in zip(self._claims, self._claims[1:], strict=False):
+            if before.ids.overlaps(after.ids):
+                raise NamespaceClash(
+                    f"function IDs {after.ids} claimed by {after.owner!r} overlap "
+                    f"{before.ids} already claimed by {before.owner!r}"
+                )
+        self._starts = [c.ids.first for c in self._claims]
+        self._functions: dict[int, Function] = {}
+        for owner, fn in functions:
+            claim = self.claim_for(fn.function_id)
+            if claim is None or claim.owner != owner:
+                raise NamespaceClash(
+                    f"{owner!r} serves {fn.name} ({fn.function_id:#010x}) outside its own claims"
+                )
+            if fn.function_id in self._functions:
+                raise NamespaceClash(f"{owner!r} registers {fn.function_id:#010x} twice")
+            self._functions[fn.function_id] = fn
+
+    def claim_for(self, function_id: int) -> Claim | None:
+        i = bisect.bisect_right(self._starts, function_id) - 1
+        if i >= 0 and function_id in self._claims[i].ids:
+            return self._claims[i]
+        return None
+
+    def lookup(self, function_id: int) -> Function | None:
+        return self._functions.get(function_id)
+
+    @property
+    def claims(self) -> list[Claim]:
+        return list(self._claims)
+
+    @property
+    def functions(self) -> list[Function]:
+        return sorted(self._functions.values(), key=lambda f: f.function_id)

@@ -1,0 +1,109 @@
+"""Guest physical RAM: one host buffer shared by every vCPU engine, bounds-checked access."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import struct
+from dataclasses import dataclass
+from typing import NewType
+
+GuestAddress = NewType("GuestAddress", int)
+
+
+class GuestMemoryError(Exception):
+    """An access outside guest RAM; names the failing address like vm-memory does."""
+
+    def __init__(self, address: int, size: int, what: str = "access"):
+        super().__init__(f"{what} of {size} bytes at guest address {address:#x} is outside RAM")
+        self.address = address
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    base: int
+    size: int
+    name: str = ""
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+    def contains(self, address: int, size: int = 1) -> bool:
+        return size >= 0 and self.base <= address and address + size <= self.end
+
+    def overlaps(self, other: Region) -> bool:
+        return self.base < other.end and other.base < self.end
+
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class GuestMemory:
+    """RAM as an anonymous mmap so that pages cost nothing until touched."""
+
+    def __init__(self, base: int, size: int):
+        if size <= 0 or size % mmap.PAGESIZE:
+            raise ValueError(f"RAM size {size:#x} must be a positive multiple of the page size")
+        self.region = Region(base, size, "ram")
+        self._buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor = ctypes.c_char.from_buffer(self._buf)
+        self.reserved: list[Region] = []
+
+    @property
+    def base(self) -> int:
+        return self.region.base
+
+    @property
+    def size(self) -> int:
+        return self.region.size
+
+    @property
+    def host_address(self) -> int:
+        """Host pointer for engines that map this buffer (no copy per vCPU)."""
+        return ctypes.addressof(self._anchor)
+
+    def contains(self, address: int, size: int = 1) -> bool:
+        return self.region.contains(address, size)
+
+    def _offset(self, address: int, size: int, what: str) -> int:
+        if not self.region.contains(address, size):
+            raise GuestMemoryError(address, size, what)
+        return address - self.region.base
+
+    def read(self, address: int, size: int) -> bytes:
+        off = self._offset(address, size, "read")
+        return self._buf[off : off + size]
+
+    def write(self, address: int, data: bytes) -> None:
+        off = self._offset(address, len(data), "write")
+        self._buf[off : off + len(data)] = data
+
+    def read_u32(self, address: int) -> int:
+        value: int = _U32.unpack_from(self._buf, self._offset(address, 4, "read"))[0]
+        return value
+
+    def read_u64(self, address: int) -> int:
+        value: int = _U64.unpack_from(self._buf, self._offset(address, 8, "read"))[0]
+        return value
+
+    def write_u32(self, address: int, value: int) -> None:
+        _U32.pack_into(self._buf, self._offset(address, 4, "write"), value)
+
+    def write_u64(self, address: int, value: int) -> None:
+        _U64.pack_into(self._buf, self._offset(address, 8, "write"), value)
+
+    def reserve(self, region: Region) -> None:
+        """Mark RAM the firmware tables must describe as not for the guest's allocator."""
+        if not self.region.contains(region.base, region.size):
+            raise ValueError(f"reserved region {region.name!r} lies outside RAM")
+        for r in self.reserved:
+            if r.overlaps(region):
+                raise ValueError(f"reserved region {region.name!r} overlaps {r.name!r}")
+        self.reserved.append(region)
+
+    def clear(self) -> None:
+        """Zero all of RAM (for a system reset) without touching untouched pages."""
+        self._buf.madvise(mmap.MADV_DONTNEED)

@@ -1,0 +1,85 @@
+"""The per-vCPU power state machine (OFF / ON_PENDING / ON), PSCI-shaped but ABI-free.
+
+Transitions happen under the vCPU's own lock, so two vCPUs racing to power on the same
+target see exactly one ACCEPTED.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from enum import Enum
+
+
+class PowerState(Enum):
+    OFF = "off"
+    ON_PENDING = "on_pending"
+    ON = "on"
+
+
+class PowerOnResult(Enum):
+    ACCEPTED = "accepted"
+    ALREADY_ON = "already_on"
+    PENDING = "pending"
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    """Where a vCPU starts and the one register value it is handed (x0 on arm64)."""
+
+    entry: int
+    argument: int
+
+
+class VcpuPower:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._state = PowerState.OFF
+        self._start: StartRequest | None = None
+        self._closed = False
+
+    @property
+    def state(self) -> PowerState:
+        return self._state
+
+    def request_on(self, start: StartRequest) -> PowerOnResult:
+        with self._cond:
+            if self._state is PowerState.ON:
+                return PowerOnResult.ALREADY_ON
+            if self._state is PowerState.ON_PENDING:
+                return PowerOnResult.PENDING
+            self._state = PowerState.ON_PENDING
+            self._start = start
+            self._cond.notify_all()
+            return PowerOnResult.ACCEPTED
+
+    def wait_for_start(self) -> StartRequest | None:
+        """Block the vCPU thread until it is asked to power on, or the VM closes."""
+        with self._cond:
+            while self._start is None and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            start, self._start = self._start, None
+            return start
+
+    def mark_on(self) -> None:
+        with self._cond:
+            self._state = PowerState.ON
+
+    def power_off(self) -> None:
+        with self._cond:
+            self._state = PowerState.OFF
+            self._start = None
+
+    def close(self) -> None:
+        """Wake a waiting thread so it can exit; used when the VM stops."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
+            self._state = PowerState.OFF
+            self._start = None

@@ -1,0 +1,180 @@
+"""The VM run loop: one host thread per vCPU, started and parked by the power state machine.
+
+Kept ABI-free: services reach it through `request_stop` and the `power` list.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
+from pvkit.machine.power import PowerState, StartRequest, VcpuPower
+from pvkit.trace.events import TraceHub, VmEvent
+
+
+class StopKind(Enum):
+    SHUTDOWN = "shutdown"  # the guest asked to power off
+    RESET = "reset"  # the guest asked to restart; the run loop restarts it
+    FAULT = "fault"
+    IDLE = "idle"  # every vCPU is off or waits for an interrupt nothing can raise
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True, slots=True)
+class StopReason:
+    kind: StopKind
+    message: str = ""
+    vcpu: int | None = None
+
+
+_KICK_INTERVAL_S = 0.001
+
+
+class VirtualMachine:
+    """Runs vCPUs until a stop reason arrives. `prepare` (re)loads guest state, for boot and reset."""
+
+    def __init__(
+        self,
+        vcpu_count: int,
+        engine_factory: EngineFactory,
+        prepare: Callable[[], StartRequest],
+        trace: TraceHub,
+    ):
+        if vcpu_count < 1:
+            raise ValueError("a VM needs at least one vCPU")
+        self.power = [VcpuPower() for _ in range(vcpu_count)]
+        self.trace = trace
+        self.resets = 0
+        self._factory = engine_factory
+        self._prepare = prepare
+        self._lock = threading.Lock()
+        self._engines: list[VcpuEngine | None] = [None] * vcpu_count
+        self._halted = [False] * vcpu_count
+        self._stop = threading.Event()
+        self._reason: StopReason | None = None
+
+    @property
+    def vcpu_count(self) -> int:
+        return len(self.power)
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Thread-safe; the first reason wins."""
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+        self._stop.set()
+
+    def run(self, timeout: float | None = None) -> StopReason:
+        while True:
+            reason = self._run_once(timeout)
+            if reason.kind is not StopKind.RESET:
+                return reason
+            self.resets += 1
+
+    def _run_once(self, timeout: float | None) -> StopReason:
+        self._stop.clear()
+        self._reason = None
+        self._halted = [False] * self.vcpu_count
+        for p in self.power:
+            p.reopen()
+        boot = self._prepare()
+        threads = [
+            threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
+            for i in range(self.vcpu_count)
+        ]
+        for t in threads:
+            t.start()
+        self.power[0].request_on(boot)
+        try:
+            if not self._stop.wait(timeout):
+                self.request_stop(StopReason(StopKind.TIMEOUT, f"no stop after {timeout:g} s"))
+        except KeyboardInterrupt:
+            self.request_stop(StopReason(StopKind.INTERRUPTED, "interrupted by the host user"))
+        self._halt_all(threads)
+        assert self._reason is not None  # set together with the event
+        return self._reason
+
+    def _halt_all(self, threads: list[threading.Thread]) -> None:
+        for p in self.power:
+            p.close()
+        for i, t in enumerate(threads):
+            while t.is_alive():
+                engine = self._engines[i]
+                if engine is not None:
+                    engine.kick()
+                t.join(_KICK_INTERVAL_S)
+
+    def _vcpu_main(self, index: int) -> None:
+        power = self.power[index]
+        while not self._stop.is_set():
+            start = power.wait_for_start()
+            if start is None:
+                return
+            engine = self._factory(index)
+            with self._lock:
+                self._engines[index] = engine
+            try:
+                engine.start_at(start)
+                power.mark_on()
+                self._note("vcpu_on", index, entry=f"{start.entry:#x}")
+                finished = self._run_engine(index, engine)
+            finally:
+                with self._lock:
+                    self._engines[index] = None
+                engine.close()
+            if finished:
+                return
+
+    def _run_engine(self, index: int, engine: VcpuEngine) -> bool:
+        """Run until the vCPU powers off (False) or the VM stops (True)."""
+        while not self._stop.is_set():
+            exit_ = engine.run()
+            kind = exit_.kind
+            if kind is ExitKind.POWER_OFF:
+                self.power[index].power_off()
+                self._note("vcpu_off", index)
+                self._check_idle()
+                return False
+            if kind is ExitKind.HALT:
+                self._note("vcpu_halt", index, pc=f"{exit_.pc or 0:#x}")
+                with self._lock:
+                    self._halted[index] = True
+                self._check_idle()
+                self._stop.wait()
+                return True
+            if kind is ExitKind.FAULT:
+                self._fault(index, exit_)
+                return True
+            if kind is ExitKind.STOP_VM:
+                return True
+        return True
+
+    def _fault(self, index: int, exit_: VcpuExit) -> None:
+        self._note("fault", index, message=exit_.message)
+        self.request_stop(StopReason(StopKind.FAULT, exit_.message, index))
+
+    def _check_idle(self) -> None:
+        """Nothing can wake a halted vCPU yet (no interrupt sources), so detect the end."""
+        with self._lock:
+            for i, p in enumerate(self.power):
+                state = p.state
+                if state is PowerState.ON_PENDING:
+                    return
+                if state is PowerState.ON and not self._halted[i]:
+                    return
+            halted = sum(self._halted)
+        why = (
+            f"{halted} vCPU(s) wait for an interrupt that nothing can raise; the rest are off"
+            if halted
+            else "every vCPU is off"
+        )
+        self.request_stop(StopReason(StopKind.IDLE, why))
+
+    def _note(self, kind: str, vcpu: int, **fields: object) -> None:
+        if self.trace.active:
+            self.trace.event(VmEvent(kind, time.perf_counter_ns(), vcpu, dict(fields)))

@@ -1,0 +1,1 @@
+"""Boards: where machine, backend, ABI, services, devices and discovery are put together."""

@@ -1,0 +1,160 @@
+"""The arm64 `virt` board: QEMU-compatible memory map, PL011, PSCI, SMCCC services.
+
+This is the one place that knows every layer; each layer below knows only its own job.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvkit.abi.arm64_smccc import SmcccAbi, describe
+from pvkit.backends.unicorn_arm64 import Arm64Engine
+from pvkit.devices.pl011 import Pl011
+from pvkit.discovery.dtb import DeviceTreeSpec, build_dtb
+from pvkit.hypercall.dispatcher import Dispatcher
+from pvkit.hypercall.namespace import Claim, Namespace
+from pvkit.hypercall.policy import Policy, Rule
+from pvkit.loader.image import BootImage, ImageError, load_image
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.services.base import Service, SystemEvent
+from pvkit.services.profiles import KVM, HostProfile
+from pvkit.services.registry import services_for
+from pvkit.services.smccc_arch import ARCH_RANGES
+from pvkit.trace.events import TraceHub
+
+RAM_BASE = 0x4000_0000
+UART_BASE = 0x0900_0000
+MAX_RAM = 255 << 30  # QEMU virt's low RAM window ends at 256 GiB
+CPUS_PER_CLUSTER = 16  # Aff0 range per Aff1 cluster, as QEMU virt with GICv3
+DTB_ALIGN = 0x1_0000
+DTB_MAX = 2 << 20
+
+
+def mpidr_for(index: int) -> int:
+    return ((index // CPUS_PER_CLUSTER) << 8) | (index % CPUS_PER_CLUSTER)
+
+
+def _stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    if data == b"\n":
+        sys.stdout.buffer.flush()
+
+
+@dataclass
+class VirtConfig:
+    smp: int = 1
+    memory: int = 256 << 20
+    conduit: str = "hvc"
+    profile: HostProfile = KVM
+    rules: Iterable[Rule] = ()
+    console: Callable[[bytes], None] = _stdout
+    bootargs: str = ""
+    extra_services: list[Service] = field(default_factory=list)
+
+
+class ConfigError(ValueError):
+    """A host-side configuration mistake, reported as one sentence."""
+
+
+class VirtArm64:
+    """Builds a VM from a config and an image; implements the services' Platform view."""
+
+    def __init__(self, config: VirtConfig, image: Path | BootImage, trace: TraceHub | None = None):
+        if not 1 <= config.smp <= 4096:
+            raise ConfigError(f"--smp {config.smp} is out of range (1..4096)")
+        if config.conduit not in ("hvc", "smc"):
+            raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
+        if not (1 << 20) <= config.memory <= MAX_RAM:
+            raise ConfigError("memory must be between 1 MiB and 255 GiB")
+        self.config = config
+        self.trace = trace or TraceHub()
+        try:
+            self.memory = GuestMemory(RAM_BASE, config.memory)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        self.image = image if isinstance(image, BootImage) else load_image(image, self.memory.region)
+        self.uart = Pl011(UART_BASE, config.console)
+        self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
+        self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
+
+        self.services = [*services_for(config.profile), *config.extra_services]
+        claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
+        functions = [(s.name, f) for s in self.services for f in s.functions()]
+        self.namespace = Namespace(claims, functions)
+        self.policy = Policy(config.rules, protected=ARCH_RANGES)
+        self.dispatcher = Dispatcher(self.namespace, self.policy, self.trace, self.name_of)
+        self._abi = SmcccAbi(self.dispatcher) if config.profile.has_hypervisor else None
+        for s in self.services:
+            s.bind(self)
+
+        serves_psci = any(s.name == "psci" for s in self.services)
+        self.dtb = build_dtb(
+            DeviceTreeSpec(
+                ram=self.memory.region,
+                mpidrs=self.mpidrs,
+                uart=self.uart.region,
+                psci_method=config.conduit if serves_psci else None,
+                hypervisor_compatible=config.profile.hypervisor_compatible,
+                bootargs=config.bootargs,
+            )
+        )
+        self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
+        if len(self.dtb) > DTB_MAX or not self.memory.contains(self.dtb_address, len(self.dtb)):
+            raise ImageError("the guest image leaves no room for the device tree; add --mem")
+        self.vm = VirtualMachine(config.smp, self._engine, self._prepare, self.trace)
+
+    # -- VM plumbing ---------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> StopReason:
+        return self.vm.run(timeout)
+
+    def _engine(self, index: int) -> Arm64Engine:
+        return Arm64Engine(
+            index, self.mpidrs[index], self.memory, [self.uart], self._abi, self.trace
+        )
+
+    def _prepare(self) -> StartRequest:
+        """Lay out RAM exactly as at first boot (also used by SYSTEM_RESET)."""
+        self.memory.clear()
+        for seg in self.image.segments:
+            self.memory.write(seg.address, seg.data)
+        self.memory.write(self.dtb_address, self.dtb)
+        return StartRequest(self.image.entry, self.dtb_address)
+
+    def name_of(self, function_id: int) -> str:
+        fn = self.namespace.lookup(function_id)
+        return fn.name if fn is not None else describe(function_id)
+
+    # -- Platform (what services see) ----------------------------------------------------
+    @property
+    def vcpu_count(self) -> int:
+        return self.config.smp
+
+    def mpidr(self, vcpu: int) -> int:
+        return self.mpidrs[vcpu]
+
+    def vcpu_for_mpidr(self, mpidr: int) -> int | None:
+        return self._by_mpidr.get(mpidr)
+
+    def power_state(self, vcpu: int) -> PowerState:
+        return self.vm.power[vcpu].state
+
+    def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
+        return self.vm.power[vcpu].request_on(start)
+
+    def is_valid_entry(self, address: int) -> bool:
+        return address % 4 == 0 and self.memory.contains(address, 4)
+
+    def system_event(self, event: SystemEvent, detail: str = "") -> None:
+        kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
+        self.vm.request_stop(StopReason(kind, detail))
+
+    def feature(self, function_id: int) -> int | None:
+        if not self.dispatcher.serves(function_id):
+            return None
+        fn = self.namespace.lookup(function_id)
+        return fn.feature if fn is not None else 0

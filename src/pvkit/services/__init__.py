@@ -1,0 +1,1 @@
+"""PV services: one module each, arch- and backend-neutral."""

@@ -1,0 +1,177 @@
+"""PSCI 1.1 (Arm DEN0022): power control of vCPUs and of the system.
+
+Behaviour follows the spec where it is fixed and KVM where it leaves a choice
+(hypercall-abi-facts 2.4): CPU_SUSPEND returns at once, MIGRATE_INFO_TYPE says no
+migration is needed, AFFINITY_INFO accepts levels 0..3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import IntEnum
+
+from pvkit.abi.smccc import MASK32
+from pvkit.hypercall.call import Call, Outcome
+from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.services.base import Service, SystemEvent
+from pvkit.services.smccc_arch import SMCCC_VERSION
+
+VERSION_1_1 = 0x1_0001
+SMC32_BASE = 0x8400_0000
+SMC64_BASE = 0xC400_0000
+PSCI_RANGES = (IdRange(SMC32_BASE, SMC32_BASE + 0x1F), IdRange(SMC64_BASE, SMC64_BASE + 0x1F))
+MPIDR_AFFINITY_MASK = 0xFF_00FF_FFFF  # Aff3 [39:32], Aff2..Aff0 [23:0]
+
+
+class PsciReturn(IntEnum):
+    SUCCESS = 0
+    NOT_SUPPORTED = -1
+    INVALID_PARAMETERS = -2
+    DENIED = -3
+    ALREADY_ON = -4
+    ON_PENDING = -5
+    INTERNAL_FAILURE = -6
+    NOT_PRESENT = -7
+    DISABLED = -8
+    INVALID_ADDRESS = -9
+
+
+class AffinityState(IntEnum):
+    ON = 0
+    OFF = 1
+    ON_PENDING = 2
+
+
+MIGRATE_NOT_REQUIRED = 2  # multiprocessor or no Trusted OS
+RESET2_VENDOR = 1 << 31
+RESET2_WARM = 0
+
+# The one list of served functions: name, number, whether an SMC64 ID exists too.
+FUNCTIONS: tuple[tuple[str, int, bool], ...] = (
+    ("PSCI_VERSION", 0x00, False),
+    ("CPU_SUSPEND", 0x01, True),
+    ("CPU_OFF", 0x02, False),
+    ("CPU_ON", 0x03, True),
+    ("AFFINITY_INFO", 0x04, True),
+    ("MIGRATE_INFO_TYPE", 0x06, False),
+    ("SYSTEM_OFF", 0x08, False),
+    ("SYSTEM_RESET", 0x09, False),
+    ("PSCI_FEATURES", 0x0A, False),
+    ("SYSTEM_RESET2", 0x12, True),
+)
+
+
+def function_id(name: str, smc64: bool = False) -> int:
+    for fn_name, number, has64 in FUNCTIONS:
+        if fn_name == name:
+            if smc64 and not has64:
+                raise KeyError(f"{name} has no SMC64 ID")
+            return (SMC64_BASE if smc64 else SMC32_BASE) + number
+    raise KeyError(name)
+
+
+def affinity_mask(level: int) -> int:
+    """MPIDR bits that identify a node at affinity `level` (fields below it ignored)."""
+    fields = (0xFF, 0xFF00, 0xFF_0000, 0xFF_0000_0000)
+    return sum(fields[level:])
+
+
+class PsciService(Service):
+    name = "psci"
+
+    def claims(self) -> list[IdRange]:
+        return list(PSCI_RANGES)
+
+    def functions(self) -> list[Function]:
+        handlers: dict[str, Callable[[Call], None]] = {
+            "PSCI_VERSION": lambda c: c.answer(VERSION_1_1),
+            "CPU_SUSPEND": lambda c: c.answer(PsciReturn.SUCCESS),
+            "CPU_OFF": self._cpu_off,
+            "CPU_ON": self._cpu_on,
+            "AFFINITY_INFO": self._affinity_info,
+            "MIGRATE_INFO_TYPE": lambda c: c.answer(MIGRATE_NOT_REQUIRED),
+            "SYSTEM_OFF": self._system_off,
+            "SYSTEM_RESET": self._system_reset,
+            "PSCI_FEATURES": self._features,
+            "SYSTEM_RESET2": self._system_reset2,
+        }
+        out = []
+        for name, number, has64 in FUNCTIONS:
+            out.append(Function(SMC32_BASE + number, name, handlers[name]))
+            if has64:
+                out.append(Function(SMC64_BASE + number, f"{name}64", handlers[name]))
+        return out
+
+    # -- per-vCPU calls ----------------------------------------------------------------
+    def _cpu_on(self, call: Call) -> None:
+        target, entry, context = call.arg(1), call.arg(2), call.arg(3)
+        p = self.platform
+        vcpu = p.vcpu_for_mpidr(target) if not target & ~MPIDR_AFFINITY_MASK else None
+        if vcpu is None:
+            call.answer(PsciReturn.INVALID_PARAMETERS)
+            return
+        if not p.is_valid_entry(entry):
+            call.answer(PsciReturn.INVALID_ADDRESS)
+            return
+        result = p.power_on(vcpu, StartRequest(entry, context))
+        call.answer(
+            {
+                PowerOnResult.ACCEPTED: PsciReturn.SUCCESS,
+                PowerOnResult.ALREADY_ON: PsciReturn.ALREADY_ON,
+                PowerOnResult.PENDING: PsciReturn.ON_PENDING,
+            }[result]
+        )
+
+    def _cpu_off(self, call: Call) -> None:
+        # Seen only if the vCPU were resumed without a CPU_ON; the spec's failure answer.
+        call.answer(PsciReturn.DENIED)
+        call.outcome = Outcome.POWER_OFF
+
+    def _affinity_info(self, call: Call) -> None:
+        target, level = call.arg(1), call.arg(2)
+        if level > 3 or target & ~MPIDR_AFFINITY_MASK:
+            call.answer(PsciReturn.INVALID_PARAMETERS)
+            return
+        p = self.platform
+        mask = affinity_mask(level)
+        states = [
+            p.power_state(i) for i in range(p.vcpu_count) if p.mpidr(i) & mask == target & mask
+        ]
+        if not states:
+            call.answer(PsciReturn.INVALID_PARAMETERS)
+        elif PowerState.ON in states:
+            call.answer(AffinityState.ON)
+        elif PowerState.ON_PENDING in states:
+            call.answer(AffinityState.ON_PENDING)
+        else:
+            call.answer(AffinityState.OFF)
+
+    # -- system calls ------------------------------------------------------------------
+    def _system_off(self, call: Call) -> None:
+        self._system(call, SystemEvent.SHUTDOWN, "PSCI SYSTEM_OFF")
+
+    def _system_reset(self, call: Call) -> None:
+        self._system(call, SystemEvent.RESET, "PSCI SYSTEM_RESET")
+
+    def _system_reset2(self, call: Call) -> None:
+        reset_type = call.arg(1) & MASK32
+        if reset_type != RESET2_WARM and not reset_type & RESET2_VENDOR:
+            call.answer(PsciReturn.INVALID_PARAMETERS)
+            return
+        self._system(call, SystemEvent.RESET, f"PSCI SYSTEM_RESET2 type {reset_type:#x}")
+
+    def _system(self, call: Call, event: SystemEvent, detail: str) -> None:
+        # If the vCPU were ever resumed it would see INTERNAL_FAILURE, as KVM arranges.
+        call.answer(PsciReturn.INTERNAL_FAILURE)
+        call.outcome = Outcome.STOP_VM
+        self.platform.system_event(event, f"{detail} from vCPU {call.vcpu}")
+
+    def _features(self, call: Call) -> None:
+        queried = call.arg(1) & MASK32
+        psci = any(queried in r for r in PSCI_RANGES)
+        if (psci or queried == SMCCC_VERSION) and self.platform.feature(queried) is not None:
+            # CPU_SUSPEND flags 0: platform-coordinated mode, original power_state format.
+            call.answer(PsciReturn.SUCCESS)
+        else:
+            call.answer(PsciReturn.NOT_SUPPORTED)

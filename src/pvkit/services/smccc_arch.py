@@ -1,0 +1,51 @@
+"""SMCCC Arm Architecture calls (owner 0): VERSION, ARCH_FEATURES, the workarounds."""
+
+from __future__ import annotations
+
+from pvkit.abi.smccc import MASK32, SmcccReturn
+from pvkit.hypercall.call import Call
+from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.services.base import Service
+
+SMCCC_VERSION = 0x8000_0000
+SMCCC_ARCH_FEATURES = 0x8000_0001
+SMCCC_ARCH_WORKAROUND_1 = 0x8000_8000
+SMCCC_ARCH_WORKAROUND_2 = 0x8000_7FFF
+SMCCC_ARCH_WORKAROUND_3 = 0x8000_3FFF
+VERSION_1_1 = 0x1_0001
+ARCH_RANGES = (IdRange(0x8000_0000, 0x8000_FFFF), IdRange(0xC000_0000, 0xC000_FFFF))
+
+# ARCH_FEATURES answers meaning "this vCPU needs no mitigation" per workaround, as newer
+# KVM reports them and Linux reads them (hypercall-abi-facts 1.5).
+_UNAFFECTED = 1
+
+
+class SmcccArchService(Service):
+    name = "smccc-arch"
+
+    def claims(self) -> list[IdRange]:
+        return list(ARCH_RANGES)
+
+    def functions(self) -> list[Function]:
+        return [
+            Function(SMCCC_VERSION, "SMCCC_VERSION", self._version),
+            Function(SMCCC_ARCH_FEATURES, "SMCCC_ARCH_FEATURES", self._features),
+            Function(SMCCC_ARCH_WORKAROUND_1, "SMCCC_ARCH_WORKAROUND_1", self._nop, _UNAFFECTED),
+            Function(
+                SMCCC_ARCH_WORKAROUND_2,
+                "SMCCC_ARCH_WORKAROUND_2",
+                self._nop,
+                SmcccReturn.NOT_REQUIRED,
+            ),
+            Function(SMCCC_ARCH_WORKAROUND_3, "SMCCC_ARCH_WORKAROUND_3", self._nop, _UNAFFECTED),
+        ]
+
+    def _version(self, call: Call) -> None:
+        call.answer(VERSION_1_1)
+
+    def _features(self, call: Call) -> None:
+        value = self.platform.feature(call.arg(1) & MASK32)
+        call.answer(SmcccReturn.NOT_SUPPORTED if value is None else value)
+
+    def _nop(self, call: Call) -> None:
+        call.answer(SmcccReturn.SUCCESS)

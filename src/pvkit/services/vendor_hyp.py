@@ -1,0 +1,48 @@
+"""Vendor-specific hypervisor service (owner 6): the call UID and the features bitmap.
+
+The bitmap is computed from what this VM serves in the vendor range (bit n <=> function
+number n, four 32-bit words for numbers 0..127), so it can never disagree with dispatch.
+"""
+
+from __future__ import annotations
+
+from pvkit.abi.smccc import CALL_UID, uuid_words
+from pvkit.hypercall.call import Call
+from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.services.base import Service
+
+VENDOR_SMC32 = 0x8600_0000
+VENDOR_SMC64 = 0xC600_0000
+FEATURES = VENDOR_SMC32 + 0
+UID = VENDOR_SMC32 + CALL_UID
+VENDOR_RANGES = (IdRange(VENDOR_SMC32, VENDOR_SMC32 + 0xFFFF), IdRange(VENDOR_SMC64, VENDOR_SMC64 + 0xFFFF))
+BITMAP_FUNCTIONS = 128
+
+
+class VendorHypService(Service):
+    name = "vendor-hyp"
+
+    def __init__(self, uid: bytes, features_name: str = "VENDOR_HYP_FEATURES"):
+        super().__init__()
+        self._uid = uuid_words(uid)
+        self._features_name = features_name
+
+    def claims(self) -> list[IdRange]:
+        return list(VENDOR_RANGES)
+
+    def functions(self) -> list[Function]:
+        return [
+            Function(FEATURES, self._features_name, self._features),
+            Function(UID, "VENDOR_HYP_CALL_UID", lambda c: c.answer(*self._uid)),
+        ]
+
+    def bitmap(self) -> tuple[int, int, int, int]:
+        words = [0, 0, 0, 0]
+        p = self.platform
+        for n in range(BITMAP_FUNCTIONS):
+            if p.feature(VENDOR_SMC32 + n) is not None or p.feature(VENDOR_SMC64 + n) is not None:
+                words[n // 32] |= 1 << (n % 32)
+        return (words[0], words[1], words[2], words[3])
+
+    def _features(self, call: Call) -> None:
+        call.answer(*self.bitmap())

@@ -1,0 +1,1 @@
+"""Trace events: a hub that costs one falsy check when nobody listens."""
