@@ -1,0 +1,186 @@
+/* Device-tree reader: just enough to find /psci, /hypervisor and the CPUs, never trusting sizes. */
+#include <pvkit/fdt.h>
+
+#define FDT_MAGIC 0xd00dfeed
+#define FDT_BEGIN_NODE 1
+#define FDT_END_NODE 2
+#define FDT_PROP 3
+#define FDT_NOP 4
+#define FDT_END 9
+
+uint32_t fdt_be32(const void *p)
+{
+    const uint8_t *b = p;
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+static uint32_t hdr(const void *fdt, int field) { return fdt_be32((const uint8_t *)fdt + 4 * field); }
+static const uint8_t *structs(const void *fdt) { return (const uint8_t *)fdt + hdr(fdt, 2); }
+static uint32_t structs_size(const void *fdt) { return hdr(fdt, 9); }
+static const char *strings(const void *fdt) { return (const char *)fdt + hdr(fdt, 3); }
+
+static int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+static uint32_t slen(const char *s)
+{
+    uint32_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+int fdt_check(const void *fdt)
+{
+    if (!fdt || ((uintptr_t)fdt & 7) || hdr(fdt, 0) != FDT_MAGIC)
+        return -1;
+    uint32_t total = hdr(fdt, 1);
+    if (hdr(fdt, 2) + structs_size(fdt) > total || hdr(fdt, 3) > total || hdr(fdt, 5) < 16)
+        return -1;
+    return 0;
+}
+
+/* Token at `off`; advances `off` past it and reports the node name or property. */
+static uint32_t next_token(const void *fdt, int *off, const char **name, const uint8_t **val,
+                           uint32_t *len)
+{
+    const uint8_t *s = structs(fdt);
+    uint32_t size = structs_size(fdt);
+    for (;;) {
+        if ((uint32_t)*off + 4 > size)
+            return FDT_END;
+        uint32_t tok = fdt_be32(s + *off);
+        *off += 4;
+        switch (tok) {
+        case FDT_BEGIN_NODE:
+            *name = (const char *)s + *off;
+            *off += (slen(*name) + 4) & ~3u;
+            return tok;
+        case FDT_PROP:
+            *len = fdt_be32(s + *off);
+            *name = strings(fdt) + fdt_be32(s + *off + 4);
+            *val = s + *off + 8;
+            *off += 8 + ((*len + 3) & ~3u);
+            return tok;
+        case FDT_NOP:
+            continue;
+        default:
+            return tok;
+        }
+    }
+}
+
+/* Offset just past the END_NODE of the node whose BEGIN_NODE is at `node`. */
+static int skip_node(const void *fdt, int node)
+{
+    int off = node, depth = 0;
+    const char *name;
+    const uint8_t *val;
+    uint32_t len;
+    for (;;) {
+        uint32_t tok = next_token(fdt, &off, &name, &val, &len);
+        if (tok == FDT_BEGIN_NODE)
+            depth++;
+        else if (tok == FDT_END_NODE && --depth == 0)
+            return off;
+        else if (tok == FDT_END)
+            return -1;
+    }
+}
+
+int fdt_next_child(const void *fdt, int node, int prev)
+{
+    int off;
+    const char *name;
+    const uint8_t *val;
+    uint32_t len;
+    if (prev < 0) {
+        off = node;
+        next_token(fdt, &off, &name, &val, &len); /* the node's own BEGIN_NODE */
+    } else {
+        off = skip_node(fdt, prev);
+        if (off < 0)
+            return -1;
+    }
+    for (;;) {
+        int here = off;
+        uint32_t tok = next_token(fdt, &off, &name, &val, &len);
+        if (tok == FDT_BEGIN_NODE)
+            return here;
+        if (tok != FDT_PROP)
+            return -1;
+    }
+}
+
+static int node_name_matches(const void *fdt, int node, const char *want, uint32_t n)
+{
+    int off = node;
+    const char *name;
+    const uint8_t *val;
+    uint32_t len;
+    next_token(fdt, &off, &name, &val, &len);
+    for (uint32_t i = 0; i < n; i++)
+        if (name[i] != want[i])
+            return 0;
+    return name[n] == '\0' || name[n] == '@';
+}
+
+int fdt_path(const void *fdt, const char *path)
+{
+    int node = 0;
+    while (*path == '/')
+        path++;
+    while (*path) {
+        uint32_t n = 0;
+        while (path[n] && path[n] != '/')
+            n++;
+        int child = -1;
+        while ((child = fdt_next_child(fdt, node, child)) >= 0)
+            if (node_name_matches(fdt, child, path, n))
+                break;
+        if (child < 0)
+            return -1;
+        node = child;
+        path += n;
+        while (*path == '/')
+            path++;
+    }
+    return node;
+}
+
+const void *fdt_prop(const void *fdt, int node, const char *want, uint32_t *lenp)
+{
+    int off = node;
+    const char *name;
+    const uint8_t *val;
+    uint32_t len;
+    if (node < 0)
+        return 0;
+    next_token(fdt, &off, &name, &val, &len);
+    for (;;) {
+        uint32_t tok = next_token(fdt, &off, &name, &val, &len);
+        if (tok != FDT_PROP)
+            return 0;
+        if (streq(name, want)) {
+            if (lenp)
+                *lenp = len;
+            return val;
+        }
+    }
+}
+
+int fdt_prop_has_string(const void *fdt, int node, const char *name, const char *value)
+{
+    uint32_t len;
+    const char *p = fdt_prop(fdt, node, name, &len);
+    if (!p || len == 0 || p[len - 1] != '\0')
+        return 0;
+    for (uint32_t i = 0; i < len; i += slen(p + i) + 1)
+        if (streq(p + i, value))
+            return 1;
+    return 0;
+}
