@@ -34,6 +34,7 @@ SCR_EL3 = (1, 1, 3, 6, 0)
 SCR_NS = 1 << 0
 SCR_HCE = 1 << 8
 VMPIDR_EL2 = (0, 0, 3, 4, 5)
+SPSR_EL1 = (4, 0, 3, 0, 0)
 MPIDR_RES1 = 1 << 31
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from unicorn import (
+from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -55,7 +55,7 @@ class Arm64Engine:
         self._exit: VcpuExit | None = None
         self._unmapped: tuple[int, int, int] | None = None
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)
+        uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
         for dev in devices:
             uc.mmio_map(
@@ -131,7 +131,7 @@ class Arm64Engine:
                 self._inject(uc, a.EC_SVC64 << 26 | a.ESR_IL | iss, pc, "SVC")
             else:
                 self._stop_with_fault(uc, self._describe_exception(uc, intno))
-        except Exception as exc:  # noqa: BLE001 - never unwind through the engine
+        except Exception as exc:
             self._stop_with_fault(uc, f"internal error while handling exception {intno}: {exc}")
 
     def _hypercall(self, uc: Uc, intno: int) -> None:
@@ -141,7 +141,9 @@ class Arm64Engine:
             self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc - 4, "undefined instruction")
             return
         conduit = Conduit.HVC if intno == a.EXCP_HVC else Conduit.SMC
-        outcome = self._port.on_hypercall(self, conduit, a.immediate16(self._word(pc - 4)), self.vcpu)
+        outcome = self._port.on_hypercall(
+            self, conduit, a.immediate16(self._word(pc - 4)), self.vcpu
+        )
         if outcome is Outcome.POWER_OFF:
             self._exit = VcpuExit(ExitKind.POWER_OFF)
             uc.emu_stop()
@@ -170,11 +172,11 @@ class Arm64Engine:
             offset = a.VECTOR_CURRENT_EL_SP0
         uc.reg_write(r.UC_ARM64_REG_ESR_EL1, esr)
         uc.reg_write(r.UC_ARM64_REG_ELR_EL1, return_pc)
-        uc.reg_write(r.UC_ARM64_REG_SPSR_EL1, pstate)
+        uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.SPSR_EL1, pstate))
         uc.reg_write(r.UC_ARM64_REG_PSTATE, a.PSTATE_EL1H_MASKED)
         uc.reg_write(r.UC_ARM64_REG_PC, vbar + offset)
         if self._trace.active:
-            fields = {"what": what, "esr": f"{esr:#x}", "elr": f"{return_pc:#x}"}
+            fields: dict[str, object] = {"what": what, "esr": f"{esr:#x}", "elr": f"{return_pc:#x}"}
             self._trace.event(VmEvent("inject", time.perf_counter_ns(), self.vcpu, fields))
 
     def _on_unmapped(
@@ -186,14 +188,14 @@ class Arm64Engine:
     def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
         try:
             return dev.read(offset, size)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
             return 0
 
     def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
         try:
             dev.write(offset, size, value)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
 
     # -- faults ------------------------------------------------------------------------

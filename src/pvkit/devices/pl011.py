@@ -15,8 +15,8 @@ _ID = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
 
 
 class Pl011:
-    def __init__(self, base: int, output: Callable[[bytes], None]):
-        self.region = Region(base, 0x1000, "pl011")
+    def __init__(self, base: int, output: Callable[[bytes], None], size: int = 0x1000):
+        self.region = Region(base, size, "pl011")
         self._output = output
         self._regs: dict[int, int] = {}
 

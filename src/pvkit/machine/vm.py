@@ -36,7 +36,7 @@ _KICK_INTERVAL_S = 0.001
 
 
 class VirtualMachine:
-    """Runs vCPUs until a stop reason arrives. `prepare` (re)loads guest state, for boot and reset."""
+    """Runs vCPUs until a stop reason arrives; `prepare` (re)loads guest state at boot and reset."""
 
     def __init__(
         self,

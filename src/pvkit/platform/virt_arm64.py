@@ -18,7 +18,7 @@ from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import BootImage, ImageError, load_image
-from pvkit.machine.memory import GuestMemory
+from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.services.base import Service, SystemEvent
@@ -29,6 +29,8 @@ from pvkit.trace.events import TraceHub
 
 RAM_BASE = 0x4000_0000
 UART_BASE = 0x0900_0000
+UART_SIZE = 0x1000
+MAX_VCPUS = 4096
 MAX_RAM = 255 << 30  # QEMU virt's low RAM window ends at 256 GiB
 CPUS_PER_CLUSTER = 16  # Aff0 range per Aff1 cluster, as QEMU virt with GICv3
 DTB_ALIGN = 0x1_0000
@@ -61,23 +63,45 @@ class ConfigError(ValueError):
     """A host-side configuration mistake, reported as one sentence."""
 
 
+def virt_device_tree(
+    config: VirtConfig, services: list[Service] | None = None, ram: Region | None = None
+) -> bytes:
+    """The DTB a VM with `config` gets; its nodes follow from the services it serves."""
+    _check(config)
+    services = services_for(config.profile) if services is None else services
+    serves_psci = any(s.name == "psci" for s in services)
+    return build_dtb(
+        DeviceTreeSpec(
+            ram=ram or Region(RAM_BASE, config.memory, "ram"),
+            mpidrs=[mpidr_for(i) for i in range(config.smp)],
+            uart=Region(UART_BASE, UART_SIZE, "pl011"),
+            psci_method=config.conduit if serves_psci else None,
+            hypervisor_compatible=config.profile.hypervisor_compatible,
+            bootargs=config.bootargs,
+        )
+    )
+
+
+def _check(config: VirtConfig) -> None:
+    if not 1 <= config.smp <= MAX_VCPUS:
+        raise ConfigError(f"--smp {config.smp} is out of range (1..{MAX_VCPUS})")
+    if config.conduit not in ("hvc", "smc"):
+        raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
+    if not (1 << 20) <= config.memory <= MAX_RAM or config.memory % 4096:
+        raise ConfigError("memory must be a multiple of 4 KiB between 1 MiB and 255 GiB")
+
+
 class VirtArm64:
     """Builds a VM from a config and an image; implements the services' Platform view."""
 
     def __init__(self, config: VirtConfig, image: Path | BootImage, trace: TraceHub | None = None):
-        if not 1 <= config.smp <= 4096:
-            raise ConfigError(f"--smp {config.smp} is out of range (1..4096)")
-        if config.conduit not in ("hvc", "smc"):
-            raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
-        if not (1 << 20) <= config.memory <= MAX_RAM:
-            raise ConfigError("memory must be between 1 MiB and 255 GiB")
+        _check(config)
         self.config = config
         self.trace = trace or TraceHub()
-        try:
-            self.memory = GuestMemory(RAM_BASE, config.memory)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
-        self.image = image if isinstance(image, BootImage) else load_image(image, self.memory.region)
+        self.memory = GuestMemory(RAM_BASE, config.memory)
+        self.image = (
+            image if isinstance(image, BootImage) else load_image(image, self.memory.region)
+        )
         self.uart = Pl011(UART_BASE, config.console)
         self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
         self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
@@ -92,17 +116,7 @@ class VirtArm64:
         for s in self.services:
             s.bind(self)
 
-        serves_psci = any(s.name == "psci" for s in self.services)
-        self.dtb = build_dtb(
-            DeviceTreeSpec(
-                ram=self.memory.region,
-                mpidrs=self.mpidrs,
-                uart=self.uart.region,
-                psci_method=config.conduit if serves_psci else None,
-                hypervisor_compatible=config.profile.hypervisor_compatible,
-                bootargs=config.bootargs,
-            )
-        )
+        self.dtb = virt_device_tree(config, self.services, self.memory.region)
         self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
         if len(self.dtb) > DTB_MAX or not self.memory.contains(self.dtb_address, len(self.dtb)):
             raise ImageError("the guest image leaves no room for the device tree; add --mem")

@@ -1,0 +1,37 @@
+# `make run` and `make test` work on a fresh machine: they create .venv and install what is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit toolchain guests clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/pvkit run guests/prebuilt/smp-hello.Image --smp 4
+
+toolchain:
+	./scripts/setup-toolchain.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) toolchain
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+guests: toolchain
+	$(MAKE) -C guests prebuilt
+
+clean:
+	rm -rf $(VENV) guests/build

@@ -1,0 +1,1 @@
+"""Command line: one verb per module, all logic in the library."""

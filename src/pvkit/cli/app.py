@@ -1,0 +1,22 @@
+"""`pvkit` entry point: registers the verbs."""
+
+from __future__ import annotations
+
+import typer
+
+from pvkit.cli import decode, dtb, run
+
+app = typer.Typer(
+    name="pvkit",
+    help="A hypervisor built around the paravirtual interface.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command(name="run")(run.run)
+app.command(name="decode")(decode.decode)
+app.command(name="dtb")(dtb.dtb)
+
+
+def main() -> None:
+    app()
