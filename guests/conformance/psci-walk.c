@@ -128,6 +128,8 @@ void guest_main(const void *fdt)
         {"cpu_on_other", PSCI_CPU_ON_64, other, (uint64_t)secondary_entry, 1},
     };
     walk("spec", spec, sizeof(spec) / sizeof(spec[0]));
+    while (secondary_seen != 1) /* QEMU 7.2 may say OFF until the CPU really starts */
+        ;
     wait_off(other);
     kprintf("spec secondary_ran = %lu\n", secondary_seen);
     kprintf("spec affinity_other_after_off = %ld\n", psci_affinity_info(&env, other, 0));

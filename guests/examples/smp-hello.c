@@ -48,6 +48,10 @@ void guest_main(const void *fdt)
         else
             started++;
     }
+    /* Wait for the last hello before asking AFFINITY_INFO: some hypervisors (QEMU 7.2)
+     * report a CPU that was just started as OFF rather than ON_PENDING. */
+    while (turn != (uint64_t)env.ncpus)
+        ;
     for (int i = 0; i < env.ncpus; i++) {
         if (env.mpidr[i] == self)
             continue;

@@ -1,0 +1,93 @@
+"""Shared helpers: boot a guest image in-process and capture its console."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pvkit.machine.vm import StopReason
+from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
+from pvkit.trace.events import CallEvent, TraceHub, VmEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+PREBUILT = ROOT / "guests" / "prebuilt"
+SMP_HELLO = PREBUILT / "smp-hello.Image"
+PSCI_WALK = PREBUILT / "psci-walk.Image"
+
+
+class Recorder:
+    """A trace sink that keeps everything, for assertions."""
+
+    def __init__(self) -> None:
+        self.calls: list[CallEvent] = []
+        self.events: list[VmEvent] = []
+
+    def on_call(self, event: CallEvent) -> None:
+        self.calls.append(event)
+
+    def on_event(self, event: VmEvent) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Boot:
+    reason: StopReason
+    console: str
+    machine: VirtArm64
+    trace: Recorder
+
+    @property
+    def lines(self) -> list[str]:
+        return [ln.rstrip("\r") for ln in self.console.splitlines()]
+
+    def results(self, section: str) -> dict[str, int]:
+        """`<section> <label> = <value>` lines of the psci-walk guest."""
+        out = {}
+        for ln in self.lines:
+            parts = ln.split()
+            if len(parts) == 4 and parts[0] == section and parts[2] == "=":
+                out[parts[1]] = int(parts[3], 0)
+        return out
+
+
+def boot(image: Path, timeout: float = 60, **kwargs: object) -> Boot:
+    chunks: list[bytes] = []
+    hub = TraceHub()
+    rec = Recorder()
+    hub.attach(rec)
+    config = VirtConfig(console=chunks.append, **kwargs)  # type: ignore[arg-type]
+    machine = VirtArm64(config, image, hub)
+    reason = machine.run(timeout)
+    return Boot(reason, b"".join(chunks).decode(errors="replace"), machine, rec)
+
+
+def assemble(tmp_path: Path, source: str, name: str = "guest") -> Path:
+    """Build a tiny bare-metal ELF from assembly with the cross toolchain."""
+    src = tmp_path / f"{name}.S"
+    src.write_text(".text\n.globl _start\n_start:\n" + source + "\n")
+    elf = tmp_path / f"{name}.elf"
+    subprocess.run(
+        [
+            "aarch64-linux-gnu-gcc",
+            "-nostdlib",
+            "-static",
+            "-Wl,-Ttext=0x40080000",
+            "-Wl,--build-id=none",
+            "-o",
+            str(elf),
+            str(src),
+        ],
+        check=True,
+    )
+    return elf
+
+
+@pytest.fixture
+def asm(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return lambda source, name="guest": assemble(tmp_path, source, name)
