@@ -70,8 +70,11 @@ class VirtualMachine:
         self._stop.set()
 
     def run(self, timeout: float | None = None) -> StopReason:
+        """Run to a stop reason; `timeout` bounds the whole run, resets included."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            reason = self._run_once(timeout)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            reason = self._run_once(left)
             if reason.kind is not StopKind.RESET:
                 return reason
             self.resets += 1
@@ -92,7 +95,7 @@ class VirtualMachine:
         self.power[0].request_on(boot)
         try:
             if not self._stop.wait(timeout):
-                self.request_stop(StopReason(StopKind.TIMEOUT, f"no stop after {timeout:g} s"))
+                self.request_stop(StopReason(StopKind.TIMEOUT, "the run hit its time limit"))
         except KeyboardInterrupt:
             self.request_stop(StopReason(StopKind.INTERRUPTED, "interrupted by the host user"))
         self._halt_all(threads)
