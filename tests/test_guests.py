@@ -69,9 +69,22 @@ def test_every_call_is_traced_with_its_decoded_name() -> None:
 
 # What the PSCI spec fixes for the psci-walk "spec" table, for a 2-CPU VM.
 SPEC_ANSWERS = {
-    **{f"features_{n}": 0 for n in (
-        "psci_version", "cpu_suspend", "cpu_suspend64", "cpu_off", "cpu_on", "cpu_on64",
-        "affinity_info", "affinity_info64", "system_off", "system_reset", "features")},
+    **{
+        f"features_{n}": 0
+        for n in (
+            "psci_version",
+            "cpu_suspend",
+            "cpu_suspend64",
+            "cpu_off",
+            "cpu_on",
+            "cpu_on64",
+            "affinity_info",
+            "affinity_info64",
+            "system_off",
+            "system_reset",
+            "features",
+        )
+    },
     "features_not_psci": -1,
     "migrate_info_type": 2,
     "affinity_self": 0,

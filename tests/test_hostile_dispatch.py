@@ -43,8 +43,14 @@ def test_any_function_id_and_arguments_answer_without_host_error(fid: int, args:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from([n for n in FUNCTIONS if n[0] not in ACTING]), st.booleans(), st.lists(u64, min_size=7, max_size=7))
-def test_garbage_arguments_to_every_psci_call_get_a_psci_code(fn: tuple[str, int, bool], wide: bool, args: list[int]) -> None:
+@given(
+    st.sampled_from([n for n in FUNCTIONS if n[0] not in ACTING]),
+    st.booleans(),
+    st.lists(u64, min_size=7, max_size=7),
+)
+def test_garbage_arguments_to_every_psci_call_get_a_psci_code(
+    fn: tuple[str, int, bool], wide: bool, args: list[int]
+) -> None:
     name, number, has64 = fn
     fid = (SMC64_BASE if wide and has64 else SMC32_BASE) + number
     call = SmcccAbi.decode([fid, *args], Conduit.SMC, 0, vcpu=0)

@@ -18,7 +18,10 @@ def _nop(call: Call) -> None:
 def test_overlapping_claims_are_refused_naming_both_claimants() -> None:
     with pytest.raises(NamespaceClash) as err:
         Namespace(
-            [Claim("psci", IdRange(0x8400_0000, 0x8400_001F)), Claim("trng", IdRange(0x8400_0010, 0x8400_0053))],
+            [
+                Claim("psci", IdRange(0x8400_0000, 0x8400_001F)),
+                Claim("trng", IdRange(0x8400_0010, 0x8400_0053)),
+            ],
             [],
         )
     assert "psci" in str(err.value) and "trng" in str(err.value)
@@ -48,7 +51,10 @@ def test_overlapping_rules_are_refused() -> None:
 
 
 def _dispatcher(rules: list[Rule]) -> Dispatcher:
-    ns = Namespace([Claim("svc", IdRange(0x8600_0000, 0x8600_FFFF))], [("svc", Function(0x8600_0001, "ONE", lambda c: c.answer(7)))])
+    ns = Namespace(
+        [Claim("svc", IdRange(0x8600_0000, 0x8600_FFFF))],
+        [("svc", Function(0x8600_0001, "ONE", lambda c: c.answer(7)))],
+    )
     return Dispatcher(ns, Policy(rules), TraceHub(), lambda fid: "?")
 
 

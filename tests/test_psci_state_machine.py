@@ -40,17 +40,17 @@ def test_power_on_is_accepted_once_then_pending() -> None:
     assert p.request_on(StartRequest(0, 0)) is PowerOnResult.ALREADY_ON
 
 
+def _racer(m: VirtArm64, barrier: threading.Barrier, answers: list[int], vcpu: int) -> None:
+    barrier.wait()
+    answers.append(ret(call(m, 0xC400_0003, 3, ENTRY, 0, vcpu=vcpu)))
+
+
 def test_two_cpus_racing_cpu_on_for_one_target_get_exactly_one_success() -> None:
     for _ in range(200):
         m = machine()
         barrier = threading.Barrier(2)
         answers: list[int] = []
-
-        def racer(vcpu: int) -> None:
-            barrier.wait()
-            answers.append(ret(call(m, 0xC400_0003, 3, ENTRY, 0, vcpu=vcpu)))
-
-        threads = [threading.Thread(target=racer, args=(v,)) for v in (0, 1)]
+        threads = [threading.Thread(target=_racer, args=(m, barrier, answers, v)) for v in (0, 1)]
         for t in threads:
             t.start()
         for t in threads:

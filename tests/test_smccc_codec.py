@@ -14,7 +14,9 @@ def test_decode_then_encode_is_identity(value: int) -> None:
 
 
 @given(st.booleans(), st.booleans(), st.integers(0, 63), st.integers(0, 0xFFFF))
-def test_encode_then_decode_keeps_every_field(fast: bool, smc64: bool, owner: int, num: int) -> None:
+def test_encode_then_decode_keeps_every_field(
+    fast: bool, smc64: bool, owner: int, num: int
+) -> None:
     f = FunctionId(fast=fast, smc64=smc64, owner=owner, number=num)
     assert FunctionId.decode(f.encode()) == f
 

@@ -1,0 +1,5 @@
+"""`python -m pvkit` runs the CLI."""
+
+from pvkit.cli.app import main
+
+main()
