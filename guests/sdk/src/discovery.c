@@ -12,6 +12,15 @@ static int uid_is(const uint32_t *a, const uint32_t *b)
     return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+/* The 32-bit words W0..W3 of a result, as UIDs and bitmaps are returned. */
+static void result_words(struct smccc_res r, uint32_t out[4])
+{
+    out[0] = (uint32_t)r.a0;
+    out[1] = (uint32_t)r.a1;
+    out[2] = (uint32_t)r.a2;
+    out[3] = (uint32_t)r.a3;
+}
+
 static void read_cpus(const void *fdt, struct pv_env *env)
 {
     int cpus = fdt_path(fdt, "/cpus");
@@ -73,11 +82,7 @@ void pv_discover(const void *fdt, struct pv_env *env)
     if (env->smccc_version < SMCCC_VERSION_1_1)
         return;
 
-    struct smccc_res uid = smccc_call(env->conduit, VENDOR_HYP_CALL_UID, 0, 0, 0);
-    env->uid[0] = (uint32_t)uid.a0;
-    env->uid[1] = (uint32_t)uid.a1;
-    env->uid[2] = (uint32_t)uid.a2;
-    env->uid[3] = (uint32_t)uid.a3;
+    result_words(smccc_call(env->conduit, VENDOR_HYP_CALL_UID, 0, 0, 0), env->uid);
     if (uid_is(env->uid, kvm_uid))
         env->hypervisor = HYP_KVM;
     else if (uid_is(env->uid, pvkit_uid))
@@ -85,11 +90,7 @@ void pv_discover(const void *fdt, struct pv_env *env)
     if (env->hypervisor == HYP_UNKNOWN)
         return;
 
-    struct smccc_res f = smccc_call(env->conduit, VENDOR_HYP_FEATURES, 0, 0, 0);
-    env->vendor_features[0] = (uint32_t)f.a0;
-    env->vendor_features[1] = (uint32_t)f.a1;
-    env->vendor_features[2] = (uint32_t)f.a2;
-    env->vendor_features[3] = (uint32_t)f.a3;
+    result_words(smccc_call(env->conduit, VENDOR_HYP_FEATURES, 0, 0, 0), env->vendor_features);
 }
 
 const char *pv_hypervisor_name(enum pv_hypervisor h)
