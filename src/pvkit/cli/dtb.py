@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pvkit.cli.options import fail, parse_profile, parse_size
-from pvkit.cli.run import _write_file
+from pvkit.cli.options import fail, parse_profile, parse_size, write_file
 from pvkit.platform.virt_arm64 import ConfigError, VirtConfig, virt_device_tree
 
 
@@ -27,5 +26,5 @@ def dtb(
         blob = virt_device_tree(config)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    _write_file(output, blob)
+    write_file(output, blob)
     typer.echo(f"wrote {len(blob)} bytes to {output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import typer
 
@@ -32,3 +33,13 @@ def parse_profile(name: str) -> HostProfile:
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"pvkit: {message}", err=True)
     return typer.Exit(code)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so a failure leaves nothing half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        raise fail(f"cannot write {path}: {exc.strerror}") from None

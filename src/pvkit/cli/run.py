@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pvkit.cli.options import fail, parse_profile, parse_size
+from pvkit.cli.options import fail, parse_profile, parse_size, write_file
 from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.loader.image import ImageError
 from pvkit.machine.vm import StopKind
@@ -54,7 +54,7 @@ def run(
     except (ImageError, ConfigError, NamespaceClash) as exc:
         raise fail(str(exc)) from None
     if dtb is not None:
-        _write_file(dtb, machine.dtb)
+        write_file(dtb, machine.dtb)
     with contextlib.ExitStack() as stack:
         if trace is not None:
             try:
@@ -73,15 +73,6 @@ def run(
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
     err.print(f"pvkit: {reason.kind.value}{resets}: {reason.message}", markup=False)
     raise typer.Exit(EXIT_CODES[reason.kind])
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    except OSError as exc:
-        raise fail(f"cannot write {path}: {exc.strerror}") from None
 
 
 def _print_stats(console: Console, stats: CallStats) -> None:

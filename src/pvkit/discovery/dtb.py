@@ -83,9 +83,9 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
         sw.end_node()
 
     sw.begin_node("cpus")
-    sw.property_u32("#address-cells", 2 if any(m >> 32 for m in spec.mpidrs) else 1)
-    sw.property_u32("#size-cells", 0)
     wide = any(m >> 32 for m in spec.mpidrs)
+    sw.property_u32("#address-cells", 2 if wide else 1)
+    sw.property_u32("#size-cells", 0)
     for mpidr in spec.mpidrs:
         sw.begin_node(f"cpu@{mpidr:x}")
         sw.property_string("device_type", "cpu")
