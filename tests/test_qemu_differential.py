@@ -25,6 +25,8 @@ def qemu(image: str, smp: int) -> list[str]:
             "none",
             "-serial",
             "stdio",
+            "-nic",
+            "none",  # no default NIC: its option ROM is not installed without recommends
             "-kernel",
             image,
         ],
