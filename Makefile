@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck unit toolchain guests clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/pvkit/backends/_trap.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -6,35 +6,36 @@ SMC32/HVC32 calls see only the low 32 bits of every argument (KVM narrows the sa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pvkit.abi.smccc import MASK32, MASK64, FunctionId, SmcccReturn
-from pvkit.backends.base import RegisterFile
-from pvkit.hypercall.call import Call, Conduit, Outcome
+from pvkit.hypercall.call import Call, Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
 
 NOT_SUPPORTED_ANSWER = (SmcccReturn.NOT_SUPPORTED & MASK64, 0, 0, 0)
-_ARGUMENT_REGISTERS = 7
 _SMC64 = 1 << 30
 _FAST = 1 << 31
 _MBZ_1_1 = 0x00FF_0000  # bits 23:16 for an SMCCC 1.1 implementation
 
 
 class SmcccAbi:
-    """Implements the backend's HypercallPort for arm64 guests."""
+    """Implements the backend's HypercallPort for arm64 guests: x0..x7 in, x0..x3 out."""
+
+    argument_count = 8
+    result_count = 4
 
     def __init__(self, dispatcher: Dispatcher):
         self._dispatcher = dispatcher
 
     def on_hypercall(
-        self, regs: RegisterFile, conduit: Conduit, immediate: int, vcpu: int
-    ) -> Outcome:
-        x = regs.read_gprs(1 + _ARGUMENT_REGISTERS)
-        call = self.decode(x, conduit, immediate, vcpu)
+        self, gprs: Sequence[int], conduit: Conduit, immediate: int, vcpu: int
+    ) -> Call:
+        call = self.decode(gprs, conduit, immediate, vcpu)
         self._dispatcher.dispatch(call, NOT_SUPPORTED_ANSWER)
-        regs.write_gprs([v & MASK64 for v in call.results])
-        return call.outcome
+        return call
 
     @staticmethod
-    def decode(x: list[int], conduit: Conduit, immediate: int, vcpu: int) -> Call:
+    def decode(x: Sequence[int], conduit: Conduit, immediate: int, vcpu: int) -> Call:
         fid = x[0] & MASK32
         wide = bool(fid & _SMC64)
         args = tuple(x[1:]) if wide else tuple(v & MASK32 for v in x[1:])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from pvkit.hypercall.call import Conduit, Outcome
+from pvkit.hypercall.call import Call, Conduit
 from pvkit.machine.power import StartRequest
 
 
@@ -43,17 +43,16 @@ class VcpuEngine(Protocol):
 EngineFactory = Callable[[int], VcpuEngine]
 
 
-class RegisterFile(Protocol):
-    """General-purpose register access an ABI needs during a trap."""
-
-    def read_gprs(self, count: int) -> list[int]: ...
-
-    def write_gprs(self, values: list[int]) -> None: ...
-
-
 class HypercallPort(Protocol):
-    """Where an engine sends a trapped hypercall; returns what the vCPU does next."""
+    """Where an engine sends a trapped hypercall.
+
+    The engine reads the first `argument_count` general-purpose registers in one batch
+    and writes `call.results` (at most `result_count` values) back in one batch.
+    """
+
+    argument_count: int
+    result_count: int
 
     def on_hypercall(
-        self, regs: RegisterFile, conduit: Conduit, immediate: int, vcpu: int
-    ) -> Outcome: ...
+        self, gprs: Sequence[int], conduit: Conduit, immediate: int, vcpu: int
+    ) -> Call: ...

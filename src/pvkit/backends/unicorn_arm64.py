@@ -1,7 +1,8 @@
 """AArch64 vCPUs on Unicorn: traps, guest faults, exception injection, MMIO.
 
-Hypercalls arrive through UC_HOOK_INTR inside `emu_start`; the engine only returns to
-the run loop when the vCPU must stop (power off, halt, fault, kick), never per call.
+Hypercalls arrive through the trap (trap.py) inside `emu_start`; the engine only returns
+to the run loop when the vCPU must stop (power off, halt, fault, kick), never per call.
+Everything that is not a hypercall (UNDEF, SVC, aborts) is rare and uses the binding.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from collections.abc import Sequence
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
-    UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
@@ -27,13 +27,14 @@ from unicorn import arm64_const as r
 
 from pvkit.backends import arm64_regs as a
 from pvkit.backends.base import ExitKind, HypercallPort, VcpuExit
+from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
 from pvkit.trace.events import TraceHub, VmEvent
 
-_X = [getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31)]
+_X = tuple(getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31))
 _TCG_BUFFER = 32 << 20  # per-vCPU translation cache; the 1 GiB default does not scale
 
 
@@ -46,6 +47,8 @@ class Arm64Engine:
         devices: Sequence[MmioDevice],
         port: HypercallPort | None,
         trace: TraceHub,
+        trap_path: TrapPath,
+        answers: CompiledTable | None = None,
     ):
         self.vcpu = vcpu
         self._memory = memory
@@ -67,7 +70,17 @@ class Arm64Engine:
             scr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.SCR_EL3)
             uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.SCR_EL3, scr | a.SCR_HCE | a.SCR_NS))
             uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.VMPIDR_EL2, a.MPIDR_RES1 | mpidr))
-        uc.hook_add(UC_HOOK_INTR, self._on_exception)
+        layout = TrapLayout(
+            argument_regs=_X[: port.argument_count] if port else _X[:1],
+            pc_reg=r.UC_ARM64_REG_PC,
+            result_regs=_X[: port.result_count] if port else _X[:1],
+            hvc_intno=a.EXCP_HVC if port else NO_INTNO,
+            smc_intno=a.EXCP_SMC if port else NO_INTNO,
+        )
+        self.trap = make_trap(
+            trap_path, uc, layout, memory, answers, self._on_call, self._on_exception
+        )
+        self.trap.install()
         uc.hook_add(
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
             self._on_unmapped,
@@ -91,6 +104,11 @@ class Arm64Engine:
                 uc.emu_start(pc, 0)
             except UcError as err:
                 return self._fault_from(err)
+            error = self.trap.take_error()
+            if error is not None:
+                pc = uc.reg_read(r.UC_ARM64_REG_PC)
+                message = f"vCPU {self.vcpu}: internal error in the hypercall trap: {error!r}"
+                return VcpuExit(ExitKind.FAULT, message, pc=pc)
             if self._exit is not None:
                 return self._exit
             if self._kicked.is_set():
@@ -105,23 +123,30 @@ class Arm64Engine:
         self._uc.emu_stop()
 
     def close(self) -> None:
+        self.trap.remove()  # before the engine goes: the hook holds a pointer to the trap
         self._uc = None  # type: ignore[assignment]  # releases the engine
 
-    # -- RegisterFile -----------------------------------------------------------------
-    def read_gprs(self, count: int) -> list[int]:
-        rd = self._uc.reg_read
-        return [rd(_X[i]) for i in range(count)]
-
-    def write_gprs(self, values: list[int]) -> None:
-        wr = self._uc.reg_write
-        for i, v in enumerate(values):
-            wr(_X[i], v)
-
     # -- hooks -------------------------------------------------------------------------
-    def _on_exception(self, uc: Uc, intno: int, _user: object) -> None:
+    def _on_call(self, gprs: tuple[int, ...], smc: bool, immediate: int) -> list[int]:
+        """A hypercall the answer table could not serve: one trip through the dispatcher."""
+        assert self._port is not None  # without a port the trap never reports calls
+        call = self._port.on_hypercall(
+            gprs, Conduit.SMC if smc else Conduit.HVC, immediate, self.vcpu
+        )
+        outcome = call.outcome
+        if outcome is not Outcome.RESUME:
+            kind = ExitKind.POWER_OFF if outcome is Outcome.POWER_OFF else ExitKind.STOP_VM
+            self._exit = VcpuExit(kind)
+            self._uc.emu_stop()
+        return call.results
+
+    def _on_exception(self, intno: int) -> None:
+        uc = self._uc
         try:
             if intno in (a.EXCP_HVC, a.EXCP_SMC):
-                self._hypercall(uc, intno)
+                # No hypervisor: the instruction is undefined, as on bare metal without EL2/EL3.
+                pc = uc.reg_read(r.UC_ARM64_REG_PC)
+                self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc - 4, "undefined instruction")
             elif intno == a.EXCP_UDEF:
                 pc = uc.reg_read(r.UC_ARM64_REG_PC)
                 self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc, "undefined instruction")
@@ -133,23 +158,6 @@ class Arm64Engine:
                 self._stop_with_fault(uc, self._describe_exception(uc, intno))
         except Exception as exc:
             self._stop_with_fault(uc, f"internal error while handling exception {intno}: {exc}")
-
-    def _hypercall(self, uc: Uc, intno: int) -> None:
-        pc = uc.reg_read(r.UC_ARM64_REG_PC)  # already past the HVC/SMC
-        if self._port is None:
-            # No hypervisor: the instruction is undefined, as on bare metal without EL2/EL3.
-            self._inject(uc, a.EC_UNKNOWN << 26 | a.ESR_IL, pc - 4, "undefined instruction")
-            return
-        conduit = Conduit.HVC if intno == a.EXCP_HVC else Conduit.SMC
-        outcome = self._port.on_hypercall(
-            self, conduit, a.immediate16(self._word(pc - 4)), self.vcpu
-        )
-        if outcome is Outcome.POWER_OFF:
-            self._exit = VcpuExit(ExitKind.POWER_OFF)
-            uc.emu_stop()
-        elif outcome is Outcome.STOP_VM:
-            self._exit = VcpuExit(ExitKind.STOP_VM)
-            uc.emu_stop()
 
     def _inject(self, uc: Uc, esr: int, return_pc: int, what: str) -> None:
         """Take a synchronous exception to the guest's EL1 vectors, or fault if it has none."""

@@ -40,6 +40,8 @@ def run(
     stats: Annotated[bool, typer.Option(help="print per-function call statistics")] = False,
     dtb: Annotated[Path | None, typer.Option(help="also write the generated DTB here")] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    append: Annotated[str, typer.Option(help="kernel command line (/chosen/bootargs)")] = "",
+    trap: Annotated[str, typer.Option(help="hypercall trap: auto, c or ctypes")] = "auto",
 ) -> None:
     """Run IMAGE on the arm64 virt board until it powers off, faults or idles."""
     hub = TraceHub()
@@ -48,7 +50,12 @@ def run(
         hub.attach(call_stats)
     try:
         config = VirtConfig(
-            smp=smp, memory=parse_size(mem), conduit=conduit, profile=parse_profile(profile)
+            smp=smp,
+            memory=parse_size(mem),
+            conduit=conduit,
+            profile=parse_profile(profile),
+            bootargs=append,
+            trap=trap,
         )
         machine = VirtArm64(config, image, hub)
     except (ImageError, ConfigError, NamespaceClash) as exc:

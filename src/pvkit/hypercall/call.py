@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 
@@ -41,7 +41,6 @@ class Call:
     wide: bool = True  # False: SMC32/HVC32 or a 32-bit x86 caller; args were narrowed
     rejected: str | None = None  # set by the ABI when the call is malformed for it
     outcome: Outcome = Outcome.RESUME
-    notes: dict[str, object] = field(default_factory=dict)
 
     def arg(self, index: int) -> int:
         """Argument `index` (1-based like x1/w1), zero when the ABI carried fewer."""

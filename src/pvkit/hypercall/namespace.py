@@ -5,10 +5,18 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from pvkit.hypercall.call import Call
 
 Handler = Callable[[Call], None]
+
+
+class Memo(Enum):
+    """May a trap answer this function from the per-VM answer table (answer_table.py)?"""
+
+    CONSTANT = "constant"  # the answer never depends on arguments or state
+    BY_QUERIED_ID = "by_queried_id"  # it depends only on which function ID w1/x1 names
 
 
 class NamespaceClash(ValueError):
@@ -46,6 +54,7 @@ class Function:
     name: str
     handler: Handler
     feature: int = 0  # value ARCH_FEATURES-style queries answer for this ID
+    memo: Memo | None = None  # set when a trap may answer from the per-VM answer table
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,10 +45,17 @@ class Policy:
         self._protected = tuple(protected)
         self._rules: list[Rule] = []
         self._starts: list[int] = []
+        self._frozen = False
         for rule in rules:
             self.add(rule)
 
+    def freeze(self) -> None:
+        """Called when the VM first runs; rules are then fixed, as KVM's filter is."""
+        self._frozen = True
+
     def add(self, rule: Rule) -> None:
+        if self._frozen:
+            raise PolicyError("the VM has already run; policy rules can no longer change")
         for p in self._protected:
             if rule.ids.overlaps(p):
                 raise PolicyError(f"range {rule.ids} overlaps the unfilterable range {p}")

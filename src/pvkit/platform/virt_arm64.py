@@ -10,10 +10,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvkit.abi.arm64_smccc import SmcccAbi, describe
+from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
+from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.devices.pl011 import Pl011
 from pvkit.discovery.dtb import DeviceTreeSpec, build_dtb
+from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
@@ -57,6 +59,7 @@ class VirtConfig:
     console: Callable[[bytes], None] = _stdout
     bootargs: str = ""
     extra_services: list[Service] = field(default_factory=list)
+    trap: str = "auto"  # c, ctypes, or auto (C when built; $PVKIT_TRAP overrides auto)
 
 
 class ConfigError(ValueError):
@@ -89,6 +92,10 @@ def _check(config: VirtConfig) -> None:
         raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
     if not (1 << 20) <= config.memory <= MAX_RAM or config.memory % 4096:
         raise ConfigError("memory must be a multiple of 4 KiB between 1 MiB and 255 GiB")
+    try:
+        resolve_path(config.trap)
+    except (ValueError, TrapUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class VirtArm64:
@@ -115,6 +122,8 @@ class VirtArm64:
         self._abi = SmcccAbi(self.dispatcher) if config.profile.has_hypervisor else None
         for s in self.services:
             s.bind(self)
+        self.trap_path = resolve_path(config.trap)
+        self.answers: CompiledTable | None = None
 
         self.dtb = virt_device_tree(config, self.services, self.memory.region)
         self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
@@ -124,11 +133,25 @@ class VirtArm64:
 
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
+        if self._abi is not None and self.answers is None:
+            # Rules freeze now, so constant answers computed from them stay true.
+            self.policy.freeze()
+            table = build_answer_table(self.namespace, self.policy, NOT_SUPPORTED_ANSWER)
+            answers = compile_table(table, self.trap_path)
+            self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))
+            self.answers = answers
         return self.vm.run(timeout)
 
     def _engine(self, index: int) -> Arm64Engine:
         return Arm64Engine(
-            index, self.mpidrs[index], self.memory, [self.uart], self._abi, self.trace
+            index,
+            self.mpidrs[index],
+            self.memory,
+            [self.uart],
+            self._abi,
+            self.trace,
+            self.trap_path,
+            self.answers,
         )
 
     def _prepare(self) -> StartRequest:

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 from pvkit.abi.smccc import MASK32
 from pvkit.hypercall.call import Call, Outcome
-from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.hypercall.namespace import Function, IdRange, Memo
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.smccc_arch import SMCCC_VERSION
@@ -96,11 +96,17 @@ class PsciService(Service):
             "PSCI_FEATURES": self._features,
             "SYSTEM_RESET2": self._system_reset2,
         }
+        memo = {
+            "PSCI_VERSION": Memo.CONSTANT,
+            "MIGRATE_INFO_TYPE": Memo.CONSTANT,
+            "PSCI_FEATURES": Memo.BY_QUERIED_ID,
+        }
         out = []
         for name, number, has64 in FUNCTIONS:
-            out.append(Function(SMC32_BASE + number, name, handlers[name]))
+            m = memo.get(name)
+            out.append(Function(SMC32_BASE + number, name, handlers[name], memo=m))
             if has64:
-                out.append(Function(SMC64_BASE + number, f"{name}64", handlers[name]))
+                out.append(Function(SMC64_BASE + number, f"{name}64", handlers[name], memo=m))
         return out
 
     # -- per-vCPU calls ----------------------------------------------------------------

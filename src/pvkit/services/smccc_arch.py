@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pvkit.abi.smccc import MASK32, SmcccReturn
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.hypercall.namespace import Function, IdRange, Memo
 from pvkit.services.base import Service
 
 SMCCC_VERSION = 0x8000_0000
 SMCCC_ARCH_FEATURES = 0x8000_0001
-SMCCC_ARCH_WORKAROUND_1 = 0x8000_8000
-SMCCC_ARCH_WORKAROUND_2 = 0x8000_7FFF
-SMCCC_ARCH_WORKAROUND_3 = 0x8000_3FFF
+WORKAROUND_1 = 0x8000_8000
+WORKAROUND_2 = 0x8000_7FFF
+WORKAROUND_3 = 0x8000_3FFF
 VERSION_1_1 = 0x1_0001
 ARCH_RANGES = (IdRange(0x8000_0000, 0x8000_FFFF), IdRange(0xC000_0000, 0xC000_FFFF))
 
@@ -27,17 +27,22 @@ class SmcccArchService(Service):
         return list(ARCH_RANGES)
 
     def functions(self) -> list[Function]:
+        # The workaround calls do nothing here (no mitigation is needed), so their answer
+        # is a constant; Linux issues WORKAROUND_1 on context switches, which makes it hot.
+        const = Memo.CONSTANT
         return [
-            Function(SMCCC_VERSION, "SMCCC_VERSION", self._version),
-            Function(SMCCC_ARCH_FEATURES, "SMCCC_ARCH_FEATURES", self._features),
-            Function(SMCCC_ARCH_WORKAROUND_1, "SMCCC_ARCH_WORKAROUND_1", self._nop, _UNAFFECTED),
+            Function(SMCCC_VERSION, "SMCCC_VERSION", self._version, memo=const),
             Function(
-                SMCCC_ARCH_WORKAROUND_2,
-                "SMCCC_ARCH_WORKAROUND_2",
-                self._nop,
-                SmcccReturn.NOT_REQUIRED,
+                SMCCC_ARCH_FEATURES,
+                "SMCCC_ARCH_FEATURES",
+                self._features,
+                memo=Memo.BY_QUERIED_ID,
             ),
-            Function(SMCCC_ARCH_WORKAROUND_3, "SMCCC_ARCH_WORKAROUND_3", self._nop, _UNAFFECTED),
+            Function(WORKAROUND_1, "SMCCC_ARCH_WORKAROUND_1", self._nop, _UNAFFECTED, const),
+            Function(
+                WORKAROUND_2, "SMCCC_ARCH_WORKAROUND_2", self._nop, SmcccReturn.NOT_REQUIRED, const
+            ),
+            Function(WORKAROUND_3, "SMCCC_ARCH_WORKAROUND_3", self._nop, _UNAFFECTED, const),
         ]
 
     def _version(self, call: Call) -> None:

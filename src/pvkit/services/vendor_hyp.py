@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pvkit.abi.smccc import CALL_UID, uuid_words
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.hypercall.namespace import Function, IdRange, Memo
 from pvkit.services.base import Service
 
 VENDOR_SMC32 = 0x8600_0000
@@ -35,8 +35,10 @@ class VendorHypService(Service):
 
     def functions(self) -> list[Function]:
         return [
-            Function(FEATURES, self._features_name, self._features),
-            Function(UID, "VENDOR_HYP_CALL_UID", lambda c: c.answer(*self._uid)),
+            Function(FEATURES, self._features_name, self._features, memo=Memo.CONSTANT),
+            Function(
+                UID, "VENDOR_HYP_CALL_UID", lambda c: c.answer(*self._uid), memo=Memo.CONSTANT
+            ),
         ]
 
     def bitmap(self) -> tuple[int, int, int, int]:

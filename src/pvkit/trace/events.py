@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -42,19 +43,33 @@ class TraceSink(Protocol):
 
 
 class TraceHub:
-    """Holds the sinks. Callers test `hub.active` before building an event."""
+    """Holds the sinks. Callers test `hub.active` before building an event.
+
+    Fast paths that skip the dispatcher (the answer table) `watch` the hub so that they
+    step aside the moment a sink is attached: a traced run sees every call.
+    """
 
     def __init__(self) -> None:
         self._sinks: tuple[TraceSink, ...] = ()
+        self._watchers: tuple[Callable[[bool], None], ...] = ()
         self._lock = threading.Lock()
 
     @property
     def active(self) -> bool:
         return bool(self._sinks)
 
+    def watch(self, on_change: Callable[[bool], None]) -> None:
+        """Call `on_change(active)` now and whenever a sink is attached."""
+        with self._lock:
+            self._watchers = (*self._watchers, on_change)
+        on_change(self.active)
+
     def attach(self, sink: TraceSink) -> None:
         with self._lock:
             self._sinks = (*self._sinks, sink)
+            watchers = self._watchers
+        for on_change in watchers:
+            on_change(True)
 
     def call(self, event: CallEvent) -> None:
         for sink in self._sinks:

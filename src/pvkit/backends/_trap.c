@@ -1,0 +1,595 @@
+/* The hypercall trap in C: the hot path between a guest's HVC/SMC and the dispatcher.
+ *
+ * Why C: through the Unicorn binding each register access costs ~1.8 us of Python; here a
+ * trap reads the argument registers in one batch, answers per-VM constant calls from an
+ * answer table without touching Python (or the GIL), and otherwise makes exactly one call
+ * into the Python dispatcher and writes the results back in one batch.
+ *
+ * Nothing here links against libunicorn: Python hands over the addresses of the functions
+ * of the library instance the binding already loaded, so both talk to the same engine.
+ * The answer-table semantics mirror pvkit.hypercall.answer_table (the ctypes fallback
+ * uses that module directly); tests compare the two. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_ARGS 18
+#define MAX_RESULTS 4
+
+typedef int (*uc_batch_fn)(void *uc, const int *regs, void *const *vals, int count);
+typedef int (*uc_stop_fn)(void *uc);
+typedef int (*uc_hook_add_fn)(void *uc, size_t *hh, int type, void *callback, void *user_data,
+                              uint64_t begin, uint64_t end, ...);
+typedef int (*uc_hook_del_fn)(void *uc, size_t hh);
+
+#define UC_HOOK_INTR 1
+
+/* ------------------------------------------------------------------------------------
+ * AnswerTable: (function ID, kind, key) -> up to MAX_RESULTS constant results.
+ * kind ANY: the answer whatever the arguments; KEYED: the answer when the first argument
+ * equals key; DEFAULT: the answer for a keyed function when no KEYED entry matches. */
+enum { KIND_ANY = 0, KIND_KEYED = 1, KIND_DEFAULT = 2 };
+
+typedef struct {
+    uint64_t key;
+    uint64_t results[MAX_RESULTS];
+    uint32_t fid;
+    uint8_t kind;
+    uint8_t used;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    size_t mask;
+    Py_ssize_t count;
+    int nresults;
+    int enabled;
+} TableObject;
+
+static inline size_t slot_hash(uint32_t fid, int kind, uint64_t key)
+{
+    uint64_t h = (uint64_t)fid * 0x9E3779B97F4A7C15ull;
+    h ^= (key + (uint64_t)kind) * 0xC2B2AE3D27D4EB4Full;
+    return (size_t)(h ^ (h >> 29));
+}
+
+static const Slot *table_find(const TableObject *t, uint32_t fid, int kind, uint64_t key)
+{
+    size_t i = slot_hash(fid, kind, key) & t->mask;
+    for (;;) {
+        const Slot *s = &t->slots[i];
+        if (!s->used)
+            return NULL;
+        if (s->fid == fid && s->kind == kind && s->key == key)
+            return s;
+        i = (i + 1) & t->mask;
+    }
+}
+
+static const Slot *table_lookup(const TableObject *t, uint32_t fid, uint64_t key)
+{
+    const Slot *s = table_find(t, fid, KIND_ANY, 0);
+    if (s)
+        return s;
+    s = table_find(t, fid, KIND_KEYED, key);
+    if (s)
+        return s;
+    return table_find(t, fid, KIND_DEFAULT, 0);
+}
+
+static int table_insert(TableObject *t, uint32_t fid, int kind, uint64_t key,
+                        const uint64_t *results)
+{
+    size_t i = slot_hash(fid, kind, key) & t->mask;
+    while (t->slots[i].used) {
+        Slot *s = &t->slots[i];
+        if (s->fid == fid && s->kind == kind && s->key == key) {
+            PyErr_Format(PyExc_ValueError, "duplicate answer-table entry for %#x", fid);
+            return -1;
+        }
+        i = (i + 1) & t->mask;
+    }
+    Slot *s = &t->slots[i];
+    s->used = 1;
+    s->fid = fid;
+    s->kind = (uint8_t)kind;
+    s->key = key;
+    memcpy(s->results, results, sizeof s->results);
+    return 0;
+}
+
+static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"entries", "nresults", NULL};
+    PyObject *entries;
+    int nresults;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi", kwlist, &entries, &nresults))
+        return -1;
+    if (nresults < 1 || nresults > MAX_RESULTS) {
+        PyErr_Format(PyExc_ValueError, "nresults must be 1..%d", MAX_RESULTS);
+        return -1;
+    }
+    PyObject *seq = PySequence_Fast(entries, "entries must be a sequence");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    size_t cap = 16;
+    while (cap < (size_t)n * 4)
+        cap <<= 1;
+    PyMem_Free(self->slots);
+    self->slots = PyMem_Calloc(cap, sizeof(Slot));
+    if (!self->slots) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = cap - 1;
+    self->nresults = nresults;
+    self->count = 0;
+    self->enabled = 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *e = PySequence_Fast_GET_ITEM(seq, i);
+        unsigned long long fid, key;
+        int kind;
+        PyObject *results;
+        uint64_t r[MAX_RESULTS] = {0};
+        if (!PyArg_ParseTuple(e, "KiKO", &fid, &kind, &key, &results))
+            goto fail;
+        if (kind < KIND_ANY || kind > KIND_DEFAULT || fid > 0xFFFFFFFFull) {
+            PyErr_SetString(PyExc_ValueError, "bad answer-table entry");
+            goto fail;
+        }
+        PyObject *rs = PySequence_Fast(results, "results must be a sequence");
+        if (!rs)
+            goto fail;
+        if (PySequence_Fast_GET_SIZE(rs) != nresults) {
+            Py_DECREF(rs);
+            PyErr_Format(PyExc_ValueError, "entry %#llx needs %d results", fid, nresults);
+            goto fail;
+        }
+        for (int j = 0; j < nresults; j++) {
+            r[j] = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(rs, j));
+            if (PyErr_Occurred()) {
+                Py_DECREF(rs);
+                goto fail;
+            }
+        }
+        Py_DECREF(rs);
+        if (table_insert(self, (uint32_t)fid, kind, kind == KIND_KEYED ? key : 0, r) < 0)
+            goto fail;
+        self->count++;
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
+static void table_dealloc(TableObject *self)
+{
+    PyMem_Free(self->slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *table_lookup_py(TableObject *self, PyObject *args)
+{
+    unsigned long long fid, key;
+    if (!PyArg_ParseTuple(args, "KK", &fid, &key))
+        return NULL;
+    if (!self->slots || fid > 0xFFFFFFFFull)
+        Py_RETURN_NONE;
+    const Slot *s = table_lookup(self, (uint32_t)fid, key);
+    if (!s)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(self->nresults);
+    if (!out)
+        return NULL;
+    for (int j = 0; j < self->nresults; j++)
+        PyTuple_SET_ITEM(out, j, PyLong_FromUnsignedLongLong(s->results[j]));
+    return out;
+}
+
+static PyObject *table_get_enabled(TableObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->enabled);
+}
+
+static int table_set_enabled(TableObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    int v = value ? PyObject_IsTrue(value) : -1;
+    if (v < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "enabled cannot be deleted");
+        return -1;
+    }
+    self->enabled = v;
+    return 0;
+}
+
+static PyMethodDef table_methods[] = {
+    {"lookup", (PyCFunction)table_lookup_py, METH_VARARGS,
+     "lookup(fid, key) -> results tuple, or None when the call must go to the dispatcher"},
+    {NULL}};
+
+static PyGetSetDef table_getset[] = {
+    {"enabled", (getter)table_get_enabled, (setter)table_set_enabled,
+     "False while tracing: every call then reaches the dispatcher", NULL},
+    {NULL}};
+
+static PyMemberDef table_members[] = {
+    {"count", T_PYSSIZET, offsetof(TableObject, count), READONLY, "number of entries"},
+    {"nresults", T_INT, offsetof(TableObject, nresults), READONLY, "results per entry"},
+    {NULL}};
+
+static PyTypeObject TableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends._trap.AnswerTable",
+    .tp_basicsize = sizeof(TableObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "AnswerTable(entries, nresults): (fid, kind, key, results) constant answers",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)table_init,
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_methods = table_methods,
+    .tp_getset = table_getset,
+    .tp_members = table_members,
+};
+
+/* ------------------------------------------------------------------------------------
+ * Arm64Trap: the UC_HOOK_INTR callback of one arm64 vCPU engine. */
+typedef struct {
+    PyObject_HEAD
+    void *uc;
+    uc_batch_fn read_batch;
+    uc_batch_fn write_batch;
+    uc_stop_fn emu_stop;
+    uc_hook_add_fn hook_add;
+    uc_hook_del_fn hook_del;
+    /* registers read at every trap: the argument registers, then PC */
+    int nregs;
+    int regs[MAX_ARGS + 1];
+    uint64_t vals[MAX_ARGS + 1];
+    void *val_ptrs[MAX_ARGS + 1];
+    int nresults;
+    int result_regs[MAX_RESULTS];
+    uint64_t results[MAX_RESULTS];
+    void *result_ptrs[MAX_RESULTS];
+    uint32_t hvc_intno, smc_intno;
+    /* guest RAM as the host sees it, to read the trapping instruction word */
+    uint64_t ram_base, ram_size;
+    const uint8_t *ram_host;
+    TableObject *table;
+    PyObject *on_call;  /* on_call(args tuple, smc bool, immediate) -> results sequence */
+    PyObject *on_other; /* on_other(intno) for every other exception */
+    PyObject *error;    /* first exception the Python side raised, or NULL */
+    size_t hook;
+    int installed;
+    int floor;          /* benchmark only: answer every HVC/SMC with x0 = 0, nothing else */
+    unsigned long long table_hits;
+    unsigned long long python_calls;
+} TrapObject;
+
+#define SMCCC_SMC64 (1u << 30)
+
+static uint32_t instruction_word(const TrapObject *t, uint64_t address)
+{
+    /* Same rule as the Python engine: a word outside RAM reads as 0. */
+    uint32_t w = 0;
+    if (address >= t->ram_base && address - t->ram_base <= t->ram_size - 4)
+        memcpy(&w, t->ram_host + (address - t->ram_base), 4);
+    return w;
+}
+
+static void trap_fail(TrapObject *t, void *uc)
+{
+    if (!t->error) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        t->error = value ? value : Py_NewRef(Py_None);
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+    } else {
+        PyErr_Clear();
+    }
+    t->emu_stop(uc);
+}
+
+static void write_results(TrapObject *t, void *uc, PyObject *seq)
+{
+    PyObject *fast = PySequence_Fast(seq, "the dispatcher must return a results sequence");
+    if (!fast) {
+        trap_fail(t, uc);
+        return;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > t->nresults)
+        n = t->nresults;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        t->results[i] = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(fast);
+            trap_fail(t, uc);
+            return;
+        }
+    }
+    Py_DECREF(fast);
+    t->write_batch(uc, t->result_regs, t->result_ptrs, (int)n);
+}
+
+static void call_python(TrapObject *t, void *uc, int smc, uint32_t imm)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    t->python_calls++;
+    int nargs = t->nregs - 1;
+    PyObject *args = PyTuple_New(nargs);
+    PyObject *immobj = PyLong_FromUnsignedLong(imm);
+    if (!args || !immobj) {
+        Py_XDECREF(args);
+        Py_XDECREF(immobj);
+        trap_fail(t, uc);
+        PyGILState_Release(gil);
+        return;
+    }
+    for (int i = 0; i < nargs; i++)
+        PyTuple_SET_ITEM(args, i, PyLong_FromUnsignedLongLong(t->vals[i]));
+    PyObject *argv[3] = {args, smc ? Py_True : Py_False, immobj};
+    PyObject *r = PyObject_Vectorcall(t->on_call, argv, 3, NULL);
+    Py_DECREF(args);
+    Py_DECREF(immobj);
+    if (!r)
+        trap_fail(t, uc);
+    else {
+        if (r != Py_None)
+            write_results(t, uc, r);
+        Py_DECREF(r);
+    }
+    PyGILState_Release(gil);
+}
+
+static void call_other(TrapObject *t, void *uc, uint32_t intno)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *n = PyLong_FromUnsignedLong(intno);
+    PyObject *r = n ? PyObject_CallOneArg(t->on_other, n) : NULL;
+    Py_XDECREF(n);
+    if (!r)
+        trap_fail(t, uc);
+    Py_XDECREF(r);
+    PyGILState_Release(gil);
+}
+
+static void trap_intr(void *uc, uint32_t intno, void *user)
+{
+    TrapObject *t = user;
+    if (intno != t->hvc_intno && intno != t->smc_intno) {
+        call_other(t, uc, intno);
+        return;
+    }
+    if (t->floor) {
+        static uint64_t zero = 0;
+        void *p = &zero;
+        t->write_batch(uc, t->result_regs, &p, 1);
+        return;
+    }
+    t->read_batch(uc, t->regs, t->val_ptrs, t->nregs);
+    uint64_t pc = t->vals[t->nregs - 1]; /* already past the HVC/SMC */
+    uint32_t imm = (instruction_word(t, pc - 4) >> 5) & 0xFFFF;
+    const TableObject *table = t->table;
+    if (imm == 0 && table && table->enabled) {
+        uint32_t fid = (uint32_t)t->vals[0];
+        uint64_t key = (fid & SMCCC_SMC64) ? t->vals[1] : (uint32_t)t->vals[1];
+        const Slot *s = table_lookup(table, fid, key);
+        if (s) {
+            void *p[MAX_RESULTS];
+            for (int i = 0; i < table->nresults; i++)
+                p[i] = (void *)&s->results[i];
+            t->write_batch(uc, t->result_regs, p, table->nresults);
+            t->table_hits++;
+            return;
+        }
+    }
+    call_python(t, uc, intno == t->smc_intno, imm);
+}
+
+static int read_int_list(PyObject *obj, int *out, int max, const char *what)
+{
+    PyObject *seq = PySequence_Fast(obj, what);
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > max) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "%s: 1..%d registers", what, max);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return (int)n;
+}
+
+static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"uc", "functions", "argument_regs", "pc_reg", "result_regs",
+                             "hvc_intno", "smc_intno", "ram_base", "ram_size", "ram_host",
+                             "table", "on_call", "on_other", NULL};
+    unsigned long long uc, ram_base, ram_size, ram_host;
+    PyObject *functions, *argregs, *resregs, *table, *on_call, *on_other;
+    int pc_reg;
+    unsigned int hvc, smc;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO", kwlist, &uc, &functions,
+                                     &argregs, &pc_reg, &resregs, &hvc, &smc, &ram_base,
+                                     &ram_size, &ram_host, &table, &on_call, &on_other))
+        return -1;
+    if (self->installed) {
+        PyErr_SetString(PyExc_RuntimeError, "trap already installed");
+        return -1;
+    }
+    if (table != Py_None && !PyObject_TypeCheck(table, &TableType)) {
+        PyErr_SetString(PyExc_TypeError, "table must be an AnswerTable or None");
+        return -1;
+    }
+    if (!PyCallable_Check(on_call) || !PyCallable_Check(on_other)) {
+        PyErr_SetString(PyExc_TypeError, "on_call and on_other must be callable");
+        return -1;
+    }
+    unsigned long long f[5];
+    if (!PyArg_ParseTuple(functions, "KKKKK", &f[0], &f[1], &f[2], &f[3], &f[4]))
+        return -1;
+    int nargs = read_int_list(argregs, self->regs, MAX_ARGS, "argument_regs");
+    if (nargs < 0)
+        return -1;
+    int nres = read_int_list(resregs, self->result_regs, MAX_RESULTS, "result_regs");
+    if (nres < 0)
+        return -1;
+    if (ram_size < 4) {
+        PyErr_SetString(PyExc_ValueError, "RAM too small");
+        return -1;
+    }
+    self->uc = (void *)(uintptr_t)uc;
+    self->read_batch = (uc_batch_fn)(uintptr_t)f[0];
+    self->write_batch = (uc_batch_fn)(uintptr_t)f[1];
+    self->emu_stop = (uc_stop_fn)(uintptr_t)f[2];
+    self->hook_add = (uc_hook_add_fn)(uintptr_t)f[3];
+    self->hook_del = (uc_hook_del_fn)(uintptr_t)f[4];
+    self->regs[nargs] = pc_reg;
+    self->nregs = nargs + 1;
+    for (int i = 0; i < self->nregs; i++)
+        self->val_ptrs[i] = &self->vals[i];
+    self->nresults = nres;
+    for (int i = 0; i < nres; i++)
+        self->result_ptrs[i] = &self->results[i];
+    self->hvc_intno = hvc;
+    self->smc_intno = smc;
+    self->ram_base = ram_base;
+    self->ram_size = ram_size;
+    self->ram_host = (const uint8_t *)(uintptr_t)ram_host;
+    Py_XSETREF(self->table, table == Py_None ? NULL : (TableObject *)Py_NewRef(table));
+    Py_XSETREF(self->on_call, Py_NewRef(on_call));
+    Py_XSETREF(self->on_other, Py_NewRef(on_other));
+    return 0;
+}
+
+static PyObject *trap_install(TrapObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->uc) {
+        PyErr_SetString(PyExc_RuntimeError, "trap not initialised");
+        return NULL;
+    }
+    if (self->installed)
+        Py_RETURN_NONE;
+    int err = self->hook_add(self->uc, &self->hook, UC_HOOK_INTR, (void *)trap_intr, self,
+                             (uint64_t)1, (uint64_t)0);
+    if (err) {
+        PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed with error %d", err);
+        return NULL;
+    }
+    self->installed = 1;
+    Py_INCREF(self); /* the engine holds a raw pointer to us until remove() */
+    Py_RETURN_NONE;
+}
+
+static PyObject *trap_remove(TrapObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->installed) {
+        self->hook_del(self->uc, self->hook);
+        self->installed = 0;
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *trap_take_error(TrapObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *e = self->error;
+    self->error = NULL;
+    return e ? e : Py_NewRef(Py_None);
+}
+
+static int trap_traverse(TrapObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->table);
+    Py_VISIT(self->on_call);
+    Py_VISIT(self->on_other);
+    Py_VISIT(self->error);
+    return 0;
+}
+
+static int trap_clear(TrapObject *self)
+{
+    Py_CLEAR(self->table);
+    Py_CLEAR(self->on_call);
+    Py_CLEAR(self->on_other);
+    Py_CLEAR(self->error);
+    return 0;
+}
+
+static void trap_dealloc(TrapObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    trap_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef trap_methods[] = {
+    {"install", (PyCFunction)trap_install, METH_NOARGS, "add the UC_HOOK_INTR hook"},
+    {"remove", (PyCFunction)trap_remove, METH_NOARGS, "delete the hook (idempotent)"},
+    {"take_error", (PyCFunction)trap_take_error, METH_NOARGS,
+     "the exception the Python side raised inside the hook, once, or None"},
+    {NULL}};
+
+static PyMemberDef trap_members[] = {
+    {"table_hits", T_ULONGLONG, offsetof(TrapObject, table_hits), READONLY,
+     "calls answered from the answer table"},
+    {"python_calls", T_ULONGLONG, offsetof(TrapObject, python_calls), READONLY,
+     "calls that reached the Python dispatcher"},
+    {"floor", T_INT, offsetof(TrapObject, floor), 0,
+     "benchmark only: answer every call with x0 = 0 and nothing else"},
+    {NULL}};
+
+static PyTypeObject TrapType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends._trap.Arm64Trap",
+    .tp_basicsize = sizeof(TrapObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The UC_HOOK_INTR hypercall trap of one arm64 vCPU engine",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)trap_init,
+    .tp_dealloc = (destructor)trap_dealloc,
+    .tp_traverse = (traverseproc)trap_traverse,
+    .tp_clear = (inquiry)trap_clear,
+    .tp_methods = trap_methods,
+    .tp_members = trap_members,
+};
+
+static struct PyModuleDef trap_module = {
+    PyModuleDef_HEAD_INIT, "_trap", "C hot path for hypercall traps", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__trap(void)
+{
+    if (PyType_Ready(&TableType) < 0 || PyType_Ready(&TrapType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&trap_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "AnswerTable", (PyObject *)&TableType) < 0 ||
+        PyModule_AddObjectRef(m, "Arm64Trap", (PyObject *)&TrapType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,253 @@
+"""Hypercall traps on Unicorn: the C extension, or a raw-ctypes fallback that behaves the same.
+
+Both install one UC_HOOK_INTR callback per engine that reads the argument registers and
+PC in one batch, answers answer-table hits without entering the dispatcher, calls the
+dispatcher once for anything else and writes the results back in one batch. Neither uses
+the binding's per-register API, which costs ~1.8 us per register (unicorn-engine-notes).
+
+`PVKIT_TRAP=c|ctypes` overrides the `auto` choice (tests and benchmarks run both).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from unicorn import UC_HOOK_INTR, Uc  # type: ignore[attr-defined]  # re-exported names
+from unicorn.unicorn_py3.unicorn import uclib
+
+from pvkit.hypercall.answer_table import MASK32, AnswerTable, table_key
+from pvkit.machine.memory import GuestMemory
+
+try:
+    from pvkit.backends import _trap  # type: ignore[attr-defined]
+except ImportError:  # the optional extension was not built on this machine
+    _trap = None
+
+OnCall = Callable[[tuple[int, ...], bool, int], Sequence[int] | None]
+OnOther = Callable[[int], None]
+NO_INTNO = 0xFFFF_FFFF  # never raised: routes HVC/SMC to on_other (no hypervisor)
+
+
+class TrapPath(Enum):
+    C = "c"
+    CTYPES = "ctypes"
+
+
+class TrapUnavailable(RuntimeError):
+    """The C trap was asked for but the extension is not built."""
+
+
+def c_available() -> bool:
+    return _trap is not None
+
+
+def resolve_path(requested: str = "auto") -> TrapPath:
+    """`auto` (or $PVKIT_TRAP when set) picks C when the extension is built."""
+    if requested == "auto":
+        requested = os.environ.get("PVKIT_TRAP", "auto")
+    if requested == "auto":
+        return TrapPath.C if _trap is not None else TrapPath.CTYPES
+    try:
+        path = TrapPath(requested)
+    except ValueError:
+        raise ValueError(f"trap path {requested!r} is not auto, c or ctypes") from None
+    if path is TrapPath.C and _trap is None:
+        raise TrapUnavailable(
+            "the C trap extension is not built; reinstall pvkit with gcc and the Python "
+            "headers available, or use the ctypes trap"
+        )
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class TrapLayout:
+    """Which engine registers a trap reads and writes, and which exceptions are calls."""
+
+    argument_regs: tuple[int, ...]  # function ID register first
+    pc_reg: int
+    result_regs: tuple[int, ...]
+    hvc_intno: int
+    smc_intno: int
+
+
+class CompiledTable(Protocol):
+    enabled: bool
+
+    def lookup(self, function_id: int, key: int) -> tuple[int, ...] | None: ...
+
+
+class Trap(Protocol):
+    table_hits: int
+    python_calls: int
+    floor: bool | int
+
+    def install(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+    def take_error(self) -> BaseException | None: ...
+
+
+def compile_table(table: AnswerTable, path: TrapPath) -> CompiledTable:
+    if path is TrapPath.C:
+        assert _trap is not None  # resolve_path guarantees it
+        compiled: CompiledTable = _trap.AnswerTable(
+            [e.as_tuple() for e in table.entries], table.nresults
+        )
+        return compiled
+    return table
+
+
+def make_trap(
+    path: TrapPath,
+    uc: Uc,
+    layout: TrapLayout,
+    memory: GuestMemory,
+    table: CompiledTable | None,
+    on_call: OnCall,
+    on_other: OnOther,
+) -> Trap:
+    if uc._uch is None:
+        raise ValueError("the engine is already closed")
+    if path is TrapPath.C:
+        assert _trap is not None
+        functions = tuple(
+            ctypes.cast(f, ctypes.c_void_p).value
+            for f in (
+                uclib.uc_reg_read_batch,
+                uclib.uc_reg_write_batch,
+                uclib.uc_emu_stop,
+                uclib.uc_hook_add,
+                uclib.uc_hook_del,
+            )
+        )
+        trap: Trap = _trap.Arm64Trap(
+            uc=uc._uch.value,
+            functions=functions,
+            argument_regs=layout.argument_regs,
+            pc_reg=layout.pc_reg,
+            result_regs=layout.result_regs,
+            hvc_intno=layout.hvc_intno,
+            smc_intno=layout.smc_intno,
+            ram_base=memory.base,
+            ram_size=memory.size,
+            ram_host=memory.host_address,
+            table=table,
+            on_call=on_call,
+            on_other=on_other,
+        )
+        return trap
+    return CtypesTrap(uc, layout, memory, table, on_call, on_other)
+
+
+_INTR_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+
+
+def _pointers(values: ctypes.Array[Any]) -> ctypes.Array[ctypes.c_void_p]:
+    base = ctypes.addressof(values)
+    size = ctypes.sizeof(ctypes.c_uint64)
+    return (ctypes.c_void_p * len(values))(*(base + i * size for i in range(len(values))))
+
+
+class CtypesTrap:
+    """The C trap's behaviour in Python, for machines where the extension cannot be built."""
+
+    def __init__(
+        self,
+        uc: Uc,
+        layout: TrapLayout,
+        memory: GuestMemory,
+        table: CompiledTable | None,
+        on_call: OnCall,
+        on_other: OnOther,
+    ):
+        self._uch = uc._uch
+        self._layout = layout
+        self._memory = memory
+        self._table = table
+        self._on_call = on_call
+        self._on_other = on_other
+        regs = (*layout.argument_regs, layout.pc_reg)
+        self._nregs = len(regs)
+        self._regs = (ctypes.c_int * len(regs))(*regs)
+        self._vals = (ctypes.c_uint64 * len(regs))()
+        self._val_ptrs = _pointers(self._vals)
+        self._nres = len(layout.result_regs)
+        self._res_regs = (ctypes.c_int * self._nres)(*layout.result_regs)
+        self._res = (ctypes.c_uint64 * self._nres)()
+        self._res_ptrs = _pointers(self._res)
+        self._callback = _INTR_HOOK(self._on_intr)
+        self._hook = ctypes.c_size_t()
+        self._installed = False
+        self._error: BaseException | None = None
+        self.table_hits = 0
+        self.python_calls = 0
+        self.floor: bool | int = False
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        err = uclib.uc_hook_add(
+            self._uch,
+            ctypes.byref(self._hook),
+            UC_HOOK_INTR,
+            ctypes.cast(self._callback, ctypes.c_void_p),
+            None,
+            1,
+            0,
+        )
+        if err:
+            raise RuntimeError(f"uc_hook_add failed with error {err}")
+        self._installed = True
+
+    def remove(self) -> None:
+        if self._installed:
+            uclib.uc_hook_del(self._uch, self._hook)
+            self._installed = False
+
+    def take_error(self) -> BaseException | None:
+        error, self._error = self._error, None
+        return error
+
+    def _on_intr(self, _uc: int, intno: int, _user: int) -> None:
+        try:
+            layout = self._layout
+            if intno != layout.hvc_intno and intno != layout.smc_intno:
+                self._on_other(intno)
+                return
+            if self.floor:
+                self._write([0])
+                return
+            uclib.uc_reg_read_batch(self._uch, self._regs, self._val_ptrs, self._nregs)
+            vals = self._vals[: self._nregs]
+            pc = vals[-1]
+            word = self._memory.read_u32(pc - 4) if self._memory.contains(pc - 4, 4) else 0
+            imm = (word >> 5) & 0xFFFF
+            table = self._table
+            if imm == 0 and table is not None and table.enabled:
+                fid = vals[0] & MASK32
+                found = table.lookup(fid, table_key(fid, vals[1]))
+                if found is not None:
+                    self._write(found)
+                    self.table_hits += 1
+                    return
+            self.python_calls += 1
+            results = self._on_call(tuple(vals[:-1]), intno == layout.smc_intno, imm)
+            if results is not None:
+                self._write(results)
+        except BaseException as exc:  # nothing may unwind through the engine's C frames
+            if self._error is None:
+                self._error = exc
+            uclib.uc_emu_stop(self._uch)
+
+    def _write(self, results: Sequence[int]) -> None:
+        n = min(len(results), self._nres)
+        mask = (1 << 64) - 1
+        for i in range(n):
+            self._res[i] = results[i] & mask
+        uclib.uc_reg_write_batch(self._uch, self._res_regs, self._res_ptrs, n)

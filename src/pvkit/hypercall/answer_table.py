@@ -1,0 +1,133 @@
+"""Answers a trap may give without entering the dispatcher: per-VM constants.
+
+A service marks a function `Memo.CONSTANT` (versions, UIDs, feature bitmaps) or
+`Memo.BY_QUERIED_ID` (FEATURES queries: the answer depends only on which function ID the
+first argument names). The values are computed by running the real handler once per key
+when the VM boots, so the table can never disagree with the dispatcher.
+
+What stays out of the table, so that policy and tracing behave the same on every path:
+functions a policy rule covers; BY_QUERIED_ID functions whenever any rule exists (the
+answers of FEATURES queries depend on the rules); everything while a trace sink is
+attached (`enabled` is False then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from pvkit.hypercall.call import Call, Conduit
+from pvkit.hypercall.namespace import Memo, Namespace
+from pvkit.hypercall.policy import Policy
+
+MASK32 = 0xFFFF_FFFF
+MASK64 = (1 << 64) - 1
+SMC64_BIT = 1 << 30  # SMCCC: a 64-bit convention ID keys on all of x1, else on w1
+
+
+class EntryKind(Enum):
+    """Matches the C table's kinds (ANY = 0, KEYED = 1, DEFAULT = 2)."""
+
+    ANY = 0
+    KEYED = 1
+    DEFAULT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    function_id: int
+    kind: EntryKind
+    key: int
+    results: tuple[int, ...]
+
+    def as_tuple(self) -> tuple[int, int, int, tuple[int, ...]]:
+        return (self.function_id, self.kind.value, self.key, self.results)
+
+
+def table_key(function_id: int, arg1: int) -> int:
+    """The first argument as the ABI narrowed it (w1 for 32-bit convention IDs)."""
+    return arg1 & (MASK64 if function_id & SMC64_BIT else MASK32)
+
+
+class AnswerTable:
+    """The table as Python sees it; the C trap compiles the same entries into a hash."""
+
+    def __init__(self, entries: Iterable[Entry], nresults: int):
+        self.nresults = nresults
+        self.entries = tuple(entries)
+        self.enabled = True
+        self._any: dict[int, tuple[int, ...]] = {}
+        self._keyed: dict[tuple[int, int], tuple[int, ...]] = {}
+        self._default: dict[int, tuple[int, ...]] = {}
+        for e in self.entries:
+            if len(e.results) != nresults:
+                raise ValueError(f"entry {e.function_id:#x} needs {nresults} results")
+            if e.kind is EntryKind.ANY:
+                self._any[e.function_id] = e.results
+            elif e.kind is EntryKind.KEYED:
+                self._keyed[(e.function_id, e.key)] = e.results
+            else:
+                self._default[e.function_id] = e.results
+
+    def lookup(self, function_id: int, key: int) -> tuple[int, ...] | None:
+        """Results for a call, or None when it must reach the dispatcher."""
+        found = self._any.get(function_id)
+        if found is None:
+            found = self._keyed.get((function_id, key))
+            if found is None:
+                found = self._default.get(function_id)
+        return found
+
+
+def build_answer_table(
+    namespace: Namespace, policy: Policy, not_supported: tuple[int, ...]
+) -> AnswerTable:
+    """Run every memoizable handler once per key and record what it answered.
+
+    A BY_QUERIED_ID function gets one KEYED entry per served function ID, and a DEFAULT
+    entry holding its answer for an ID nobody serves.
+    """
+    entries: list[Entry] = []
+    has_rules = bool(policy.rules)
+    served = [f.function_id for f in namespace.functions]
+    for fn in namespace.functions:
+        if fn.memo is None or policy.rule_for(fn.function_id) is not None:
+            continue
+        if fn.memo is Memo.CONSTANT:
+            results = _answer(fn.handler, fn.function_id, 0, not_supported)
+            entries.append(Entry(fn.function_id, EntryKind.ANY, 0, results))
+            continue
+        if has_rules:
+            continue
+        keys = sorted({table_key(fn.function_id, k) for k in served})
+        for key in keys:
+            results = _answer(fn.handler, fn.function_id, key, not_supported)
+            entries.append(Entry(fn.function_id, EntryKind.KEYED, key, results))
+        probe = _probe_outside(keys)
+        default = _answer(fn.handler, fn.function_id, probe, not_supported)
+        entries.append(Entry(fn.function_id, EntryKind.DEFAULT, 0, default))
+    return AnswerTable(entries, len(not_supported))
+
+
+def _answer(
+    handler: Callable[[Call], None], function_id: int, arg1: int, preset: tuple[int, ...]
+) -> tuple[int, ...]:
+    call = Call(
+        conduit=Conduit.HVC,
+        function_id=function_id,
+        args=(arg1,),
+        vcpu=0,
+        results=list(preset),
+    )
+    handler(call)
+    return tuple(v & MASK64 for v in call.results)
+
+
+def _probe_outside(keys: list[int]) -> int:
+    """A function ID nobody serves: the reserved SMCCC owner 7 range."""
+    probe = 0x8700_0000
+    taken = set(keys)
+    while probe in taken:
+        probe += 1
+    return probe
