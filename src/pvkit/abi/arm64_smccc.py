@@ -36,18 +36,14 @@ class SmcccAbi:
 
     @staticmethod
     def decode(x: Sequence[int], conduit: Conduit, immediate: int, vcpu: int) -> Call:
+        # Hot path (one call per trapped hypercall): positional construction, and the
+        # SMC32 narrowing only when some argument really has upper bits set.
         fid = x[0] & MASK32
+        args = tuple(x[1:])
         wide = bool(fid & _SMC64)
-        args = tuple(x[1:]) if wide else tuple(v & MASK32 for v in x[1:])
-        call = Call(
-            conduit=conduit,
-            function_id=fid,
-            args=args,
-            vcpu=vcpu,
-            results=list(NOT_SUPPORTED_ANSWER),
-            immediate=immediate,
-            wide=wide,
-        )
+        if not wide and args and max(args) > MASK32:
+            args = tuple([v & MASK32 for v in args])
+        call = Call(conduit, fid, args, vcpu, list(NOT_SUPPORTED_ANSWER), immediate, 1, wide)
         if immediate != 0:
             call.rejected = f"{conduit.value.upper()} immediate {immediate:#x} is not 0"
         elif fid & _FAST and fid & _MBZ_1_1:

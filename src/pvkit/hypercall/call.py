@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+_ZEROS = (0,) * 32
+
 
 class Conduit(Enum):
     """The instruction the guest used to reach the hypervisor."""
@@ -48,5 +50,6 @@ class Call:
 
     def answer(self, *values: int) -> None:
         """Set results; registers not named are written as zero."""
-        for i in range(len(self.results)):
-            self.results[i] = values[i] if i < len(values) else 0
+        n = len(self.results)
+        k = len(values)
+        self.results[:] = values[:n] if k >= n else values + _ZEROS[: n - k]

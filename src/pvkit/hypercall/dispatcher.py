@@ -23,11 +23,26 @@ class Dispatcher:
         self.policy = policy
         self.trace = trace
         self._namer = namer
+        self._functions = namespace.by_id
+        self._tracing = False
+        trace.watch(self._on_trace_change)
         self.internal_errors = 0
+
+    def _on_trace_change(self, active: bool) -> None:
+        self._tracing = active
 
     def dispatch(self, call: Call, preset: tuple[int, ...]) -> None:
         """Serve `call` in place; `preset` is the ABI's not-supported answer."""
-        tracing = self.trace.active
+        if not (self._tracing or self.policy.has_rules or call.rejected is not None):
+            # The common case, kept to one lookup and one handler call.
+            fn = self._functions.get(call.function_id)
+            if fn is not None:
+                try:
+                    fn.handler(call)
+                except Exception as exc:
+                    self._handler_failed(call, preset, exc)
+            return
+        tracing = self._tracing
         start = time.perf_counter_ns() if tracing else 0
         action, detail = self._serve(call, preset)
         if tracing:
@@ -65,14 +80,17 @@ class Dispatcher:
         try:
             handler(call)
         except Exception as exc:
-            self.internal_errors += 1
-            call.results[:] = preset
-            detail = f"{type(exc).__name__}: {exc}"
-            self.trace.event(
-                VmEvent("handler_error", time.perf_counter_ns(), call.vcpu, {"error": detail})
-            )
-            return "error", detail
+            return "error", self._handler_failed(call, preset, exc)
         return action, None
+
+    def _handler_failed(self, call: Call, preset: tuple[int, ...], exc: Exception) -> str:
+        self.internal_errors += 1
+        call.results[:] = preset
+        detail = f"{type(exc).__name__}: {exc}"
+        self.trace.event(
+            VmEvent("handler_error", time.perf_counter_ns(), call.vcpu, {"error": detail})
+        )
+        return detail
 
     def serves(self, function_id: int) -> bool:
         """Would a call to `function_id` reach a handler (for FEATURES-style queries)?"""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from types import MappingProxyType
 
 from pvkit.hypercall.call import Call
 
@@ -94,6 +95,11 @@ class Namespace:
 
     def lookup(self, function_id: int) -> Function | None:
         return self._functions.get(function_id)
+
+    @property
+    def by_id(self) -> Mapping[int, Function]:
+        """The served functions keyed by ID (read-only view, for dispatch tables)."""
+        return MappingProxyType(self._functions)
 
     @property
     def claims(self) -> list[Claim]:

@@ -46,6 +46,7 @@ class Policy:
         self._rules: list[Rule] = []
         self._starts: list[int] = []
         self._frozen = False
+        self.has_rules = False  # read on every call: a plain attribute, not a property
         for rule in rules:
             self.add(rule)
 
@@ -65,6 +66,7 @@ class Policy:
         i = bisect.bisect_left(self._starts, rule.ids.first)
         self._rules.insert(i, rule)
         self._starts.insert(i, rule.ids.first)
+        self.has_rules = True
 
     def rule_for(self, function_id: int) -> Rule | None:
         if not self._rules:
