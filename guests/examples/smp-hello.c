@@ -1,7 +1,9 @@
 /* smp-hello: discover the hypervisor, start every CPU with CPU_ON, let each say hello, power off.
  *
- * Secondaries print in turn (a shared counter, plain loads and stores) so the console is
- * readable and the output is the same on every run. */
+ * CPUs are started one after another: each secondary says hello, advances a shared counter
+ * (plain loads and stores) and turns itself off while CPU 0 waits for the counter before the
+ * next CPU_ON. The output is the same on every run, and hundreds of CPUs boot on a host with
+ * two cores, because at most two of them run at any time. */
 #include <pvkit/console.h>
 #include <pvkit/psci.h>
 #include <pvkit/runtime.h>
@@ -37,21 +39,22 @@ void guest_main(const void *fdt)
     uint64_t self = read_mpidr() & 0xff00ffffffUL;
     kprintf("hello from cpu 0 (mpidr 0x%lx)\n", self);
 
-    turn = 1;
     int started = 0;
     for (int i = 0; i < env.ncpus; i++) {
         if (env.mpidr[i] == self)
             continue;
+        turn = (uint64_t)i;
         int64_t r = psci_cpu_on(&env, env.mpidr[i], secondary_entry, (uint64_t)i);
-        if (r != PSCI_SUCCESS)
+        if (r != PSCI_SUCCESS) {
             kprintf("CPU_ON(0x%lx) failed: %ld\n", env.mpidr[i], r);
-        else
-            started++;
+            continue;
+        }
+        started++;
+        /* Wait for its hello before the next CPU_ON, and before asking AFFINITY_INFO: some
+         * hypervisors (QEMU 7.2) report a CPU that was just started as OFF, not ON_PENDING. */
+        while (turn != (uint64_t)i + 1)
+            ;
     }
-    /* Wait for the last hello before asking AFFINITY_INFO: some hypervisors (QEMU 7.2)
-     * report a CPU that was just started as OFF rather than ON_PENDING. */
-    while (turn != (uint64_t)env.ncpus)
-        ;
     for (int i = 0; i < env.ncpus; i++) {
         if (env.mpidr[i] == self)
             continue;

@@ -17,6 +17,7 @@
 
 #define MAX_ARGS 18
 #define MAX_RESULTS 4
+#define FIRST_BATCH 2 /* x0 and x1: all the answer table needs */
 
 typedef int (*uc_batch_fn)(void *uc, const int *regs, void *const *vals, int count);
 typedef int (*uc_stop_fn)(void *uc);
@@ -255,6 +256,9 @@ typedef struct {
     int regs[MAX_ARGS + 1];
     uint64_t vals[MAX_ARGS + 1];
     void *val_ptrs[MAX_ARGS + 1];
+    int first_regs[FIRST_BATCH + 1]; /* the first argument registers, then PC */
+    uint64_t first_vals[FIRST_BATCH + 1];
+    void *first_ptrs[FIRST_BATCH + 1];
     int nresults;
     int result_regs[MAX_RESULTS];
     uint64_t results[MAX_RESULTS];
@@ -364,6 +368,8 @@ static void call_other(TrapObject *t, void *uc, uint32_t intno)
     PyGILState_Release(gil);
 }
 
+/* Registers are read in two batches: x0, x1 and PC first (all the answer table needs),
+ * the remaining argument registers only when the call goes to Python. */
 static void trap_intr(void *uc, uint32_t intno, void *user)
 {
     TrapObject *t = user;
@@ -377,13 +383,16 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
         t->write_batch(uc, t->result_regs, &p, 1);
         return;
     }
-    t->read_batch(uc, t->regs, t->val_ptrs, t->nregs);
-    uint64_t pc = t->vals[t->nregs - 1]; /* already past the HVC/SMC */
+    int nargs = t->nregs - 1;
+    int first = nargs < FIRST_BATCH ? nargs : FIRST_BATCH;
+    t->read_batch(uc, t->first_regs, t->first_ptrs, first + 1);
+    uint64_t pc = t->first_vals[first]; /* already past the HVC/SMC */
     uint32_t imm = (instruction_word(t, pc - 4) >> 5) & 0xFFFF;
     const TableObject *table = t->table;
     if (imm == 0 && table && table->enabled) {
-        uint32_t fid = (uint32_t)t->vals[0];
-        uint64_t key = (fid & SMCCC_SMC64) ? t->vals[1] : (uint32_t)t->vals[1];
+        uint32_t fid = (uint32_t)t->first_vals[0];
+        uint64_t x1 = first > 1 ? t->first_vals[1] : 0;
+        uint64_t key = (fid & SMCCC_SMC64) ? x1 : (uint32_t)x1;
         const Slot *s = table_lookup(table, fid, key);
         if (s) {
             void *p[MAX_RESULTS];
@@ -394,6 +403,10 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
             return;
         }
     }
+    for (int i = 0; i < first; i++)
+        t->vals[i] = t->first_vals[i];
+    if (nargs > first)
+        t->read_batch(uc, t->regs + first, t->val_ptrs + first, nargs - first);
     call_python(t, uc, intno == t->smc_intno, imm);
 }
 
@@ -467,6 +480,11 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
     self->nregs = nargs + 1;
     for (int i = 0; i < self->nregs; i++)
         self->val_ptrs[i] = &self->vals[i];
+    int first = nargs < FIRST_BATCH ? nargs : FIRST_BATCH;
+    for (int i = 0; i <= FIRST_BATCH; i++) {
+        self->first_regs[i] = i < first ? self->regs[i] : pc_reg;
+        self->first_ptrs[i] = &self->first_vals[i];
+    }
     self->nresults = nres;
     for (int i = 0; i < nres; i++)
         self->result_ptrs[i] = &self->results[i];

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pvkit.cli import decode, dtb, run
+from pvkit.cli import bench, decode, dtb, run
 
 app = typer.Typer(
     name="pvkit",
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command(name="run")(run.run)
 app.command(name="decode")(decode.decode)
 app.command(name="dtb")(dtb.dtb)
+app.command(name="bench")(bench.bench)
 
 
 def main() -> None:

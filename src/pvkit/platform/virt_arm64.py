@@ -124,6 +124,8 @@ class VirtArm64:
             s.bind(self)
         self.trap_path = resolve_path(config.trap)
         self.answers: CompiledTable | None = None
+        # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
+        self.on_engine: Callable[[Arm64Engine], None] | None = None
 
         self.dtb = virt_device_tree(config, self.services, self.memory.region)
         self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
@@ -143,7 +145,7 @@ class VirtArm64:
         return self.vm.run(timeout)
 
     def _engine(self, index: int) -> Arm64Engine:
-        return Arm64Engine(
+        engine = Arm64Engine(
             index,
             self.mpidrs[index],
             self.memory,
@@ -153,6 +155,9 @@ class VirtArm64:
             self.trap_path,
             self.answers,
         )
+        if self.on_engine is not None:
+            self.on_engine(engine)
+        return engine
 
     def _prepare(self) -> StartRequest:
         """Lay out RAM exactly as at first boot (also used by SYSTEM_RESET)."""

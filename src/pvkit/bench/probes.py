@@ -1,0 +1,187 @@
+"""One timed run each: the bench guest on pvkit, on a bare Unicorn engine, under QEMU.
+
+Every probe times the guest's loop between the console lines "bench: begin" and
+"bench: end" (guests/bench/bench.c), so boot and power-off are never in the figure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc  # type: ignore[attr-defined]
+from unicorn import arm64_const as r
+
+from pvkit.backends.unicorn_arm64 import Arm64Engine
+from pvkit.bench.service import BenchService
+from pvkit.devices.pl011 import Pl011
+from pvkit.loader.image import load_image
+from pvkit.machine.memory import GuestMemory
+from pvkit.platform.virt_arm64 import (
+    RAM_BASE,
+    UART_BASE,
+    UART_SIZE,
+    VirtArm64,
+    VirtConfig,
+    virt_device_tree,
+)
+from pvkit.services.profiles import NONE
+
+GUESTS = Path(__file__).resolve().parents[3] / "guests" / "prebuilt"
+BENCH_IMAGE = GUESTS / "bench.Image"
+SMP_HELLO = GUESTS / "smp-hello.Image"
+QEMU = "qemu-system-aarch64"
+_TCG_BUFFER = 32 << 20  # the same translation cache pvkit's engines get
+
+
+class BenchError(RuntimeError):
+    """A probe did not produce its markers; the message says what the guest printed."""
+
+
+@dataclass
+class MarkerClock:
+    """A console that timestamps the begin/end marker lines as their newline arrives."""
+
+    begin: float | None = None
+    end: float | None = None
+    text: bytearray = field(default_factory=bytearray)
+    _line: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> None:
+        now = time.perf_counter()
+        for byte in data:
+            if byte != 0x0A:
+                self._line.append(byte)
+                continue
+            line = bytes(self._line)
+            self._line.clear()
+            self.text += line + b"\n"
+            if line.startswith(b"bench: begin"):
+                self.begin = now
+            elif line.startswith(b"bench: end"):
+                self.end = now
+
+    def seconds(self, what: str) -> float:
+        if self.begin is None or self.end is None:
+            shown = self.text.decode(errors="replace").strip() or "(nothing)"
+            raise BenchError(f"{what}: the bench guest printed no begin/end markers: {shown}")
+        return self.end - self.begin
+
+
+@dataclass(frozen=True, slots=True)
+class PvkitCounts:
+    table_hits: int
+    python_calls: int
+
+
+def pvkit_loop(
+    bootargs: str, *, trap: str = "auto", floor: bool = False, timeout: float = 120
+) -> tuple[float, PvkitCounts]:
+    """Seconds the bench loop took inside a pvkit VM (every pvkit hook installed)."""
+    clock = MarkerClock()
+    config = VirtConfig(
+        console=clock.feed, bootargs=bootargs, trap=trap, extra_services=[BenchService()]
+    )
+    machine = VirtArm64(config, BENCH_IMAGE)
+    engines: list[Arm64Engine] = []
+
+    def attach(engine: Arm64Engine) -> None:
+        engine.trap.floor = floor
+        engines.append(engine)
+
+    machine.on_engine = attach
+    machine.run(timeout)
+    seconds = clock.seconds(f"pvkit {bootargs!r}")
+    counts = PvkitCounts(
+        sum(e.trap.table_hits for e in engines), sum(e.trap.python_calls for e in engines)
+    )
+    return seconds, counts
+
+
+def bare_loop(bootargs: str, timeout: float = 120) -> float:
+    """Seconds the same loop took on a bare Unicorn engine: RAM, a UART, nothing else."""
+    clock = MarkerClock()
+    memory = GuestMemory(RAM_BASE, 256 << 20)
+    image = load_image(BENCH_IMAGE, memory.region)
+    dtb = virt_device_tree(VirtConfig(profile=NONE, bootargs=bootargs), ram=memory.region)
+    for seg in image.segments:
+        memory.write(seg.address, seg.data)
+    dtb_address = (image.end + 0xFFFF) & ~0xFFFF
+    memory.write(dtb_address, dtb)
+    uart = Pl011(UART_BASE, clock.feed, UART_SIZE)
+
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
+    uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+    uc.mmio_map(
+        UART_BASE,
+        UART_SIZE,
+        lambda _uc, off, size, _u: uart.read(off, size),
+        None,
+        lambda _uc, off, size, value, _u: uart.write(off, size, value),
+        None,
+    )
+    uc.hook_add(UC_HOOK_INTR, lambda u, _intno, _user: u.emu_stop())  # any exception ends it
+    uc.reg_write(r.UC_ARM64_REG_X0, dtb_address)
+    watchdog = threading.Timer(timeout, uc.emu_stop)
+    watchdog.start()
+    try:
+        uc.emu_start(image.entry, 0)  # returns at the guest's final WFI
+    finally:
+        watchdog.cancel()
+    return clock.seconds(f"bare engine {bootargs!r}")
+
+
+def qemu_available() -> bool:
+    return shutil.which(QEMU) is not None
+
+
+def qemu_command(image: Path, smp: int = 1, bootargs: str | None = None) -> list[str]:
+    cmd = [QEMU, "-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-smp", str(smp)]
+    cmd += ["-m", "256M", "-nographic", "-monitor", "none", "-serial", "stdio"]
+    cmd += ["-nic", "none", "-kernel", str(image)]  # no NIC: its option ROM may be absent
+    return cmd + (["-append", bootargs] if bootargs is not None else [])
+
+
+def qemu_loop(bootargs: str, timeout: float = 120) -> float:
+    """Seconds the same loop took under QEMU's own TCG and PSCI."""
+    clock = MarkerClock()
+    proc = subprocess.Popen(
+        qemu_command(BENCH_IMAGE, bootargs=bootargs),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            clock.feed(chunk)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    return clock.seconds(f"QEMU {bootargs!r}")
+
+
+def wall_time(cmd: list[str], timeout: float) -> float | None:
+    """Wall seconds of a command that must exit 0 within `timeout`, else None."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None
+    elapsed = time.perf_counter() - start
+    return elapsed if done.returncode == 0 else None
+
+
+Probe = Callable[[], float]

@@ -1,0 +1,29 @@
+"""A service for benchmarks: one call served by a Python handler that does real work.
+
+It lives in the OEM service range (owner 3), which no default service claims, and is
+only ever added to benchmark VMs.
+"""
+
+from __future__ import annotations
+
+from pvkit.hypercall.call import Call
+from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.services.base import Service
+
+BENCH_RANGE = IdRange(0xC300_0000, 0xC300_00FF)
+BENCH_SUM = 0xC300_0001
+_MASK64 = (1 << 64) - 1
+
+
+class BenchService(Service):
+    name = "bench"
+
+    def claims(self) -> list[IdRange]:
+        return [BENCH_RANGE]
+
+    def functions(self) -> list[Function]:
+        return [Function(BENCH_SUM, "BENCH_SUM", self._sum)]
+
+    def _sum(self, call: Call) -> None:
+        a, b, c = call.arg(1), call.arg(2), call.arg(3)
+        call.answer((a + b + c) & _MASK64, a ^ b, call.vcpu)

@@ -1,0 +1,195 @@
+"""The benchmark suite: every metric in one run, repetitions interleaved, medians and spread.
+
+Interleaving (metric A, B, C, then A, B, C again...) spreads the drift of a shared
+machine over all metrics alike, so the ratios taken from one run are fair.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pvkit.bench import probes
+from pvkit.bench.service import BENCH_SUM
+
+PSCI_VERSION = 0x8400_0000
+VENDOR_CALL = 0x8600_0001  # any ID: in floor mode the trap answers before decoding it
+ALU_INSTRUCTIONS = 5  # per iteration of the bench guest's loops
+MEM_INSTRUCTIONS = 7
+VCPU_STEPS = (1, 8, 64, 256)
+VCPU_LIMIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """Loop lengths: long enough that a loop takes ~0.2 s at the expected speed."""
+
+    calls: int = 3_000_000
+    python_calls: int = 300_000
+    alu: int = 60_000_000
+    mem: int = 3_000_000
+    reps: int = 5
+    vcpu_steps: tuple[int, ...] = VCPU_STEPS
+
+
+QUICK = Sizes(
+    calls=20_000, python_calls=5_000, alu=1_000_000, mem=100_000, reps=2, vcpu_steps=(1, 8)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Spread:
+    median: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median": self.median, "min": self.min, "max": self.max}
+
+
+Sample = Callable[[], float]
+
+
+def _per_call_us(run: Callable[[], tuple[float, probes.PvkitCounts]], n: int, path: str) -> Sample:
+    def sample() -> float:
+        seconds, counts = run()
+        served = counts.table_hits if path == "table" else counts.python_calls
+        if served < n:
+            raise probes.BenchError(
+                f"expected {n} calls on the {path} path, saw {served} "
+                f"(table {counts.table_hits}, Python {counts.python_calls})"
+            )
+        return seconds / n * 1e6
+
+    return sample
+
+
+def _samplers(sizes: Sizes, qemu: bool) -> dict[str, Sample]:
+    n, np_ = sizes.calls, sizes.python_calls
+    s: dict[str, Sample] = {
+        "trap_floor_us": lambda: (
+            probes.pvkit_loop(f"call {VENDOR_CALL:#x} {n}", floor=True)[0] / n * 1e6
+        ),
+        "table_call_us": _per_call_us(
+            lambda: probes.pvkit_loop(f"call {PSCI_VERSION:#x} {n}"), n, "table"
+        ),
+        "python_call_us": _per_call_us(
+            lambda: probes.pvkit_loop(f"call {BENCH_SUM:#x} {np_} 7"), np_, "python"
+        ),
+        "mips_bare": lambda: _mips(
+            probes.bare_loop(f"alu {sizes.alu}"), sizes.alu, ALU_INSTRUCTIONS
+        ),
+        "mips_pvkit": lambda: _mips(
+            probes.pvkit_loop(f"alu {sizes.alu}")[0], sizes.alu, ALU_INSTRUCTIONS
+        ),
+        "mips_mem_bare": lambda: _mips(
+            probes.bare_loop(f"mem {sizes.mem}"), sizes.mem, MEM_INSTRUCTIONS
+        ),
+        "mips_mem_pvkit": lambda: _mips(
+            probes.pvkit_loop(f"mem {sizes.mem}")[0], sizes.mem, MEM_INSTRUCTIONS
+        ),
+        "boot_to_off_s": lambda: _must(probes.wall_time(_pvkit_run(4), 120), "pvkit boot"),
+    }
+    if qemu:
+        s["qemu_psci_us"] = lambda: probes.qemu_loop(f"call {PSCI_VERSION:#x} {n}") / n * 1e6
+        s["boot_to_off_qemu_s"] = lambda: _must(
+            probes.wall_time(probes.qemu_command(probes.SMP_HELLO, smp=4), 120), "QEMU boot"
+        )
+    return s
+
+
+def _mips(seconds: float, iterations: int, per_iteration: int) -> float:
+    return iterations * per_iteration / seconds / 1e6
+
+
+def _must(value: float | None, what: str) -> float:
+    if value is None:
+        raise probes.BenchError(f"{what} did not reach SYSTEM_OFF")
+    return value
+
+
+def _pvkit_run(smp: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pvkit",
+        "run",
+        str(probes.SMP_HELLO),
+        "--smp",
+        str(smp),
+        "--timeout",
+        str(VCPU_LIMIT_S),
+    ]
+
+
+def vcpus_max(steps: tuple[int, ...]) -> int:
+    """The largest step that boots smp-hello to SYSTEM_OFF within the limit (0: none)."""
+    best = 0
+    for smp in steps:
+        if probes.wall_time(_pvkit_run(smp), VCPU_LIMIT_S + 10) is None:
+            break
+        best = smp
+    return best
+
+
+Report = dict[str, object]
+Progress = Callable[[str], None]
+
+
+def run_suite(sizes: Sizes, progress: Progress = lambda _m: None) -> Report:
+    """Every metric; values are Spread dicts, ratios and counts plain numbers (None: n/a)."""
+    qemu = probes.qemu_available()
+    samplers = _samplers(sizes, qemu)
+    samples: dict[str, list[float]] = {k: [] for k in samplers}
+    for rep in range(sizes.reps):
+        for name, sample in samplers.items():
+            progress(f"rep {rep + 1}/{sizes.reps}: {name}")
+            samples[name].append(sample())
+    spreads = {k: Spread.of(v) for k, v in samples.items()}
+    progress("vcpus_max")
+    report: Report = {k: v.as_dict() for k, v in spreads.items()}
+    report.setdefault("qemu_psci_us", None)
+    report.setdefault("boot_to_off_qemu_s", None)
+    report["table_vs_qemu"] = _ratio(spreads, "table_call_us", "qemu_psci_us")
+    report["python_vs_qemu"] = _ratio(spreads, "python_call_us", "qemu_psci_us")
+    report["mips_ratio"] = _ratio(spreads, "mips_pvkit", "mips_bare")
+    report["mips_mem_ratio"] = _ratio(spreads, "mips_mem_pvkit", "mips_mem_bare")
+    report["vcpus_max"] = vcpus_max(sizes.vcpu_steps)
+    return report
+
+
+def _ratio(spreads: dict[str, Spread], top: str, bottom: str) -> float | None:
+    if top not in spreads or bottom not in spreads:
+        return None
+    return spreads[top].median / spreads[bottom].median
+
+
+# Targets from the issue that introduced the suite: (key, comparison, bound).
+TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("table_vs_qemu", "<=", 1.0),
+    ("python_vs_qemu", "<=", 6.0),
+    ("mips_ratio", ">=", 0.95),
+    ("mips_mem_ratio", ">=", 0.95),
+    ("vcpus_max", ">=", 256),
+)
+
+
+TargetRow = tuple[str, str, float, float | None, bool | None]
+
+
+def target_status(report: Report) -> list[TargetRow]:
+    out: list[TargetRow] = []
+    for key, op, bound in TARGETS:
+        value = report.get(key)
+        if not isinstance(value, int | float):
+            out.append((key, op, bound, None, None))
+            continue
+        met = value <= bound if op == "<=" else value >= bound
+        out.append((key, op, bound, float(value), met))
+    return out
