@@ -56,11 +56,13 @@ class Boot:
         return out
 
 
-def boot(image: Path, timeout: float = 60, **kwargs: object) -> Boot:
+def boot(image: Path, timeout: float = 60, traced: bool = True, **kwargs: object) -> Boot:
+    """Run `image`; `traced=False` leaves the answer table on (a trace turns it off)."""
     chunks: list[bytes] = []
     hub = TraceHub()
     rec = Recorder()
-    hub.attach(rec)
+    if traced:
+        hub.attach(rec)
     config = VirtConfig(console=chunks.append, **kwargs)  # type: ignore[arg-type]
     machine = VirtArm64(config, image, hub)
     reason = machine.run(timeout)
@@ -86,6 +88,17 @@ def assemble(tmp_path: Path, source: str, name: str = "guest") -> Path:
         check=True,
     )
     return elf
+
+
+TRAP_PATHS = ("c", "ctypes")
+
+
+@pytest.fixture(params=TRAP_PATHS)
+def trap(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once per hypercall trap; `pytestmark = usefixtures("trap")` opts a module in."""
+    path: str = request.param
+    monkeypatch.setenv("PVKIT_TRAP", path)
+    return path
 
 
 @pytest.fixture

@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import SMP_HELLO
+
+pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
 
 
 def pvkit(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pvkit.machine.vm import StopKind
 from pvkit.services.profiles import NONE
 
 from .conftest import boot
+
+pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
 
 UART = "ldr x20, =0x09000000\n"
 

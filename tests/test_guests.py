@@ -10,6 +10,8 @@ from pvkit.services.profiles import KVM, NONE, PVKIT
 
 from .conftest import PSCI_WALK, SMP_HELLO, boot
 
+pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
+
 
 @pytest.mark.parametrize("smp", [1, 4, 8, 20])
 def test_smp_hello_says_hello_from_every_cpu_and_powers_off(smp: int) -> None:
@@ -131,9 +133,12 @@ HOSTILE_ANSWERS = {
 }
 
 
+@pytest.mark.parametrize("traced", [True, False], ids=["dispatcher", "answer-table"])
 @pytest.mark.parametrize("conduit", ["hvc", "smc"])
-def test_psci_walk_gets_the_spec_answers_and_survives_hostile_calls(conduit: str) -> None:
-    b = boot(PSCI_WALK, smp=2, conduit=conduit)
+def test_psci_walk_gets_the_spec_answers_and_survives_hostile_calls(
+    conduit: str, traced: bool
+) -> None:
+    b = boot(PSCI_WALK, smp=2, conduit=conduit, traced=traced)
     assert b.reason.kind is StopKind.SHUTDOWN, b.console
     assert b.results("spec") == SPEC_ANSWERS
     assert b.results("hostile") == HOSTILE_ANSWERS

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from .conftest import PSCI_WALK, SMP_HELLO, boot
 from .test_guests import SPEC_ANSWERS
+
+pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
 
 
 def qemu(image: str, smp: int) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
+from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.devices.pl011 import Pl011
@@ -103,6 +104,7 @@ class VirtArm64:
 
     def __init__(self, config: VirtConfig, image: Path | BootImage, trace: TraceHub | None = None):
         _check(config)
+        use_one_malloc_arena()  # before any vCPU thread exists (see host_heap.py)
         self.config = config
         self.trace = trace or TraceHub()
         self.memory = GuestMemory(RAM_BASE, config.memory)
