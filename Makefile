@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit toolchain guests clean
+.PHONY: run test bench lint typecheck unit toolchain guests clean
 
 $(STAMP): pyproject.toml setup.py src/pvkit/backends/_trap.c
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ unit: $(STAMP) toolchain
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The benchmark suite (needs qemu-system-aarch64 for the QEMU comparisons: toolchain installs it).
+bench: $(STAMP) toolchain
+	$(BIN)/pvkit bench --json bench.json
 
 guests: toolchain
 	$(MAKE) -C guests prebuilt

@@ -1,0 +1,50 @@
+"""`pvkit bench` runs every metric in one go and reports them in the promised shape.
+
+Loops are tiny here (--quick): this checks the suite, not the speed; `make bench` measures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .test_cli import pvkit
+
+SPREADS = {
+    "trap_floor_us",
+    "table_call_us",
+    "python_call_us",
+    "qemu_psci_us",
+    "mips_bare",
+    "mips_pvkit",
+    "mips_mem_bare",
+    "mips_mem_pvkit",
+    "boot_to_off_s",
+    "boot_to_off_qemu_s",
+}
+NUMBERS = {"table_vs_qemu", "python_vs_qemu", "mips_ratio", "mips_mem_ratio", "vcpus_max"}
+
+
+def test_quick_bench_reports_every_metric_as_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = pvkit("bench", "--quick", "--reps", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "table_vs_qemu" in r.stdout and "targets" in r.stdout
+    report = json.loads(out.read_text())
+    assert set(report) == SPREADS | NUMBERS
+    for key in SPREADS:
+        spread = report[key]
+        assert set(spread) == {"median", "min", "max"}, key
+        assert 0 < spread["min"] <= spread["median"] <= spread["max"], key
+    # Orders of magnitude that hold on any machine: the bare trap is far cheaper than a
+    # trip through Python, and the quick vCPU steps (1, 8) all boot.
+    assert report["trap_floor_us"]["median"] * 5 < report["python_call_us"]["median"]
+    assert report["vcpus_max"] == 8
+    ratio = report["table_call_us"]["median"] / report["qemu_psci_us"]["median"]
+    assert abs(report["table_vs_qemu"] - ratio) < 1e-9
+
+
+def test_bench_refuses_a_nonsense_repetition_count() -> None:
+    r = pvkit("bench", "--reps", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "pvkit: --reps must be at least 1"
