@@ -1,10 +1,11 @@
 """Keep every vCPU engine's allocations in glibc's main malloc arena.
 
-Measured here (pvkit bench, ALU loop): a Unicorn engine created on a vCPU thread runs guest
-code about 13% slower than one created on the main thread, because glibc gives each new
-thread its own arena and the engine's CPU state lands there. One arena removes the gap;
-engines allocate almost nothing after creation, so the shared arena's lock is not contended.
-Threads pick their arena at their first malloc, so call this before vCPU threads start.
+Measured here (pvkit bench, ALU loop): a Unicorn engine whose state lives in a non-main
+glibc arena (the one a new thread gets) runs guest code 10-13% slower than one in the main
+arena. With one arena every engine allocates from the main one; engines allocate almost
+nothing after creation, so the shared lock is not contended. An arena is picked at a
+thread's first malloc and any thread may already have made a second arena, so call this
+before the process starts any thread (`pvkit`'s entry point does; so does each platform).
 """
 
 from __future__ import annotations

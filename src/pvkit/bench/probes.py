@@ -18,6 +18,7 @@ from pathlib import Path
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc  # type: ignore[attr-defined]
 from unicorn import arm64_const as r
 
+from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.bench.service import BenchService
 from pvkit.devices.pl011 import Pl011
@@ -106,6 +107,7 @@ def pvkit_loop(
 
 def bare_loop(bootargs: str, timeout: float = 120) -> float:
     """Seconds the same loop took on a bare Unicorn engine: RAM, a UART, nothing else."""
+    use_one_malloc_arena()  # the watchdog thread below must not get an arena of its own
     clock = MarkerClock()
     memory = GuestMemory(RAM_BASE, 256 << 20)
     image = load_image(BENCH_IMAGE, memory.region)

@@ -28,7 +28,7 @@ class Sizes:
 
     calls: int = 3_000_000
     python_calls: int = 300_000
-    alu: int = 60_000_000
+    alu: int = 200_000_000
     mem: int = 3_000_000
     reps: int = 5
     vcpu_steps: tuple[int, ...] = VCPU_STEPS

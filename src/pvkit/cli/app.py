@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.cli import bench, decode, dtb, run
 
 app = typer.Typer(
@@ -20,4 +21,5 @@ app.command(name="bench")(bench.bench)
 
 
 def main() -> None:
+    use_one_malloc_arena()  # before any thread exists: see backends/host_heap.py
     app()
