@@ -81,3 +81,9 @@ def test_dtb_writes_a_blob_dtc_accepts(tmp_path: Path) -> None:
         check=True,
     ).stdout
     assert text.count('device_type = "cpu";') == 4
+
+
+def test_an_unknown_trap_path_is_one_sentence_and_exit_2() -> None:
+    r = pvkit("run", str(SMP_HELLO), "--trap", "fast")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "pvkit: trap path 'fast' is not auto, c or ctypes"
