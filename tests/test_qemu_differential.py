@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
+
+from pvkit.bench.probes import qemu_command
 
 from .conftest import PSCI_WALK, SMP_HELLO, boot
 from .test_guests import SPEC_ANSWERS
@@ -14,26 +17,7 @@ pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
 
 def qemu(image: str, smp: int) -> list[str]:
     out = subprocess.run(
-        [
-            "qemu-system-aarch64",
-            "-M",
-            "virt",
-            "-cpu",
-            "cortex-a57",
-            "-smp",
-            str(smp),
-            "-m",
-            "256M",
-            "-nographic",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-nic",
-            "none",  # no default NIC: its option ROM is not installed without recommends
-            "-kernel",
-            image,
-        ],
+        qemu_command(Path(image), smp=smp),
         capture_output=True,
         timeout=120,
         check=True,

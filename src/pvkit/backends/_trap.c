@@ -340,8 +340,17 @@ static void call_python(TrapObject *t, void *uc, int smc, uint32_t imm)
         PyGILState_Release(gil);
         return;
     }
-    for (int i = 0; i < nargs; i++)
-        PyTuple_SET_ITEM(args, i, PyLong_FromUnsignedLongLong(t->vals[i]));
+    for (int i = 0; i < nargs; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(t->vals[i]);
+        if (!v) {
+            Py_DECREF(args);
+            Py_DECREF(immobj);
+            trap_fail(t, uc);
+            PyGILState_Release(gil);
+            return;
+        }
+        PyTuple_SET_ITEM(args, i, v);
+    }
     PyObject *argv[3] = {args, smc ? Py_True : Py_False, immobj};
     PyObject *r = PyObject_Vectorcall(t->on_call, argv, 3, NULL);
     Py_DECREF(args);

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,6 +183,3 @@ def wall_time(cmd: list[str], timeout: float) -> float | None:
         return None
     elapsed = time.perf_counter() - start
     return elapsed if done.returncode == 0 else None
-
-
-Probe = Callable[[], float]
