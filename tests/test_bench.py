@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from pvkit.bench.probes import BenchError, MarkerClock
+
 from .test_cli import pvkit
 
 SPREADS = {
@@ -48,3 +52,10 @@ def test_bench_refuses_a_nonsense_repetition_count() -> None:
     r = pvkit("bench", "--reps", "0")
     assert r.returncode == 2
     assert r.stderr.strip() == "pvkit: --reps must be at least 1"
+
+
+def test_a_loop_whose_markers_arrive_together_is_an_error_not_zero_seconds() -> None:
+    clock = MarkerClock()
+    clock.feed(b"bench: begin call 0x84000000 x 10\nbench: end\n")
+    with pytest.raises(BenchError, match="ended before it could be timed"):
+        clock.seconds("QEMU")

@@ -71,6 +71,9 @@ class MarkerClock:
         if self.begin is None or self.end is None:
             shown = self.text.decode(errors="replace").strip() or "(nothing)"
             raise BenchError(f"{what}: the bench guest printed no begin/end markers: {shown}")
+        if self.end <= self.begin:
+            # Both markers arrived in one read: the loop was shorter than the reader's wakeup.
+            raise BenchError(f"{what}: the loop ended before it could be timed; make it longer")
         return self.end - self.begin
 
 

@@ -34,8 +34,10 @@ class Sizes:
     vcpu_steps: tuple[int, ...] = VCPU_STEPS
 
 
+# Still long enough (tens of ms) for a pipe reader on a loaded machine to see the markers
+# apart; shorter loops end before QEMU's output can be timed.
 QUICK = Sizes(
-    calls=20_000, python_calls=5_000, alu=1_000_000, mem=100_000, reps=2, vcpu_steps=(1, 8)
+    calls=1_000_000, python_calls=20_000, alu=20_000_000, mem=300_000, reps=2, vcpu_steps=(1, 8)
 )
 
 
