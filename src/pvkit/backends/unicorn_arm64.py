@@ -120,7 +120,9 @@ class Arm64Engine:
 
     def kick(self) -> None:
         self._kicked.set()
-        self._uc.emu_stop()
+        uc = self._uc  # the vCPU thread may close the engine meanwhile; this keeps it alive
+        if uc is not None:
+            uc.emu_stop()
 
     def close(self) -> None:
         self.trap.remove()  # before the engine goes: the hook holds a pointer to the trap
