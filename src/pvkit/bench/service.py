@@ -7,7 +7,7 @@ only ever added to benchmark VMs.
 from __future__ import annotations
 
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.services.base import Service
 
 BENCH_RANGE = IdRange(0xC300_0000, 0xC300_00FF)
@@ -18,10 +18,10 @@ _MASK64 = (1 << 64) - 1
 class BenchService(Service):
     name = "bench"
 
-    def claims(self) -> list[IdRange]:
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return [BENCH_RANGE]
 
-    def functions(self) -> list[Function]:
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         return [Function(BENCH_SUM, "BENCH_SUM", self._sum)]
 
     def _sum(self, call: Call) -> None:

@@ -13,3 +13,13 @@ class MmioDevice(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+class PortDevice(Protocol):
+    """An x86 I/O-port device: `ports` is the range of port numbers it decodes."""
+
+    ports: range
+
+    def read_port(self, port: int, size: int) -> int: ...
+
+    def write_port(self, port: int, size: int, value: int) -> None: ...

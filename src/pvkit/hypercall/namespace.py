@@ -13,6 +13,13 @@ from pvkit.hypercall.call import Call
 Handler = Callable[[Call], None]
 
 
+class Abi(Enum):
+    """A calling convention, and with it a function-number namespace of its own."""
+
+    SMCCC = "smccc"  # arm64 HVC/SMC: 32-bit function IDs in W0
+    KVM_X86 = "kvm-x86"  # x86 VMCALL/VMMCALL: KVM_HC_* numbers in RAX
+
+
 class Memo(Enum):
     """May a trap answer this function from the per-VM answer table (answer_table.py)?"""
 

@@ -25,10 +25,16 @@ class PowerOnResult(Enum):
 
 @dataclass(frozen=True, slots=True)
 class StartRequest:
-    """Where a vCPU starts and the one register value it is handed (x0 on arm64)."""
+    """Where a vCPU starts and the register values it is handed.
+
+    arm64: PC = entry, x0 = argument. x86: EIP = entry, EBX = argument, EAX = magic, in
+    32-bit protected mode; with `real_mode`, a SIPI start in real mode at the page `entry`.
+    """
 
     entry: int
     argument: int
+    magic: int = 0
+    real_mode: bool = False
 
 
 class VcpuPower:

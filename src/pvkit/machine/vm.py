@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
+from pvkit.machine.interrupts import InterruptQueue
 from pvkit.machine.power import PowerState, StartRequest, VcpuPower
 from pvkit.trace.events import TraceHub, VmEvent
 
@@ -30,6 +31,7 @@ class StopReason:
     kind: StopKind
     message: str = ""
     vcpu: int | None = None
+    status: int | None = None  # an exit status the guest chose (x86 isa-debug-exit)
 
 
 _KICK_INTERVAL_S = 0.001
@@ -55,6 +57,8 @@ class VirtualMachine:
         self._lock = threading.Lock()
         self._engines: list[VcpuEngine | None] = [None] * vcpu_count
         self._halted = [False] * vcpu_count
+        self._wakeups = [threading.Event() for _ in range(vcpu_count)]
+        self.interrupts = [InterruptQueue() for _ in range(vcpu_count)]
         self._stop = threading.Event()
         self._reason: StopReason | None = None
 
@@ -83,8 +87,10 @@ class VirtualMachine:
         self._stop.clear()
         self._reason = None
         self._halted = [False] * self.vcpu_count
-        for p in self.power:
+        for p, wakeup, queue in zip(self.power, self._wakeups, self.interrupts, strict=True):
             p.reopen()
+            wakeup.clear()
+            queue.clear()
         boot = self._prepare()
         threads = [
             threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
@@ -145,11 +151,9 @@ class VirtualMachine:
                 return False
             if kind is ExitKind.HALT:
                 self._note("vcpu_halt", index, pc=f"{exit_.pc or 0:#x}")
-                with self._lock:
-                    self._halted[index] = True
-                self._check_idle()
-                self._stop.wait()
-                return True
+                if not self._halt(index):
+                    return True
+                self._note("vcpu_wake", index)
             if kind is ExitKind.FAULT:
                 self._fault(index, exit_)
                 return True
@@ -157,18 +161,54 @@ class VirtualMachine:
                 return True
         return True
 
+    def _halt(self, index: int) -> bool:
+        """Wait for a wake-up; False when the VM stops instead. A wake-up sent before the
+        halt is kept and ends it at once (as KVM keeps a PV kick for the next HLT)."""
+        wakeup = self._wakeups[index]
+        with self._lock:
+            self._halted[index] = True
+        self._check_idle()
+        while not wakeup.wait(_KICK_INTERVAL_S * 50):
+            if self._stop.is_set():
+                return False
+        wakeup.clear()
+        with self._lock:
+            self._halted[index] = False
+        return not self._stop.is_set()
+
+    def wake(self, index: int) -> bool:
+        """End a halt of vCPU `index` (or the next one); True if it was halted."""
+        with self._lock:
+            halted = self._halted[index]
+        self._wakeups[index].set()
+        return halted
+
+    def post_interrupt(self, index: int, vector: int) -> None:
+        """Make `vector` pending on vCPU `index`, wake it, and make its engine look."""
+        self.interrupts[index].post(vector)
+        self.wake(index)
+        self.kick(index)
+
+    def kick(self, index: int) -> None:
+        with self._lock:
+            engine = self._engines[index]
+        if engine is not None:
+            engine.kick()
+
     def _fault(self, index: int, exit_: VcpuExit) -> None:
         self._note("fault", index, message=exit_.message)
         self.request_stop(StopReason(StopKind.FAULT, exit_.message, index))
 
     def _check_idle(self) -> None:
-        """Nothing can wake a halted vCPU yet (no interrupt sources), so detect the end."""
+        """A VM whose vCPUs are all off or halted with no wake-up on the way has ended."""
         with self._lock:
             for i, p in enumerate(self.power):
                 state = p.state
                 if state is PowerState.ON_PENDING:
                     return
-                if state is PowerState.ON and not self._halted[i]:
+                if state is PowerState.ON and not (
+                    self._halted[i] and not self._wakeups[i].is_set()
+                ):
                     return
             halted = sum(self._halted)
         why = (

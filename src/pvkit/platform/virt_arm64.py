@@ -197,6 +197,15 @@ class VirtArm64:
         kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
         self.vm.request_stop(StopReason(kind, detail))
 
+    def vcpu_for_apic_id(self, apic_id: int) -> int | None:
+        return None
+
+    def wake(self, vcpu: int) -> bool:
+        return self.vm.wake(vcpu)
+
+    def post_interrupt(self, vcpu: int, vector: int) -> bool:
+        return False  # no interrupt controller on this board yet
+
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):
             return None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Protocol
+from typing import ClassVar, Protocol
 
-from pvkit.hypercall.namespace import Function, IdRange
+from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 
 
@@ -36,11 +36,23 @@ class Platform(Protocol):
     def feature(self, function_id: int) -> int | None:
         """The FEATURES answer for an ID if this VM serves it, else None."""
 
+    def vcpu_for_apic_id(self, apic_id: int) -> int | None:
+        """x86: the vCPU with this APIC ID (None elsewhere or when there is none)."""
+
+    def wake(self, vcpu: int) -> bool:
+        """End a halt (WFI/HLT) of `vcpu`; False if it was not halted."""
+
+    def post_interrupt(self, vcpu: int, vector: int) -> bool:
+        """Make `vector` pending on `vcpu` (and wake it); False if the VM has no such path."""
+
 
 class Service(ABC):
     """A PV service: the IDs it claims, the functions it serves, its handlers."""
 
     name: str
+    abis: ClassVar[frozenset[Abi]] = frozenset({Abi.SMCCC})
+    # The bit this service owns in KVM_CPUID_FEATURES EAX on x86 (hypercall-abi-facts 6.2).
+    cpuid_feature_bit: ClassVar[int | None] = None
 
     def __init__(self) -> None:
         self._platform: Platform | None = None
@@ -55,7 +67,9 @@ class Service(ABC):
         return self._platform
 
     @abstractmethod
-    def claims(self) -> list[IdRange]: ...
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
+        """The number ranges this service owns in `abi`'s namespace (one of `abis`)."""
 
     @abstractmethod
-    def functions(self) -> list[Function]: ...
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
+        """What it serves in `abi`'s namespace (one of `abis`)."""

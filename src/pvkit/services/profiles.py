@@ -13,6 +13,7 @@ class HostProfile:
     vendor_uid: uuid.UUID | None  # None: no hypervisor at all
     features_name: str = "VENDOR_HYP_FEATURES"
     hypervisor_compatible: tuple[str, ...] = ()  # DT /hypervisor node, if the profile has one
+    cpuid_signature: bytes | None = None  # x86: the 12 bytes at the hypervisor CPUID base
 
     @property
     def has_hypervisor(self) -> bool:
@@ -24,6 +25,7 @@ KVM = HostProfile(
     summary="KVM's vendor UID and features bitmap; guests written for KVM recognise it",
     vendor_uid=uuid.UUID("28b46fb6-2ec5-11e9-a9ca-4b564d003a74"),
     features_name="KVM_FUNC_FEATURES",
+    cpuid_signature=b"KVMKVMKVM\0\0\0",
 )
 # Our own UID (random, fixed forever; its first word is not 0xFFFFFFFF). Trailing bytes
 # spell "pvkit\0" so a hex dump is recognisable.
@@ -33,6 +35,7 @@ PVKIT = HostProfile(
     vendor_uid=uuid.UUID("9b3c7e52-8d1a-4f6e-b0c4-70766b697400"),
     features_name="PVKIT_FEATURES",
     hypervisor_compatible=("pvkit,hypervisor-0.1", "pvkit,hypervisor"),
+    cpuid_signature=b"pvkitpvkitpv",  # same KVM hypercall ABI behind our own name
 )
 NONE = HostProfile(
     name="none",

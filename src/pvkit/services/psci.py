@@ -12,7 +12,7 @@ from enum import IntEnum
 
 from pvkit.abi.smccc import MASK32
 from pvkit.hypercall.call import Call, Outcome
-from pvkit.hypercall.namespace import Function, IdRange, Memo
+from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.smccc_arch import SMCCC_VERSION
@@ -80,10 +80,10 @@ def affinity_mask(level: int) -> int:
 class PsciService(Service):
     name = "psci"
 
-    def claims(self) -> list[IdRange]:
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(PSCI_RANGES)
 
-    def functions(self) -> list[Function]:
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         handlers: dict[str, Callable[[Call], None]] = {
             "PSCI_VERSION": lambda c: c.answer(VERSION_1_1),
             "CPU_SUSPEND": lambda c: c.answer(PsciReturn.SUCCESS),

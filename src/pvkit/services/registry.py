@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pvkit.hypercall.namespace import Abi
 from pvkit.services.base import Service
 from pvkit.services.profiles import HostProfile
 from pvkit.services.psci import PsciService
+from pvkit.services.pv_ipi import PvIpiService
+from pvkit.services.pv_unhalt import PvUnhaltService
+from pvkit.services.sched_yield import SchedYieldService
 from pvkit.services.smccc_arch import SmcccArchService
 from pvkit.services.vendor_hyp import VendorHypService
 
@@ -21,9 +25,12 @@ SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: SmcccArchService() if p.has_hypervisor else None,
     lambda p: PsciService() if p.has_hypervisor else None,
     _vendor,
+    lambda p: PvUnhaltService() if p.has_hypervisor else None,
+    lambda p: PvIpiService() if p.has_hypervisor else None,
+    lambda p: SchedYieldService() if p.has_hypervisor else None,
 )
 
 
-def services_for(profile: HostProfile) -> list[Service]:
-    """Fresh service objects for one VM (services hold per-VM state)."""
-    return [s for f in SERVICE_FACTORIES if (s := f(profile)) is not None]
+def services_for(profile: HostProfile, abi: Abi = Abi.SMCCC) -> list[Service]:
+    """Fresh service objects for one VM (services hold per-VM state) that speak `abi`."""
+    return [s for f in SERVICE_FACTORIES if (s := f(profile)) is not None and abi in s.abis]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pvkit.abi.smccc import MASK32, SmcccReturn
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Function, IdRange, Memo
+from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
 from pvkit.services.base import Service
 
 SMCCC_VERSION = 0x8000_0000
@@ -23,10 +23,10 @@ _UNAFFECTED = 1
 class SmcccArchService(Service):
     name = "smccc-arch"
 
-    def claims(self) -> list[IdRange]:
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(ARCH_RANGES)
 
-    def functions(self) -> list[Function]:
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         # The workaround calls do nothing here (no mitigation is needed), so their answer
         # is a constant; Linux issues WORKAROUND_1 on context switches, which makes it hot.
         const = Memo.CONSTANT

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pvkit.abi.smccc import CALL_UID, uuid_words
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Function, IdRange, Memo
+from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
 from pvkit.services.base import Service
 
 VENDOR_SMC32 = 0x8600_0000
@@ -30,10 +30,10 @@ class VendorHypService(Service):
         self._uid = uuid_words(uid)
         self._features_name = features_name
 
-    def claims(self) -> list[IdRange]:
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(VENDOR_RANGES)
 
-    def functions(self) -> list[Function]:
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         return [
             Function(FEATURES, self._features_name, self._features, memo=Memo.CONSTANT),
             Function(

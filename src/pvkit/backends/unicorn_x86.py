@@ -1,0 +1,334 @@
+"""x86-64 vCPUs on Unicorn: boot state, hypercall and exception traps, port I/O, MMIO, HLT.
+
+VMCALL, VMMCALL and UD2 reach the host only as invalid instructions (RIP at the
+instruction); CPU exceptions and INT n arrive as interrupts and are delivered to the
+guest's IDT by x86_exceptions. Hypercalls are decoded in Python through the binding: the
+x86 path has no answer table yet (see docs/hot-path.md).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Protocol
+
+from unicorn import (  # type: ignore[attr-defined]  # re-exported names
+    UC_ARCH_X86,
+    UC_HOOK_INSN,
+    UC_HOOK_INSN_INVALID,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_UNMAPPED,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as r
+
+from pvkit.backends import x86_regs as x
+from pvkit.backends.base import ExitKind, VcpuExit
+from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
+from pvkit.backends.x86_patch import HypercallPatcher
+from pvkit.devices.base import MmioDevice, PortDevice
+from pvkit.discovery.cpuid import CpuidTable
+from pvkit.hypercall.call import Call, Conduit, Outcome
+from pvkit.machine.interrupts import InterruptQueue
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.power import StartRequest
+from pvkit.machine.quiesce import ExecutionGate
+
+_GPRS = (r.UC_X86_REG_RAX, r.UC_X86_REG_RBX, r.UC_X86_REG_RCX, r.UC_X86_REG_RDX, r.UC_X86_REG_RSI)
+_DATA_SEGMENTS = (
+    r.UC_X86_REG_DS,
+    r.UC_X86_REG_ES,
+    r.UC_X86_REG_SS,
+    r.UC_X86_REG_FS,
+    r.UC_X86_REG_GS,
+)
+_TCG_BUFFER = 32 << 20
+BOOT_CODE_SELECTOR = 0x10  # in the boot GDT the platform writes (PVH and multiboot)
+BOOT_DATA_SELECTOR = 0x18
+
+
+class X86HypercallPort(Protocol):
+    def on_hypercall(
+        self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int
+    ) -> Call: ...
+
+
+class X86Engine:
+    def __init__(
+        self,
+        vcpu: int,
+        memory: GuestMemory,
+        boot_gdt: int,
+        devices: Sequence[MmioDevice],
+        ports: Sequence[PortDevice],
+        cpuid: CpuidTable,
+        port: X86HypercallPort | None,
+        patcher: HypercallPatcher | None,
+        gate: ExecutionGate,
+        interrupts: InterruptQueue,
+    ):
+        self.vcpu = vcpu
+        self._memory = memory
+        self._boot_gdt = boot_gdt
+        self._cpuid = cpuid
+        self._port = port
+        self._patcher = patcher
+        self._gate = gate
+        self._interrupts = interrupts
+        self._generation = gate.generation
+        self._kicked = threading.Event()
+        self._exit: VcpuExit | None = None
+        self._resume = False  # a hook stopped the engine only to let the loop act
+        self._unmapped: tuple[int, int, int] | None = None
+        self._ports = {p: dev for dev in ports for p in dev.ports}
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
+        uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        for dev in devices:
+            uc.mmio_map(
+                dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
+            )
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, r.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, r.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, r.UC_X86_INS_OUT)
+        uc.hook_add(
+            UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+            self._on_unmapped,
+        )
+        self._uc = uc
+        self._delivery = Delivery(uc, memory)
+
+    # -- run loop interface -------------------------------------------------------------
+    def start_at(self, start: StartRequest) -> None:
+        """Reset state for PVH/multiboot (32-bit protected mode) or a SIPI (real mode)."""
+        uc = self._uc
+        # The engine comes up in long mode; dropping CR0.PG is what clears EFER.LMA.
+        uc.reg_write(r.UC_X86_REG_CR0, x.CR0_PG | x.CR0_PE | x.CR0_ET)
+        uc.reg_write(r.UC_X86_REG_CR0, x.CR0_PE | x.CR0_ET)
+        uc.reg_write(r.UC_X86_REG_MSR, (x.MSR_EFER, 0))
+        uc.reg_write(r.UC_X86_REG_CR4, 0)
+        uc.reg_write(r.UC_X86_REG_RFLAGS, x.RFLAGS_RESERVED1)
+        if start.real_mode:
+            uc.reg_write(r.UC_X86_REG_CR0, x.CR0_ET)
+            uc.reg_write(r.UC_X86_REG_CS, start.entry >> 4)
+            for seg in _DATA_SEGMENTS:
+                uc.reg_write(seg, 0)
+            uc.reg_write(r.UC_X86_REG_RIP, start.entry & 0xF)
+            return
+        uc.reg_write(r.UC_X86_REG_GDTR, (0, self._boot_gdt, 0x1F, 0))
+        uc.reg_write(r.UC_X86_REG_CS, BOOT_CODE_SELECTOR)
+        for seg in _DATA_SEGMENTS:
+            uc.reg_write(seg, BOOT_DATA_SELECTOR)
+        uc.reg_write(r.UC_X86_REG_RAX, start.magic)
+        uc.reg_write(r.UC_X86_REG_RBX, start.argument)
+        uc.reg_write(r.UC_X86_REG_RIP, start.entry)
+
+    def run(self) -> VcpuExit:
+        uc = self._uc
+        while True:
+            if self._kicked.is_set():
+                self._kicked.clear()
+                return VcpuExit(ExitKind.KICKED)
+            self._exit = None
+            self._resume = False
+            generation = self._gate.enter(self.vcpu)
+            try:
+                if generation != self._generation:
+                    uc.ctl_flush_tb()  # type: ignore[attr-defined]  # guest code was patched
+                    self._generation = generation
+                if self._interrupts:
+                    self._deliver_pending()
+                if self._exit is None:
+                    uc.emu_start(uc.reg_read(r.UC_X86_REG_RIP), 0)
+            except UcError as err:
+                return self._fault_from(err)
+            finally:
+                self._gate.leave(self.vcpu)
+            if self._exit is not None:
+                return self._exit
+            if self._resume or self._kicked.is_set():
+                continue
+            rip = uc.reg_read(r.UC_X86_REG_RIP)
+            if self._byte(rip - 1) == x.INSN_HLT:
+                if self._interrupts and uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF:
+                    continue  # an interrupt is already waiting: HLT ends at once
+                return VcpuExit(ExitKind.HALT, pc=rip)
+
+    def kick(self) -> None:
+        self._kicked.set()
+        uc = self._uc
+        if uc is not None:
+            uc.emu_stop()
+
+    def close(self) -> None:
+        self._uc = None  # type: ignore[assignment]
+
+    # -- traps -------------------------------------------------------------------------
+    def _on_invalid(self, uc: Uc, _user: object) -> bool:
+        rip = uc.reg_read(r.UC_X86_REG_RIP)
+        try:
+            physical = [self._delivery.physical(rip + i) for i in range(3)]
+            code = bytes(self._byte_at(a) for a in physical)
+            if self._port is None or code not in (x.VMCALL, x.VMMCALL):
+                self._deliver(x.VECTOR_UD, rip)
+            elif self._patcher is None or code == self._patcher.native:
+                self._hypercall(uc, rip, code)
+            elif self._patcher.fix:
+                self._patcher.patch(self.vcpu, rip, physical)
+                self._resume = True  # re-execute once this vCPU's translations are dropped
+                uc.emu_stop()
+            else:
+                self._deliver(x.VECTOR_UD, rip)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"internal error in the hypercall trap: {exc!r}")
+        return True
+
+    def _hypercall(self, uc: Uc, rip: int, code: bytes) -> None:
+        assert self._port is not None
+        gprs = uc.reg_read_batch(_GPRS)  # type: ignore[attr-defined]
+        cs = uc.reg_read(r.UC_X86_REG_CS)
+        conduit = Conduit.VMCALL if code == x.VMCALL else Conduit.VMMCALL
+        call = self._port.on_hypercall(gprs, conduit, cs & 3, self._long_mode(cs), self.vcpu)
+        uc.reg_write(r.UC_X86_REG_RAX, call.results[0])
+        uc.reg_write(r.UC_X86_REG_RIP, rip + 3)
+        if call.outcome is not Outcome.RESUME:
+            kind = ExitKind.POWER_OFF if call.outcome is Outcome.POWER_OFF else ExitKind.STOP_VM
+            self._exit = VcpuExit(kind)
+            uc.emu_stop()
+
+    def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        rip = uc.reg_read(r.UC_X86_REG_RIP)
+        try:
+            if self._byte(rip - 2) == x.INSN_INT and self._byte(rip - 1) == intno:
+                self._deliver(intno, rip, software=True)  # INT n: RIP is already past it
+            elif intno == 3 and self._byte(rip - 1) == 0xCC:
+                self._deliver(intno, rip, software=True)  # INT3
+            elif intno < 32:
+                code = 0 if intno in x.EXCEPTIONS_WITH_ERROR_CODE else None
+                self._deliver(intno, rip, code)  # the engine does not report the error code
+            else:
+                self._stop_with_fault(uc, f"unexpected interrupt {intno} at RIP {rip:#x}")
+        except Exception as exc:
+            self._stop_with_fault(uc, f"internal error delivering vector {intno}: {exc!r}")
+
+    def _deliver(
+        self, vector: int, rip: int, error_code: int | None = None, software: bool = False
+    ) -> None:
+        try:
+            self._delivery.deliver(vector, rip, error_code, software)
+        except DeliveryFailed as exc:
+            self._stop_with_fault(
+                self._uc,
+                f"triple fault: vector {vector} at RIP {rip:#x} cannot be delivered: {exc}",
+            )
+
+    def _deliver_pending(self) -> None:
+        uc = self._uc
+        if not uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF:
+            return
+        vector = self._interrupts.take()
+        if vector is not None:
+            self._deliver(vector, uc.reg_read(r.UC_X86_REG_RIP))
+
+    def _on_cpuid(self, uc: Uc, _user: object) -> int:
+        leaf = uc.reg_read(r.UC_X86_REG_EAX) & 0xFFFF_FFFF
+        sub = uc.reg_read(r.UC_X86_REG_ECX) & 0xFFFF_FFFF
+        answer = self._cpuid.leaf(self.vcpu, leaf, sub)
+        for reg, value in zip(
+            (r.UC_X86_REG_RAX, r.UC_X86_REG_RBX, r.UC_X86_REG_RCX, r.UC_X86_REG_RDX),
+            answer,
+            strict=True,
+        ):
+            uc.reg_write(reg, value)
+        return 1  # the instruction is done: skip the engine's own CPUID
+
+    def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
+        dev = self._ports.get(port)
+        if dev is None:
+            return 0xFFFF_FFFF >> (32 - 8 * size)  # nothing decodes the port: reads float high
+        try:
+            return dev.read_port(port, size)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error reading port {port:#x}: {exc}")
+            return 0
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _user: object) -> None:
+        dev = self._ports.get(port)
+        if dev is None:
+            return
+        try:
+            dev.write_port(port, size, value)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error writing port {port:#x}: {exc}")
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
+        try:
+            return dev.read(offset, size)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
+            return 0
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
+        try:
+            dev.write(offset, size, value)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
+
+    def _on_unmapped(
+        self, uc: Uc, access: int, address: int, size: int, value: int, _user: object
+    ) -> bool:
+        self._unmapped = (access, address, size)
+        return False
+
+    # -- helpers -----------------------------------------------------------------------
+    def _long_mode(self, cs: int) -> bool:
+        """Is the caller in 64-bit mode (EFER.LMA and CS.L), not compatibility mode?"""
+        uc = self._uc
+        if not uc.reg_read(r.UC_X86_REG_MSR, x.MSR_EFER) & x.EFER_LMA:
+            return False
+        _sel, base, limit, _flags = uc.reg_read(r.UC_X86_REG_GDTR)
+        slot = cs & ~7
+        if cs & 4 or slot + 7 > limit:
+            return False
+        descriptor = self._memory.read_u64(self._delivery.physical(base + slot))
+        return bool(descriptor & x.DESCRIPTOR_LONG)
+
+    def _byte(self, address: int) -> int:
+        try:
+            return self._byte_at(self._delivery.physical(address))
+        except DeliveryFailed:
+            return -1
+
+    def _byte_at(self, physical: int) -> int:
+        if not self._memory.contains(physical, 1):
+            return -1
+        return self._memory.read(physical, 1)[0]
+
+    def _stop_with_fault(self, uc: Uc, message: str) -> None:
+        rip = uc.reg_read(r.UC_X86_REG_RIP)
+        self._exit = VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {message}", pc=rip)
+        uc.emu_stop()
+
+    def _fault_from(self, err: UcError) -> VcpuExit:
+        rip = self._uc.reg_read(r.UC_X86_REG_RIP)
+        if self._unmapped is not None:
+            access, address, size = self._unmapped
+            self._unmapped = None
+            if access == UC_MEM_FETCH_UNMAPPED:
+                what = "instruction fetch from"
+            elif access == UC_MEM_WRITE_UNMAPPED:
+                what = f"{size}-byte write to"
+            else:
+                what = f"{size}-byte read from"
+            message = f"vCPU {self.vcpu}: {what} unmapped address {address:#x} at RIP {rip:#x}"
+            return VcpuExit(ExitKind.FAULT, message, pc=rip, address=address)
+        return VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {err} at RIP {rip:#x}", pc=rip)

@@ -1,0 +1,287 @@
+"""The x86-64 `pc` board: RAM from 0, COM1, isa-debug-exit, ACPI power-off, local APICs.
+
+Boots an ELF kernel by PVH or multiboot v1 in 32-bit protected mode; application
+processors start by INIT-SIPI through the local APIC, in real mode, as on a real PC.
+This is the one place that knows every layer, like virt_arm64.py for arm64.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
+from pvkit.backends import x86_regs as x
+from pvkit.backends.host_heap import use_one_malloc_arena
+from pvkit.backends.unicorn_x86 import X86Engine
+from pvkit.backends.x86_patch import HypercallPatcher
+from pvkit.devices.acpi_pm import AcpiPowerOff
+from pvkit.devices.base import PortDevice
+from pvkit.devices.isa_debug_exit import IsaDebugExit
+from pvkit.devices.local_apic import DeliveryMode, Ipi, LocalApic, Shorthand
+from pvkit.devices.uart16550 import Uart16550
+from pvkit.discovery.cpuid import DEFAULT_BASE, VENDORS, CpuidTable
+from pvkit.hypercall.call import Conduit
+from pvkit.hypercall.dispatcher import Dispatcher
+from pvkit.hypercall.namespace import Abi, Claim, Namespace
+from pvkit.hypercall.policy import Policy, Rule
+from pvkit.loader.image import ImageError
+from pvkit.loader.x86_boot import (
+    HIGH_RAM_START,
+    LOW_RAM_END,
+    BootProtocol,
+    X86Image,
+    boot_data,
+    parse_x86_elf,
+)
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.quiesce import ExecutionGate
+from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.services.base import Service, SystemEvent
+from pvkit.services.profiles import KVM, HostProfile
+from pvkit.services.registry import services_for
+from pvkit.trace.events import TraceHub
+
+MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xFF is broadcast
+MIN_RAM = 2 << 20
+MAX_RAM = 3 << 30  # RAM stays below the 32-bit MMIO hole (local APIC at 0xFEE00000)
+
+
+def _stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    if data == b"\n":
+        sys.stdout.buffer.flush()
+
+
+@dataclass
+class PcConfig:
+    smp: int = 1
+    memory: int = 256 << 20
+    vendor: str = "intel"  # intel (VMCALL native) or amd (VMMCALL native)
+    profile: HostProfile = KVM
+    cpuid_base: int = DEFAULT_BASE
+    fix_hypercall: bool = True  # KVM_X86_QUIRK_FIX_HYPERCALL_INSN
+    boot: str = "auto"  # pvh, multiboot, or auto (PVH when the image has the note)
+    rules: Iterable[Rule] = ()
+    console: Callable[[bytes], None] = _stdout
+    bootargs: str = ""
+    extra_services: list[Service] = field(default_factory=list)
+    disabled: frozenset[str] = frozenset()  # service names left out of this VM
+    hidden_features: int = 0  # KVM_CPUID_FEATURES bits hidden although the service exists
+
+
+class ConfigError(ValueError):
+    """A host-side configuration mistake, reported as one sentence."""
+
+
+def _check(config: PcConfig) -> None:
+    if not 1 <= config.smp <= MAX_VCPUS:
+        raise ConfigError(f"--smp {config.smp} is out of range (1..{MAX_VCPUS}) on x86_64")
+    if config.vendor not in VENDORS:
+        raise ConfigError(f"--cpu-vendor {config.vendor!r} is not intel or amd")
+    if not MIN_RAM <= config.memory <= MAX_RAM or config.memory % 4096:
+        raise ConfigError("memory must be a multiple of 4 KiB between 2 MiB and 3 GiB on x86_64")
+    if config.boot not in ("auto", "pvh", "multiboot"):
+        raise ConfigError(f"boot protocol {config.boot!r} is not pvh, multiboot or auto")
+
+
+def load_x86_image(path: Path, memory: GuestMemory) -> X86Image:
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read guest image {path}: {exc.strerror}") from exc
+    if blob[:4] != b"\x7fELF":
+        raise ImageError(f"{path} is not an ELF file (x86_64 guests boot as PVH or multiboot ELF)")
+    image = parse_x86_elf(blob, path)
+    for seg in image.image.segments:
+        if not memory.contains(seg.address, seg.memsize) or (
+            seg.address < HIGH_RAM_START and seg.address + seg.memsize > LOW_RAM_END
+        ):
+            raise ImageError(
+                f"{path} needs {seg.address:#x}..{seg.address + seg.memsize:#x}, which is not "
+                f"free RAM (low memory above {LOW_RAM_END:#x} is the platform's); try --mem"
+            )
+    return image
+
+
+class PcX86:
+    """Builds an x86-64 VM from a config and an ELF image; the services' Platform view."""
+
+    def __init__(self, config: PcConfig, image: Path | X86Image, trace: TraceHub | None = None):
+        _check(config)
+        use_one_malloc_arena()
+        self.config = config
+        self.trace = trace or TraceHub()
+        self.memory = GuestMemory(0, config.memory)
+        self.image = image if isinstance(image, X86Image) else load_x86_image(image, self.memory)
+        self.protocol = self._protocol(config.boot)
+        self.boot = boot_data(self.protocol, config.memory, config.bootargs)
+        self.vendor = VENDORS[config.vendor]
+
+        self.services = [
+            s
+            for s in [*services_for(config.profile, Abi.KVM_X86), *config.extra_services]
+            if s.name not in config.disabled and Abi.KVM_X86 in s.abis
+        ]
+        claims = [Claim(s.name, r) for s in self.services for r in s.claims(Abi.KVM_X86)]
+        functions = [(s.name, f) for s in self.services for f in s.functions(Abi.KVM_X86)]
+        self.namespace = Namespace(claims, functions)
+        self.policy = Policy(config.rules, protected=())
+        self.dispatcher = Dispatcher(self.namespace, self.policy, self.trace, self.name_of)
+        gates = {
+            f.function_id: s.cpuid_feature_bit
+            for s in self.services
+            if s.cpuid_feature_bit is not None
+            for f in s.functions(Abi.KVM_X86)
+        }
+        features = 0
+        for bit in gates.values():
+            features |= 1 << bit
+        features &= ~config.hidden_features
+        try:
+            self.cpuid = CpuidTable(
+                self.vendor, config.smp, config.profile.cpuid_signature, config.cpuid_base, features
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        has_hv = config.profile.has_hypervisor
+        self._abi = KvmHypercallAbi(self.dispatcher, gates, features) if has_hv else None
+        for s in self.services:
+            s.bind(self)
+
+        self.uart = Uart16550(config.console)
+        self.ports: list[PortDevice] = [
+            self.uart,
+            IsaDebugExit(self._debug_exit),
+            AcpiPowerOff(lambda: self.system_event(SystemEvent.SHUTDOWN, "ACPI S5 (port 0x604)")),
+        ]
+        self.vm = VirtualMachine(config.smp, self._engine, self._prepare, self.trace)
+        self.gate = ExecutionGate(config.smp, self.vm.kick)
+        native, foreign = (x.VMCALL, x.VMMCALL)
+        if self.vendor.native is Conduit.VMMCALL:
+            native, foreign = foreign, native
+        self.patcher = (
+            HypercallPatcher(
+                self.memory, self.gate, self.trace, native, foreign, config.fix_hypercall
+            )
+            if has_hv
+            else None
+        )
+        self._init_seen = [False] * config.smp
+        self._ipi_lock = threading.Lock()
+
+    def _protocol(self, choice: str) -> BootProtocol:
+        available = self.image.protocols
+        if choice == "auto":
+            return available[0]
+        wanted = BootProtocol(choice)
+        if wanted not in available:
+            raise ImageError(f"the image does not support {choice} boot")
+        return wanted
+
+    # -- VM plumbing ---------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> StopReason:
+        self.policy.freeze()
+        return self.vm.run(timeout)
+
+    def _engine(self, index: int) -> X86Engine:
+        return X86Engine(
+            index,
+            self.memory,
+            self.boot.blobs[0][0],
+            [LocalApic(index, self._on_ipi)],
+            self.ports,
+            self.cpuid,
+            self._abi,
+            self.patcher,
+            self.gate,
+            self.vm.interrupts[index],
+        )
+
+    def _prepare(self) -> StartRequest:
+        self.memory.clear()
+        for seg in self.image.image.segments:
+            self.memory.write(seg.address, seg.data)
+        for address, blob in self.boot.blobs:
+            self.memory.write(address, blob)
+        self._init_seen = [False] * self.config.smp
+        entry = self.image.pvh_entry if self.protocol is BootProtocol.PVH else None
+        if entry is None:
+            entry = self.image.image.entry
+        return StartRequest(entry, self.boot.info_address, self.boot.magic)
+
+    def _debug_exit(self, value: int, status: int) -> None:
+        message = f"isa-debug-exit: the guest wrote {value:#x} (exit status {status})"
+        self.vm.request_stop(StopReason(StopKind.SHUTDOWN, message, status=status))
+
+    def _on_ipi(self, ipi: Ipi) -> None:
+        n = self.config.smp
+        if ipi.shorthand is Shorthand.NONE:
+            targets = [ipi.destination] if ipi.destination < n else []
+        elif ipi.shorthand is Shorthand.SELF:
+            targets = [ipi.source]
+        else:
+            targets = [
+                i
+                for i in range(n)
+                if i != ipi.source or ipi.shorthand is Shorthand.ALL_INCLUDING_SELF
+            ]
+        for target in targets:
+            if ipi.mode == DeliveryMode.INIT:
+                with self._ipi_lock:
+                    self._init_seen[target] = True
+            elif ipi.mode == DeliveryMode.STARTUP:
+                with self._ipi_lock:
+                    ready, self._init_seen[target] = self._init_seen[target], False
+                if ready:  # a SIPI without INIT first (or the second SIPI) is ignored
+                    start = StartRequest(ipi.vector << 12, 0, real_mode=True)
+                    self.vm.power[target].request_on(start)
+            elif ipi.mode == DeliveryMode.FIXED:
+                self.vm.post_interrupt(target, ipi.vector)
+
+    def name_of(self, function_id: int) -> str:
+        fn = self.namespace.lookup(function_id)
+        return fn.name if fn is not None else describe(function_id)
+
+    # -- Platform (what services see) ----------------------------------------------------
+    @property
+    def vcpu_count(self) -> int:
+        return self.config.smp
+
+    def mpidr(self, vcpu: int) -> int:
+        return vcpu  # the APIC ID plays MPIDR's part
+
+    def vcpu_for_mpidr(self, mpidr: int) -> int | None:
+        return self.vcpu_for_apic_id(mpidr)
+
+    def vcpu_for_apic_id(self, apic_id: int) -> int | None:
+        return apic_id if 0 <= apic_id < self.config.smp else None
+
+    def power_state(self, vcpu: int) -> PowerState:
+        return self.vm.power[vcpu].state
+
+    def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
+        return self.vm.power[vcpu].request_on(start)
+
+    def is_valid_entry(self, address: int) -> bool:
+        return self.memory.contains(address, 1)
+
+    def system_event(self, event: SystemEvent, detail: str = "") -> None:
+        kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
+        self.vm.request_stop(StopReason(kind, detail))
+
+    def wake(self, vcpu: int) -> bool:
+        return self.vm.wake(vcpu)
+
+    def post_interrupt(self, vcpu: int, vector: int) -> bool:
+        if self.vm.power[vcpu].state is not PowerState.ON:
+            return False
+        self.vm.post_interrupt(vcpu, vector)
+        return True
+
+    def feature(self, function_id: int) -> int | None:
+        return 0 if self.dispatcher.serves(function_id) else None
