@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
@@ -54,6 +55,17 @@ BOOT_CODE_SELECTOR = 0x10  # in the boot GDT the platform writes (PVH and multib
 BOOT_DATA_SELECTOR = 0x18
 
 
+@dataclass(frozen=True, slots=True)
+class Firmware:
+    """Where the platform put the boot GDT and the AP reset stub (see loader/x86_boot.py)."""
+
+    gdt: int
+    gdt_limit: int
+    reset_stub: int
+    sipi_slots: int
+    stub_segment_base: int
+
+
 class X86HypercallPort(Protocol):
     def on_hypercall(
         self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int
@@ -65,7 +77,7 @@ class X86Engine:
         self,
         vcpu: int,
         memory: GuestMemory,
-        boot_gdt: int,
+        firmware: Firmware,
         devices: Sequence[MmioDevice],
         ports: Sequence[PortDevice],
         cpuid: CpuidTable,
@@ -76,7 +88,7 @@ class X86Engine:
     ):
         self.vcpu = vcpu
         self._memory = memory
-        self._boot_gdt = boot_gdt
+        self._firmware = firmware
         self._cpuid = cpuid
         self._port = port
         self._patcher = patcher
@@ -111,23 +123,26 @@ class X86Engine:
     def start_at(self, start: StartRequest) -> None:
         """Reset state for PVH/multiboot (32-bit protected mode) or a SIPI (real mode)."""
         uc = self._uc
-        # The engine comes up in long mode; dropping CR0.PG is what clears EFER.LMA.
+        fw = self._firmware
+        # The engine comes up in long mode; dropping CR0.PG is what clears EFER.LMA. In
+        # 64-bit mode the engine sets only selectors, so the hidden state stays flat.
         uc.reg_write(r.UC_X86_REG_CR0, x.CR0_PG | x.CR0_PE | x.CR0_ET)
         uc.reg_write(r.UC_X86_REG_CR0, x.CR0_PE | x.CR0_ET)
         uc.reg_write(r.UC_X86_REG_MSR, (x.MSR_EFER, 0))
         uc.reg_write(r.UC_X86_REG_CR4, 0)
         uc.reg_write(r.UC_X86_REG_RFLAGS, x.RFLAGS_RESERVED1)
-        if start.real_mode:
-            uc.reg_write(r.UC_X86_REG_CR0, x.CR0_ET)
-            uc.reg_write(r.UC_X86_REG_CS, start.entry >> 4)
-            for seg in _DATA_SEGMENTS:
-                uc.reg_write(seg, 0)
-            uc.reg_write(r.UC_X86_REG_RIP, start.entry & 0xF)
-            return
-        uc.reg_write(r.UC_X86_REG_GDTR, (0, self._boot_gdt, 0x1F, 0))
+        uc.reg_write(r.UC_X86_REG_GDTR, (0, fw.gdt, fw.gdt_limit, 0))
         uc.reg_write(r.UC_X86_REG_CS, BOOT_CODE_SELECTOR)
         for seg in _DATA_SEGMENTS:
             uc.reg_write(seg, BOOT_DATA_SELECTOR)
+        if start.real_mode:
+            # The reset stub drops to real mode and jumps to segment entry >> 4, offset 0.
+            slot = fw.sipi_slots + 4 * self.vcpu
+            self._memory.write_u32(slot, (start.entry >> 4) << 16)
+            uc.reg_write(r.UC_X86_REG_RSI, slot - fw.stub_segment_base)
+            uc.reg_write(r.UC_X86_REG_RSP, 0)
+            uc.reg_write(r.UC_X86_REG_RIP, fw.reset_stub)
+            return
         uc.reg_write(r.UC_X86_REG_RAX, start.magic)
         uc.reg_write(r.UC_X86_REG_RBX, start.argument)
         uc.reg_write(r.UC_X86_REG_RIP, start.entry)

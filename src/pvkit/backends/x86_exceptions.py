@@ -52,13 +52,19 @@ class Delivery:
         selector = (low >> 16) & 0xFFFF
         target = (low & 0xFFFF) | ((low >> 32) & 0xFFFF_0000) | ((high & 0xFFFF_FFFF) << 32)
         new_cpl = self._descriptor_dpl(selector)
+        if new_cpl != cpl:
+            # The engine sets only the CS/SS selectors in 64-bit mode, never the CPL, so a
+            # delivery that changes privilege cannot be made faithfully: refuse it loudly.
+            raise DeliveryFailed(
+                f"delivery from CPL {cpl} to a CPL {new_cpl} handler needs a privilege "
+                "change, which the Unicorn engine cannot make (return from CPL 3 through "
+                "a call gate instead)"
+            )
         ist = (low >> 32) & 7
         ss = uc.reg_read(r.UC_X86_REG_SS)
         rsp = uc.reg_read(r.UC_X86_REG_RSP)
         if ist:
             new_rsp = self._tss_u64(x.TSS_IST1 + (ist - 1) * 8)
-        elif new_cpl < cpl:
-            new_rsp = self._tss_u64(x.TSS_RSP0 + new_cpl * 8)
         else:
             new_rsp = rsp
         rflags = uc.reg_read(r.UC_X86_REG_RFLAGS)
@@ -73,8 +79,6 @@ class Delivery:
         if gate_type == x.GATE_INTERRUPT:
             rflags &= ~x.RFLAGS_IF
         uc.reg_write(r.UC_X86_REG_CS, selector)
-        if new_cpl < cpl:
-            uc.reg_write(r.UC_X86_REG_SS, new_cpl)  # the null selector with RPL = new CPL
         uc.reg_write(r.UC_X86_REG_RSP, new_rsp)
         uc.reg_write(r.UC_X86_REG_RFLAGS, rflags)
         uc.reg_write(r.UC_X86_REG_RIP, target)

@@ -32,16 +32,36 @@ MBI_CMDLINE = 1 << 2
 MBI_MMAP = 1 << 6
 MBI_LOADER_NAME = 1 << 9
 
-# Low memory the platform keeps for itself (reserved in the memory map).
-LOW_RAM_END = 0x9_F000
+# Low memory the platform keeps for itself (reserved in the memory map): the boot GDT, the
+# boot structures, and the AP reset stub with its per-vCPU SIPI far pointers.
+LOW_RAM_END = 0x9_E000
 HIGH_RAM_START = 0x10_0000
-BOOT_GDT = 0x9_F000  # four descriptors: null, null, flat 32-bit code 0x10, flat data 0x18
+RESET_STUB = 0x9_E000
+SIPI_SLOTS = 0x9_E800  # one real-mode far pointer (offset, segment) per vCPU
+STUB_SEGMENT_BASE = 0x9_0000  # base of the stub's 16-bit segments (descriptors 0x20, 0x28)
+BOOT_GDT = 0x9_F000
 BOOT_INFO = 0x9_F100  # hvm_start_info or multiboot_info
 BOOT_MEMMAP = 0x9_F200
 BOOT_CMDLINE = 0x9_F800
 CMDLINE_MAX = 0x700  # bytes including the terminating NUL
 BOOT_LOADER_NAME = 0x9_FF00
-_BOOT_GDT = struct.pack("<4Q", 0, 0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF)
+# null, null, flat 32-bit code (0x10), flat data (0x18), and for the reset stub 16-bit
+# code (0x20) and data (0x28) based at STUB_SEGMENT_BASE / 0 with 64 KiB limits.
+_BOOT_GDT = struct.pack(
+    "<6Q", 0, 0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x0000_9A09_0000_FFFF,
+    0x0000_9200_0000_FFFF,
+)  # fmt: skip
+BOOT_GDT_LIMIT = len(_BOOT_GDT) - 1
+# How an AP reaches real mode with consistent hidden segment state: the engine cannot
+# load a real-mode CS itself, so the CPU does it, like microcode after INIT-SIPI:
+#   .code32: ljmp $0x20, $0xE008; nop
+#   .code16: mov $0x28, %ax; mov %ax, %ds/%es/%ss/%fs/%gs; clear CR0.PE;
+#            xor %ax, %ax; mov %ax, %ds/%es/%ss/%fs/%gs; ljmp *%cs:(%si)
+# with SI = the vCPU's SIPI slot offset from STUB_SEGMENT_BASE.
+_RESET_STUB = bytes.fromhex(
+    "ea08e00000200090b828008ed88ec08ed08ee08ee80f20c024fe0f22c031"
+    "c08ed88ec08ed08ee08ee82eff2c"
+)
 
 
 class MemoryType(IntEnum):
@@ -146,7 +166,7 @@ def boot_data(protocol: BootProtocol, ram_size: int, cmdline: str) -> BootData:
     if len(raw_cmdline) > CMDLINE_MAX:
         raise ImageError(f"the command line is longer than {CMDLINE_MAX - 1} bytes")
     regions = memory_map(ram_size)
-    blobs = [(BOOT_GDT, _BOOT_GDT), (BOOT_CMDLINE, raw_cmdline)]
+    blobs = [(BOOT_GDT, _BOOT_GDT), (RESET_STUB, _RESET_STUB), (BOOT_CMDLINE, raw_cmdline)]
     if protocol is BootProtocol.PVH:
         table = b"".join(struct.pack("<QQII", a, s, t, 0) for a, s, t in regions)
         info = struct.pack(

@@ -16,7 +16,7 @@ from pathlib import Path
 from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
 from pvkit.backends import x86_regs as x
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.backends.unicorn_x86 import X86Engine
+from pvkit.backends.unicorn_x86 import Firmware, X86Engine
 from pvkit.backends.x86_patch import HypercallPatcher
 from pvkit.devices.acpi_pm import AcpiPowerOff
 from pvkit.devices.base import PortDevice
@@ -30,8 +30,13 @@ from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import ImageError
 from pvkit.loader.x86_boot import (
+    BOOT_GDT,
+    BOOT_GDT_LIMIT,
     HIGH_RAM_START,
     LOW_RAM_END,
+    RESET_STUB,
+    SIPI_SLOTS,
+    STUB_SEGMENT_BASE,
     BootProtocol,
     X86Image,
     boot_data,
@@ -46,6 +51,7 @@ from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.registry import services_for
 from pvkit.trace.events import TraceHub
 
+FIRMWARE = Firmware(BOOT_GDT, BOOT_GDT_LIMIT, RESET_STUB, SIPI_SLOTS, STUB_SEGMENT_BASE)
 MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xFF is broadcast
 MIN_RAM = 2 << 20
 MAX_RAM = 3 << 30  # RAM stays below the 32-bit MMIO hole (local APIC at 0xFEE00000)
@@ -192,7 +198,7 @@ class PcX86:
         return X86Engine(
             index,
             self.memory,
-            self.boot.blobs[0][0],
+            FIRMWARE,
             [LocalApic(index, self._on_ipi)],
             self.ports,
             self.cpuid,
