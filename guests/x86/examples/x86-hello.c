@@ -39,6 +39,7 @@ void guest_ap_main(int cpu)
 	puts("x86-hello: cpu ");
 	put_dec(cpu);
 	puts(" up\n");
+	ap_ready(cpu);
 	__asm__ volatile("sti");
 	while (!READ_ONCE(go))
 		cpu_relax();

@@ -63,10 +63,7 @@ class Delivery:
         ist = (low >> 32) & 7
         ss = uc.reg_read(r.UC_X86_REG_SS)
         rsp = uc.reg_read(r.UC_X86_REG_RSP)
-        if ist:
-            new_rsp = self._tss_u64(x.TSS_IST1 + (ist - 1) * 8)
-        else:
-            new_rsp = rsp
+        new_rsp = self._tss_u64(x.TSS_IST1 + (ist - 1) * 8) if ist else rsp
         rflags = uc.reg_read(r.UC_X86_REG_RFLAGS)
         frame = [ss, rsp, rflags, cs, return_rip]
         if error_code is not None:

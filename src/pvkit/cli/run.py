@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from pvkit.cli.options import fail, parse_profile, parse_size, write_file
+from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
+from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
-from pvkit.machine.vm import StopKind
-from pvkit.platform.virt_arm64 import ConfigError, VirtArm64, VirtConfig
+from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.platform import pc_x86, virt_arm64
 from pvkit.trace.events import TraceHub
 from pvkit.trace.jsonl import JsonLinesSink
 from pvkit.trace.stats import CallStats
@@ -30,38 +32,86 @@ EXIT_CODES = {
 }
 
 
+class Machine(Protocol):
+    dispatcher: Dispatcher
+    vm: VirtualMachine
+
+    def run(self, timeout: float | None = None) -> StopReason: ...
+
+
 def run(
-    image: Annotated[Path, typer.Argument(help="arm64 Linux Image or ELF file")],
+    image: Annotated[Path, typer.Argument(help="arm64 Image/ELF, or x86_64 PVH/multiboot ELF")],
+    arch: Annotated[
+        str | None, typer.Option(help="arm64 or x86_64 (default: from the image)")
+    ] = None,
     smp: Annotated[int, typer.Option(help="number of vCPUs")] = 1,
     mem: Annotated[str, typer.Option(help="guest RAM, e.g. 256M or 1G")] = "256M",
-    conduit: Annotated[str, typer.Option(help="hvc or smc, advertised in the DT")] = "hvc",
     profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
     trace: Annotated[Path | None, typer.Option(help="write JSON-lines trace here")] = None,
     stats: Annotated[bool, typer.Option(help="print per-function call statistics")] = False,
-    dtb: Annotated[Path | None, typer.Option(help="also write the generated DTB here")] = None,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
-    append: Annotated[str, typer.Option(help="kernel command line (/chosen/bootargs)")] = "",
-    trap: Annotated[str, typer.Option(help="hypercall trap: auto, c or ctypes")] = "auto",
+    append: Annotated[str, typer.Option(help="kernel command line")] = "",
+    conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
+    dtb: Annotated[Path | None, typer.Option(help="arm64: also write the DTB here")] = None,
+    trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
+    cpu_vendor: Annotated[str, typer.Option(help="x86_64: intel or amd")] = "intel",
+    cpuid_base: Annotated[str, typer.Option(help="x86_64: hypervisor CPUID base")] = "0x40000000",
+    fix_hypercall: Annotated[
+        bool, typer.Option(help="x86_64: patch the other vendor's hypercall instruction")
+    ] = True,
+    boot: Annotated[str, typer.Option(help="x86_64: pvh, multiboot or auto")] = "auto",
+    disable: Annotated[
+        list[str] | None, typer.Option(help="x86_64: leave this service out (repeatable)")
+    ] = None,
 ) -> None:
-    """Run IMAGE on the arm64 virt board until it powers off, faults or idles."""
+    """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     hub = TraceHub()
     call_stats = CallStats()
     if stats:
         hub.attach(call_stats)
     try:
-        config = VirtConfig(
-            smp=smp,
-            memory=parse_size(mem),
-            conduit=conduit,
-            profile=parse_profile(profile),
-            bootargs=append,
-            trap=trap,
-        )
-        machine = VirtArm64(config, image, hub)
-    except (ImageError, ConfigError, NamespaceClash) as exc:
+        chosen = arch or detect_arch(image)
+        if chosen not in ARCHES:
+            raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
+        machine: Machine
+        if chosen == "x86_64":
+            if dtb is not None or conduit != "hvc" or trap != "auto":
+                raise fail("--dtb, --conduit and --trap apply to arm64 guests only")
+            machine = pc_x86.PcX86(
+                pc_x86.PcConfig(
+                    smp=smp,
+                    memory=parse_size(mem),
+                    vendor=cpu_vendor,
+                    profile=parse_profile(profile),
+                    cpuid_base=_number(cpuid_base, "--cpuid-base"),
+                    fix_hypercall=fix_hypercall,
+                    boot=boot,
+                    bootargs=append,
+                    disabled=frozenset(disable or ()),
+                ),
+                image,
+                hub,
+            )
+        else:
+            if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
+                raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
+            arm = virt_arm64.VirtArm64(
+                virt_arm64.VirtConfig(
+                    smp=smp,
+                    memory=parse_size(mem),
+                    conduit=conduit,
+                    profile=parse_profile(profile),
+                    bootargs=append,
+                    trap=trap,
+                ),
+                image,
+                hub,
+            )
+            if dtb is not None:
+                write_file(dtb, arm.dtb)
+            machine = arm
+    except (ImageError, virt_arm64.ConfigError, pc_x86.ConfigError, NamespaceClash) as exc:
         raise fail(str(exc)) from None
-    if dtb is not None:
-        write_file(dtb, machine.dtb)
     with contextlib.ExitStack() as stack:
         if trace is not None:
             try:
@@ -79,7 +129,14 @@ def run(
         err.print(f"pvkit: {machine.dispatcher.internal_errors} hypercall handler error(s)")
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
     err.print(f"pvkit: {reason.kind.value}{resets}: {reason.message}", markup=False)
-    raise typer.Exit(EXIT_CODES[reason.kind])
+    raise typer.Exit(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
+
+
+def _number(text: str, option: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise fail(f"{option} {text!r} is not a number (use 0x... for hex)") from None
 
 
 def _print_stats(console: Console, stats: CallStats) -> None:

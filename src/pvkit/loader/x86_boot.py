@@ -59,8 +59,7 @@ BOOT_GDT_LIMIT = len(_BOOT_GDT) - 1
 #            xor %ax, %ax; mov %ax, %ds/%es/%ss/%fs/%gs; ljmp *%cs:(%si)
 # with SI = the vCPU's SIPI slot offset from STUB_SEGMENT_BASE.
 _RESET_STUB = bytes.fromhex(
-    "ea08e00000200090b828008ed88ec08ed08ee08ee80f20c024fe0f22c031"
-    "c08ed88ec08ed08ee08ee82eff2c"
+    "ea08e00000200090b828008ed88ec08ed08ee08ee80f20c024fe0f22c031c08ed88ec08ed08ee08ee82eff2c"
 )
 
 

@@ -16,7 +16,7 @@ extern u8 ap_trampoline[], ap_trampoline_end[], stacks[];
 extern void isr6(void), isr13(void), isr14(void), isr64(void), user_returned(void);
 
 struct pv pv;
-volatile int ud_count;
+volatile int ud_count; /* CPU 0 only counts exactly; others may race */
 volatile int ipi_count[MAX_CPUS];
 static volatile int cpus_up;
 static u64 idt[256 * 2];
@@ -127,11 +127,13 @@ void trap_dispatch(struct frame *f)
 	case 6: {
 		const u8 *p = (const u8 *)f->rip;
 		int n = insn_length_for_ud(p);
-		puts("  #UD at ");
-		put_hex(f->rip);
-		puts(" (");
-		put_bytes(p, 3);
-		puts(")\n");
+		if (this_cpu() == 0) { /* one console line per event, whatever the CPU count */
+			puts("  #UD at ");
+			put_hex(f->rip);
+			puts(" (");
+			put_bytes(p, 3);
+			puts(")\n");
+		}
 		ud_count++;
 		if (!n)
 			guest_exit(0x7F);
@@ -186,6 +188,8 @@ int smp_start(int cpus)
 	return READ_ONCE(cpus_up) + 1;
 }
 
+void ap_ready(int cpu) { WRITE_ONCE(cpus_up, cpu); }
+
 /* -- discovery ---------------------------------------------------------------------- */
 static int signature_is(const u32 r[4], const char *want)
 {
@@ -229,7 +233,6 @@ void x86_entry(int cpu)
 {
 	if (cpu) {
 		load_idt();
-		WRITE_ONCE(cpus_up, cpu);
 		guest_ap_main(cpu);
 		for (;;)
 			__asm__ volatile("cli; hlt");

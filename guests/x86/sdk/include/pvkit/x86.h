@@ -66,6 +66,7 @@ void leave_user(void) __attribute__((noreturn)); /* from CPL 3, through the call
 /* SMP: INIT-SIPI-SIPI through the local APIC */
 int cpu_count(void);
 int smp_start(int cpus); /* returns how many CPUs came up, BSP included */
+void ap_ready(int cpu);  /* an AP calls this from guest_ap_main when it is up */
 int this_cpu(void);
 
 /* discovery: signature first (scanning 0x40000000.. in 0x100 steps), then feature bits */
