@@ -44,6 +44,44 @@ class KvmHypercall(IntEnum):
     MAP_GPA_RANGE = 12
 
 
+# What each number means on x86 (hypercall-abi-facts 6.4), for `pvkit decode --arch x86_64`.
+SUMMARIES: dict[int, str] = {
+    KvmHypercall.VAPIC_POLL_IRQ: "no arguments; answers 0 after letting the host look at IRQs",
+    KvmHypercall.MMU_OP: "removed from KVM; answers -KVM_ENOSYS",
+    KvmHypercall.FEATURES: "PowerPC only; -KVM_ENOSYS on x86",
+    KvmHypercall.PPC_MAP_MAGIC_PAGE: "PowerPC only; -KVM_ENOSYS on x86",
+    KvmHypercall.KICK_CPU: "a0 flags (reserved), a1 APIC ID: wake that vCPU from HLT; answers 0",
+    KvmHypercall.MIPS_GET_CLOCK_FREQ: "MIPS only",
+    KvmHypercall.MIPS_EXIT_VM: "MIPS only",
+    KvmHypercall.MIPS_CONSOLE_OUTPUT: "MIPS only",
+    KvmHypercall.CLOCK_PAIRING: "a0 GPA of kvm_clock_pairing, a1 clock type (0 wall clock)",
+    KvmHypercall.SEND_IPI: "a0/a1 APIC-ID bitmap from a2, a3 ICR: answers CPUs reached",
+    KvmHypercall.SCHED_YIELD: "a0 APIC ID of a preempted vCPU: yield to it; answers 0",
+    KvmHypercall.MAP_GPA_RANGE: "a0 GPA, a1 4 KiB pages, a2 attributes: the VMM decides",
+}
+# KVM_CPUID_FEATURES EAX bit names (hypercall-abi-facts 6.2); services say which bit they own.
+FEATURE_NAMES: dict[int, str] = {
+    0: "CLOCKSOURCE",
+    1: "NOP_IO_DELAY",
+    2: "MMU_OP",
+    3: "CLOCKSOURCE2",
+    4: "ASYNC_PF",
+    5: "STEAL_TIME",
+    6: "PV_EOI",
+    7: "PV_UNHALT",
+    9: "PV_TLB_FLUSH",
+    10: "ASYNC_PF_VMEXIT",
+    11: "PV_SEND_IPI",
+    12: "POLL_CONTROL",
+    13: "PV_SCHED_YIELD",
+    14: "ASYNC_PF_INT",
+    15: "MSI_EXT_DEST_ID",
+    16: "HC_MAP_GPA_RANGE",
+    17: "MIGRATION_CONTROL",
+    24: "CLOCKSOURCE_STABLE_BIT",
+}
+
+
 def kvm_error(error: KvmError) -> int:
     """The RAX value of a failed call: -error as a 64-bit register."""
     return -error & MASK64

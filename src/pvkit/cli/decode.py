@@ -1,4 +1,4 @@
-"""`pvkit decode ID`: explain an SMCCC function ID."""
+"""`pvkit decode ID`: explain an SMCCC function ID, or a KVM x86 hypercall number."""
 
 from __future__ import annotations
 
@@ -8,37 +8,45 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pvkit.abi import x86_kvm
 from pvkit.abi.known_ids import KNOWN_IDS
 from pvkit.abi.smccc import FunctionId, owner_name
 from pvkit.cli.options import fail
+from pvkit.hypercall.namespace import Abi
 from pvkit.services.profiles import PROFILES
 from pvkit.services.registry import services_for
 
 
-def served_by(function_id: int) -> dict[str, str]:
-    """Profile name -> function name for each profile whose services serve the ID."""
+def served_by(function_id: int, abi: Abi = Abi.SMCCC) -> dict[str, tuple[str, int | None]]:
+    """Profile name -> (function name, CPUID feature bit) for each profile serving the ID."""
     out = {}
     for name, profile in PROFILES.items():
-        for service in services_for(profile):
-            for fn in service.functions():
+        for service in services_for(profile, abi):
+            for fn in service.functions(abi):
                 if fn.function_id == function_id:
-                    out[name] = fn.name
+                    out[name] = (fn.name, service.cpuid_feature_bit)
     return out
 
 
 def decode(
-    function_id: Annotated[str, typer.Argument(help="function ID, e.g. 0xC5000021")],
+    function_id: Annotated[str, typer.Argument(help="function ID (arm64) or number (x86_64)")],
+    arch: Annotated[str, typer.Option(help="arm64 (SMCCC) or x86_64 (KVM_HC_*)")] = "arm64",
 ) -> None:
     """Explain a function ID: call type, convention, owner, number, name, who serves it."""
     try:
         value = int(function_id, 0)
     except ValueError:
         raise fail(f"{function_id!r} is not a number (use 0x... for hex)") from None
+    if arch == "x86_64":
+        _decode_x86(value)
+        return
+    if arch != "arm64":
+        raise fail(f"--arch {arch!r} is not arm64 or x86_64")
     if not 0 <= value <= 0xFFFF_FFFF:
         raise fail(f"{function_id} does not fit in the 32-bit W0 register")
     f = FunctionId.decode(value)
     served = served_by(value)
-    name = next(iter(served.values()), None) or KNOWN_IDS.get(value, "(no known name)")
+    name = next((n for n, _bit in served.values()), None) or KNOWN_IDS.get(value, "(no known name)")
     table = Table(show_header=False, title=f"SMCCC function ID {value:#010x}")
     table.add_column("field", style="bold")
     table.add_column("value")
@@ -51,5 +59,24 @@ def decode(
         table.add_row("SVE hint", "bit 16 set (SMCCC 1.3 'no live SVE state')")
     if not f.well_formed:
         table.add_row("warning", "bits 23:17 must be zero in a fast call: an unknown function")
+    table.add_row("served by", ", ".join(sorted(served)) if served else "no profile")
+    Console().print(table)
+
+
+def _decode_x86(nr: int) -> None:
+    if not 0 <= nr <= 0xFFFF_FFFF_FFFF_FFFF:
+        raise fail(f"{nr} does not fit in the 64-bit RAX register")
+    served = served_by(nr, Abi.KVM_X86)
+    table = Table(show_header=False, title=f"KVM x86 hypercall {nr} ({nr:#x})")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("name", x86_kvm.describe(nr))
+    table.add_row("registers", "nr in RAX; a0..a3 in RBX, RCX, RDX, RSI; result in RAX")
+    table.add_row("meaning", x86_kvm.SUMMARIES.get(nr, "not a KVM hypercall: -KVM_ENOSYS"))
+    gates = {bit for _name, bit in served.values() if bit is not None}
+    for bit in sorted(gates):
+        name = x86_kvm.FEATURE_NAMES.get(bit, "unnamed")
+        table.add_row("CPUID gate", f"KVM_CPUID_FEATURES bit {bit} ({name})")
+    table.add_row("rules", "CPL > 0: -KVM_EPERM; 32-bit callers see 32-bit values")
     table.add_row("served by", ", ".join(sorted(served)) if served else "no profile")
     Console().print(table)
