@@ -97,6 +97,15 @@ void guest_main(const struct boot *boot)
 	putc('\n');
 	check(ret == (probe_nr() == UNKNOWN_NR ? -KVM_ENOSYS : 0), "native call");
 
+	if (!pv_has(KVM_FEATURE_PV_SCHED_YIELD)) {
+		/* Deliberately call what discovery said is absent: the host must refuse it. */
+		ret = kvm_hypercall(KVM_HC_SCHED_YIELD, 0, 0, 0, 0);
+		puts("x86-hello: SCHED_YIELD without its CPUID bit -> ");
+		put_dec(ret);
+		putc('\n');
+		check(ret == -KVM_ENOSYS, "a call whose CPUID bit is clear answers -KVM_ENOSYS");
+	}
+
 	ret = kvm_hypercall(UNKNOWN_NR, 1, 2, 3, 4);
 	puts("x86-hello: unknown nr -> ");
 	put_dec(ret);
@@ -159,6 +168,8 @@ void guest_main(const struct boot *boot)
 	uds = ud_count;
 	__asm__ volatile("ud2");
 	check(ud_count == uds + 1, "ud2 raises #UD");
+	gp_probe();
+	check(gp_count == 1, "a non-canonical load raises #GP");
 	puts(failures ? "x86-hello: FAILED\n" : "x86-hello: done\n");
 	guest_exit(failures ? 1 : 0);
 }

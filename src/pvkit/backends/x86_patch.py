@@ -47,6 +47,11 @@ class HypercallPatcher:
         self._trace = trace
         self._lock = threading.Lock()
 
+    def retarget(self, native: bytes, foreign: bytes) -> None:
+        """The VM now runs on a host whose native instruction is `native` (restore,
+        migration); sites patched for the old host are foreign now and get patched back."""
+        self.native, self.foreign = native, foreign
+
     def patch(self, vcpu: int, rip: int, physical: Sequence[int]) -> None:
         """Make the instruction at `physical` (one address per byte) native, once."""
         with self._gate.others_paused(vcpu):

@@ -23,7 +23,7 @@ from pvkit.devices.base import PortDevice
 from pvkit.devices.isa_debug_exit import IsaDebugExit
 from pvkit.devices.local_apic import DeliveryMode, Ipi, LocalApic, Shorthand
 from pvkit.devices.uart16550 import Uart16550
-from pvkit.discovery.cpuid import DEFAULT_BASE, VENDORS, CpuidTable
+from pvkit.discovery.cpuid import DEFAULT_BASE, VENDORS, CpuidTable, CpuVendor
 from pvkit.hypercall.call import Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
@@ -114,6 +114,13 @@ def load_x86_image(path: Path, memory: GuestMemory) -> X86Image:
     return image
 
 
+def _instructions(vendor: CpuVendor) -> tuple[bytes, bytes]:
+    """(native, foreign) hypercall instruction bytes on a host of `vendor`."""
+    if vendor.native is Conduit.VMMCALL:
+        return x.VMMCALL, x.VMCALL
+    return x.VMCALL, x.VMMCALL
+
+
 class PcX86:
     """Builds an x86-64 VM from a config and an ELF image; the services' Platform view."""
 
@@ -167,9 +174,7 @@ class PcX86:
         ]
         self.vm = VirtualMachine(config.smp, self._engine, self._prepare, self.trace)
         self.gate = ExecutionGate(config.smp, self.vm.kick)
-        native, foreign = (x.VMCALL, x.VMMCALL)
-        if self.vendor.native is Conduit.VMMCALL:
-            native, foreign = foreign, native
+        native, foreign = _instructions(self.vendor)
         self.patcher = (
             HypercallPatcher(
                 self.memory, self.gate, self.trace, native, foreign, config.fix_hypercall
@@ -179,6 +184,14 @@ class PcX86:
         )
         self._init_seen = [False] * config.smp
         self._ipi_lock = threading.Lock()
+
+    def move_to_host(self, vendor: str) -> None:
+        """Continue on a host of `vendor`, as after a restore or migration there: the native
+        hypercall instruction changes, the guest's CPUID (its CPU model) does not."""
+        if vendor not in VENDORS:
+            raise ConfigError(f"CPU vendor {vendor!r} is not intel or amd")
+        if self.patcher is not None:
+            self.patcher.retarget(*_instructions(VENDORS[vendor]))
 
     def _protocol(self, choice: str) -> BootProtocol:
         available = self.image.protocols

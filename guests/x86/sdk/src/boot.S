@@ -176,6 +176,15 @@ user_returned:
 	popq %rbx
 	ret
 
+/* u64 gp_probe(void): a load from a non-canonical address, which raises #GP(0). */
+	.globl gp_probe, gp_probe_fault, gp_probe_resume
+gp_probe:
+	movabs $0x8000000000000000, %rax
+gp_probe_fault:
+	movq (%rax), %rax
+gp_probe_resume:
+	ret
+
 	.globl leave_user
 leave_user:
 	lcall *gate_pointer(%rip)

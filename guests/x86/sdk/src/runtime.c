@@ -14,9 +14,11 @@ extern u32 boot_protocol, boot_info, starting_cpu;
 extern u64 gdt64[], tss_descriptor[], call_gate[], user_saved_rsp;
 extern u8 ap_trampoline[], ap_trampoline_end[], stacks[];
 extern void isr6(void), isr13(void), isr14(void), isr64(void), user_returned(void);
+extern u8 gp_probe_fault[], gp_probe_resume[];
 
 struct pv pv;
 volatile int ud_count; /* CPU 0 only counts exactly; others may race */
+volatile int gp_count;
 volatile int ipi_count[MAX_CPUS];
 static volatile int cpus_up;
 static u64 idt[256 * 2];
@@ -140,11 +142,24 @@ void trap_dispatch(struct frame *f)
 		f->rip += n;
 		return;
 	}
+	case 13:
+		if (f->rip == (u64)gp_probe_fault) {
+			puts("  #GP at ");
+			put_hex(f->rip);
+			puts(" error ");
+			put_hex(f->error);
+			putc('\n');
+			gp_count++;
+			f->rip = (u64)gp_probe_resume;
+			return;
+		}
+		goto unexpected;
 	case IPI_VECTOR:
 		ipi_count[this_cpu()]++;
 		APIC[APIC_EOI] = 0;
 		return;
 	default:
+	unexpected:
 		puts("  unexpected exception ");
 		put_dec((s64)f->vector);
 		puts(" at ");

@@ -59,6 +59,8 @@ struct frame {
 	u64 vector, error, rip, cs, rflags, rsp, ss;
 };
 extern volatile int ud_count;   /* #UD taken (the handler skips the instruction) */
+extern volatile int gp_count;   /* #GP taken in gp_probe() */
+u64 gp_probe(void);             /* loads from a non-canonical address: #GP(0) */
 extern volatile int ipi_count[MAX_CPUS];
 void enter_user(void (*fn)(void), void *stack);
 void leave_user(void) __attribute__((noreturn)); /* from CPL 3, through the call gate */
