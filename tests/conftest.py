@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pvkit.machine.vm import StopReason
+from pvkit.platform.pc_x86 import PcConfig, PcX86
 from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
 from pvkit.trace.events import CallEvent, TraceHub, VmEvent
 
@@ -16,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PREBUILT = ROOT / "guests" / "prebuilt"
 SMP_HELLO = PREBUILT / "smp-hello.Image"
 PSCI_WALK = PREBUILT / "psci-walk.Image"
+X86_HELLO = PREBUILT / "x86-hello.elf"
 
 
 class Recorder:
@@ -67,6 +69,42 @@ def boot(image: Path, timeout: float = 60, traced: bool = True, **kwargs: object
     machine = VirtArm64(config, image, hub)
     reason = machine.run(timeout)
     return Boot(reason, b"".join(chunks).decode(errors="replace"), machine, rec)
+
+
+@dataclass
+class X86Boot:
+    reason: StopReason
+    console: str
+    machine: PcX86
+    trace: Recorder
+
+    @property
+    def lines(self) -> list[str]:
+        return [ln.rstrip("\r") for ln in self.console.splitlines()]
+
+    def line(self, prefix: str) -> str:
+        """The one console line that starts with `prefix` (after "x86-hello: ")."""
+        found = [ln for ln in self.lines if ln.startswith(f"x86-hello: {prefix}")]
+        assert len(found) == 1, (prefix, self.console)
+        return found[0]
+
+
+def boot_x86(
+    image: Path = X86_HELLO,
+    timeout: float = 60,
+    setup: object = None,
+    **kwargs: object,
+) -> X86Boot:
+    """Run an x86-64 guest on the pc board, traced; `setup(machine)` runs before it starts."""
+    chunks: list[bytes] = []
+    hub = TraceHub()
+    rec = Recorder()
+    hub.attach(rec)
+    machine = PcX86(PcConfig(console=chunks.append, **kwargs), image, hub)  # type: ignore[arg-type]
+    if callable(setup):
+        setup(machine)
+    reason = machine.run(timeout)
+    return X86Boot(reason, b"".join(chunks).decode(errors="replace"), machine, rec)
 
 
 def assemble(tmp_path: Path, source: str, name: str = "guest") -> Path:

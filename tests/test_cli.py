@@ -47,7 +47,9 @@ def test_bad_image_is_one_sentence_and_nonzero(tmp_path: Path) -> None:
     bad.write_bytes(b"hello")
     r = pvkit("run", str(bad))
     assert r.returncode == 2
-    assert r.stderr.strip() == f"pvkit: {bad} is neither an ELF file nor an arm64 Image; give --arch"
+    assert (
+        r.stderr.strip() == f"pvkit: {bad} is neither an ELF file nor an arm64 Image; give --arch"
+    )
     missing = pvkit("run", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cannot read guest image" in missing.stderr
