@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the host tools pvkit's tests use: the aarch64 cross compiler (guest rebuilds),
-# dtc (device-tree checks) and qemu-system-aarch64 (the differential PSCI test).
+# the native gcc (x86-64 guests), dtc (device-tree checks) and qemu-system-aarch64 (the
+# differential PSCI test).
 set -euo pipefail
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
+command -v gcc >/dev/null || need+=(gcc)
 command -v dtc >/dev/null || need+=(device-tree-compiler)
 command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
 [ ${#need[@]} -eq 0 ] && exit 0
