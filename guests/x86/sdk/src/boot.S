@@ -6,6 +6,7 @@
  * mode and call x86_entry(cpu) on a per-CPU stack. Application processors arrive at
  * ap_trampoline in real mode (INIT-SIPI), copied below 1 MiB by smp_start().
  */
+	.file "boot.S"  /* not the temporary .s name: keeps the ELF byte-identical across builds */
 #define CODE64 0x08
 #define DATA 0x10
 #define CODE32 0x18
