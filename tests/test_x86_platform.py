@@ -176,6 +176,13 @@ def test_ud_before_the_guest_has_an_idt_is_a_reported_triple_fault(tmp_path: Pat
     b = boot_x86(pvh_guest(tmp_path, "ud2"))
     assert b.reason.kind is StopKind.FAULT
     assert "triple fault: vector 6" in b.reason.message and "64-bit mode" in b.reason.message
+    assert [e.fields["vector"] for e in b.trace.events if e.kind == "inject"] == [6]
+
+
+def test_acpi_s5_powers_off(tmp_path: Path) -> None:
+    b = boot_x86(pvh_guest(tmp_path, "movw $0x2000, %ax\nmovw $0x604, %dx\noutw %ax, %dx\nhlt"))
+    assert b.reason.kind is StopKind.SHUTDOWN and b.reason.status is None
+    assert "ACPI S5" in b.reason.message
 
 
 def test_a_32_bit_caller_is_served_with_32_bit_values(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ x86 path has no answer table yet (see docs/hot-path.md).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,6 +42,7 @@ from pvkit.machine.interrupts import InterruptQueue
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
 from pvkit.machine.quiesce import ExecutionGate
+from pvkit.trace.events import TraceHub, VmEvent
 
 _GPRS = (r.UC_X86_REG_RAX, r.UC_X86_REG_RBX, r.UC_X86_REG_RCX, r.UC_X86_REG_RDX, r.UC_X86_REG_RSI)
 _DATA_SEGMENTS = (
@@ -85,6 +87,7 @@ class X86Engine:
         patcher: HypercallPatcher | None,
         gate: ExecutionGate,
         interrupts: InterruptQueue,
+        trace: TraceHub,
     ):
         self.vcpu = vcpu
         self._memory = memory
@@ -94,6 +97,7 @@ class X86Engine:
         self._patcher = patcher
         self._gate = gate
         self._interrupts = interrupts
+        self._trace = trace
         self._generation = gate.generation
         self._kicked = threading.Event()
         self._exit: VcpuExit | None = None
@@ -238,6 +242,9 @@ class X86Engine:
     def _deliver(
         self, vector: int, rip: int, error_code: int | None = None, software: bool = False
     ) -> None:
+        if self._trace.active:
+            fields: dict[str, object] = {"vector": vector, "rip": f"{rip:#x}", "soft": software}
+            self._trace.event(VmEvent("inject", time.perf_counter_ns(), self.vcpu, fields))
         try:
             self._delivery.deliver(vector, rip, error_code, software)
         except DeliveryFailed as exc:

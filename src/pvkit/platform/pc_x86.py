@@ -219,6 +219,7 @@ class PcX86:
             self.patcher,
             self.gate,
             self.vm.interrupts[index],
+            self.trace,
         )
 
     def _prepare(self) -> StartRequest:
