@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint typecheck unit toolchain guests clean
 
-$(STAMP): pyproject.toml setup.py src/pvkit/backends/_trap.c
+$(STAMP): pyproject.toml setup.py src/pvkit/backends/_trap.c src/pvkit/backends/_budget.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

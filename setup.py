@@ -1,4 +1,5 @@
-"""The C hypercall trap; optional, so pvkit still installs (with its ctypes trap) without gcc."""
+"""The C hypercall trap and instruction budget; optional, so pvkit still installs without gcc
+(with its ctypes trap; only --deterministic needs the budget)."""
 
 from setuptools import Extension, setup
 
@@ -9,6 +10,12 @@ setup(
             ["src/pvkit/backends/_trap.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
-        )
+        ),
+        Extension(
+            "pvkit.backends._budget",
+            ["src/pvkit/backends/_budget.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
     ]
 )

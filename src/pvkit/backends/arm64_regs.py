@@ -41,3 +41,20 @@ MPIDR_RES1 = 1 << 31
 def immediate16(word: int) -> int:
     """imm16 of an HVC/SMC/SVC encoding (bits 20:5)."""
     return (word >> 5) & 0xFFFF
+
+
+# Generic-timer registers as (op0, op1, CRn, CRm, op2), the key MRS hooks compare.
+CNTFRQ_EL0 = (3, 3, 14, 0, 0)
+CNTPCT_EL0 = (3, 3, 14, 0, 1)
+CNTVCT_EL0 = (3, 3, 14, 0, 2)
+
+
+def sysreg_key(cp_reg: object) -> tuple[int, int, int, int, int]:
+    """The (op0, op1, CRn, CRm, op2) of the uc_arm64_cp_reg an MRS hook receives."""
+    return (
+        getattr(cp_reg, "op0"),  # noqa: B009  # a ctypes structure without type hints
+        getattr(cp_reg, "op1"),  # noqa: B009
+        getattr(cp_reg, "crn"),  # noqa: B009
+        getattr(cp_reg, "crm"),  # noqa: B009
+        getattr(cp_reg, "op2"),  # noqa: B009
+    )

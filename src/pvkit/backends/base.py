@@ -16,6 +16,7 @@ class ExitKind(Enum):
     STOP_VM = "stop_vm"  # a system event was raised; the VM is stopping
     HALT = "halt"  # waiting for an interrupt (WFI / HLT)
     KICKED = "kicked"  # the host asked the engine to return
+    SLICE_END = "slice_end"  # the instruction budget of the slice is spent
     FAULT = "fault"  # the guest did something it cannot recover from
 
 
@@ -36,6 +37,12 @@ class VcpuEngine(Protocol):
 
     def kick(self) -> None:
         """Thread-safe: make `run` return KICKED soon; harmless when not running."""
+
+    def begin_slice(self, budget: int) -> None:
+        """Make `run` return SLICE_END after `budget` more instructions (deterministic)."""
+
+    def executed(self) -> int:
+        """Instructions executed in the current slice (0 when nobody counts)."""
 
     def close(self) -> None: ...
 

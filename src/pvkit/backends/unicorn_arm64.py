@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
+    UC_HOOK_INSN,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
@@ -27,11 +28,13 @@ from unicorn import arm64_const as r
 
 from pvkit.backends import arm64_regs as a
 from pvkit.backends.base import ExitKind, HypercallPort, VcpuExit
+from pvkit.backends.budget import InsnBudget, make_budget
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
+from pvkit.machine.scheduling import COUNTER_HZ
 from pvkit.trace.events import TraceHub, VmEvent
 
 _X = tuple(getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31))
@@ -49,7 +52,11 @@ class Arm64Engine:
         trace: TraceHub,
         trap_path: TrapPath,
         answers: CompiledTable | None = None,
+        clock: Callable[[], int] | None = None,
+        counting: bool = False,
     ):
+        """`clock()` is the hypervisor time in ns that CNTVCT_EL0 shows (None: the
+        engine's own counter); `counting` installs the instruction budget."""
         self.vcpu = vcpu
         self._memory = memory
         self._port = port
@@ -85,6 +92,10 @@ class Arm64Engine:
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
             self._on_unmapped,
         )
+        self._clock = clock
+        if clock is not None:
+            uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, r.UC_ARM64_INS_MRS)
+        self._budget: InsnBudget | None = make_budget(uc) if counting else None
         self._uc = uc
 
     # -- run loop interface -------------------------------------------------------------
@@ -113,6 +124,9 @@ class Arm64Engine:
                 return self._exit
             if self._kicked.is_set():
                 continue
+            budget = self._budget
+            if budget is not None and budget.executed >= budget.budget:
+                return VcpuExit(ExitKind.SLICE_END)
             pc = uc.reg_read(r.UC_ARM64_REG_PC)
             if self._word(pc - 4) == a.WFI:
                 return VcpuExit(ExitKind.HALT, pc=pc)
@@ -124,8 +138,18 @@ class Arm64Engine:
         if uc is not None:
             uc.emu_stop()
 
+    def begin_slice(self, budget: int) -> None:
+        if self._budget is not None:
+            self._budget.executed = 0
+            self._budget.budget = budget
+
+    def executed(self) -> int:
+        return self._budget.executed if self._budget is not None else 0
+
     def close(self) -> None:
         self.trap.remove()  # before the engine goes: the hook holds a pointer to the trap
+        if self._budget is not None:
+            self._budget.remove()
         self._uc = None  # type: ignore[assignment]  # releases the engine
 
     # -- hooks -------------------------------------------------------------------------
@@ -141,6 +165,18 @@ class Arm64Engine:
             self._exit = VcpuExit(kind)
             self._uc.emu_stop()
         return call.results
+
+    def _on_mrs(self, uc: Uc, reg: int, cp_reg: object, _user: object) -> bool:
+        """CNTVCT_EL0/CNTPCT_EL0 read the hypervisor clock; CNTFRQ_EL0 says 1 GHz."""
+        key = a.sysreg_key(cp_reg)
+        if key in (a.CNTVCT_EL0, a.CNTPCT_EL0):
+            assert self._clock is not None
+            uc.reg_write(reg, self._clock())
+            return True
+        if key == a.CNTFRQ_EL0:
+            uc.reg_write(reg, COUNTER_HZ)
+            return True
+        return False  # any other system register: the engine's own answer
 
     def _on_exception(self, intno: int) -> None:
         uc = self._uc

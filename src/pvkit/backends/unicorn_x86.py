@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +33,7 @@ from unicorn import x86_const as r
 
 from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
+from pvkit.backends.budget import InsnBudget, make_budget
 from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
 from pvkit.backends.x86_patch import HypercallPatcher
 from pvkit.devices.base import MmioDevice, PortDevice
@@ -68,6 +69,14 @@ class Firmware:
     stub_segment_base: int
 
 
+class MsrBus(Protocol):
+    """Model-specific registers the platform serves (None / False: not ours)."""
+
+    def read_msr(self, vcpu: int, index: int) -> int | None: ...
+
+    def write_msr(self, vcpu: int, index: int, value: int) -> bool: ...
+
+
 class X86HypercallPort(Protocol):
     def on_hypercall(
         self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int
@@ -88,7 +97,12 @@ class X86Engine:
         gate: ExecutionGate,
         interrupts: InterruptQueue,
         trace: TraceHub,
+        clock: Callable[[], int] | None = None,
+        msrs: MsrBus | None = None,
+        counting: bool = False,
     ):
+        """`clock()` is the hypervisor time in ns the TSC shows (1 GHz); `msrs` serves
+        the MSRs it knows (kvmclock, steal time); `counting` installs the budget."""
         self.vcpu = vcpu
         self._memory = memory
         self._firmware = firmware
@@ -120,6 +134,15 @@ class X86Engine:
             UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
             self._on_unmapped,
         )
+        self._clock = clock
+        if clock is not None:
+            uc.hook_add(UC_HOOK_INSN, self._on_rdtsc, None, 1, 0, r.UC_X86_INS_RDTSC)
+            uc.hook_add(UC_HOOK_INSN, self._on_rdtsc, None, 1, 0, r.UC_X86_INS_RDTSCP)
+        self._msrs = msrs
+        if msrs is not None:
+            uc.hook_add(UC_HOOK_INSN, self._on_rdmsr, None, 1, 0, r.UC_X86_INS_RDMSR)
+            uc.hook_add(UC_HOOK_INSN, self._on_wrmsr, None, 1, 0, r.UC_X86_INS_WRMSR)
+        self._budget: InsnBudget | None = make_budget(uc) if counting else None
         self._uc = uc
         self._delivery = Delivery(uc, memory)
 
@@ -176,6 +199,9 @@ class X86Engine:
                 return self._exit
             if self._resume or self._kicked.is_set():
                 continue
+            budget = self._budget
+            if budget is not None and budget.executed >= budget.budget:
+                return VcpuExit(ExitKind.SLICE_END)
             rip = uc.reg_read(r.UC_X86_REG_RIP)
             if self._byte(rip - 1) == x.INSN_HLT:
                 if self._interrupts and uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF:
@@ -188,7 +214,17 @@ class X86Engine:
         if uc is not None:
             uc.emu_stop()
 
+    def begin_slice(self, budget: int) -> None:
+        if self._budget is not None:
+            self._budget.executed = 0
+            self._budget.budget = budget
+
+    def executed(self) -> int:
+        return self._budget.executed if self._budget is not None else 0
+
     def close(self) -> None:
+        if self._budget is not None:
+            self._budget.remove()
         self._uc = None  # type: ignore[assignment]
 
     # -- traps -------------------------------------------------------------------------
@@ -272,6 +308,43 @@ class X86Engine:
         ):
             uc.reg_write(reg, value)
         return 1  # the instruction is done: skip the engine's own CPUID
+
+    def _on_rdtsc(self, uc: Uc, _user: object) -> int:
+        """RDTSC/RDTSCP read the hypervisor clock: the TSC runs at 1 GHz."""
+        assert self._clock is not None
+        tsc = self._clock()
+        uc.reg_write(r.UC_X86_REG_RAX, tsc & 0xFFFF_FFFF)
+        uc.reg_write(r.UC_X86_REG_RDX, tsc >> 32 & 0xFFFF_FFFF)
+        if self._byte(uc.reg_read(r.UC_X86_REG_RIP) + 2) == 0xF9:  # RDTSCP: ECX = TSC_AUX
+            uc.reg_write(r.UC_X86_REG_RCX, self.vcpu)
+        return 1
+
+    def _on_rdmsr(self, uc: Uc, _user: object) -> int:
+        assert self._msrs is not None
+        index = uc.reg_read(r.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        try:
+            value = self._msrs.read_msr(self.vcpu, index)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"internal error reading MSR {index:#x}: {exc!r}")
+            return 1
+        if value is None:
+            return 0  # not one of ours: the engine's own MSR
+        uc.reg_write(r.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+        uc.reg_write(r.UC_X86_REG_RDX, value >> 32 & 0xFFFF_FFFF)
+        return 1
+
+    def _on_wrmsr(self, uc: Uc, _user: object) -> int:
+        assert self._msrs is not None
+        index = uc.reg_read(r.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        value = (uc.reg_read(r.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (
+            uc.reg_read(r.UC_X86_REG_RAX) & 0xFFFF_FFFF
+        )
+        try:
+            handled = self._msrs.write_msr(self.vcpu, index, value)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"internal error writing MSR {index:#x}: {exc!r}")
+            return 1
+        return 1 if handled else 0
 
     def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
         dev = self._ports.get(port)

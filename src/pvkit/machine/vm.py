@@ -13,7 +13,9 @@ from enum import Enum
 
 from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
 from pvkit.machine.interrupts import InterruptQueue
-from pvkit.machine.power import PowerState, StartRequest, VcpuPower
+from pvkit.machine.power import PowerOnResult, PowerState, StartRequest, VcpuPower
+from pvkit.machine.scheduling import DEFAULT_SLICE_NS, Activity, Scheduler
+from pvkit.machine.wall_scheduler import WallScheduler
 from pvkit.trace.events import TraceHub, VmEvent
 
 
@@ -46,7 +48,11 @@ class VirtualMachine:
         engine_factory: EngineFactory,
         prepare: Callable[[], StartRequest],
         trace: TraceHub,
+        scheduler: Scheduler | None = None,
+        on_entry: Callable[[int], None] | None = None,
     ):
+        """`scheduler` places vCPUs on host CPUs (default: one each, wall clock);
+        `on_entry(vcpu)` runs each time a vCPU is about to enter guest code."""
         if vcpu_count < 1:
             raise ValueError("a VM needs at least one vCPU")
         self.power = [VcpuPower() for _ in range(vcpu_count)]
@@ -61,6 +67,8 @@ class VirtualMachine:
         self.interrupts = [InterruptQueue() for _ in range(vcpu_count)]
         self._stop = threading.Event()
         self._reason: StopReason | None = None
+        self.scheduler = scheduler or WallScheduler(vcpu_count, vcpu_count, DEFAULT_SLICE_NS)
+        self._on_entry = on_entry
 
     @property
     def vcpu_count(self) -> int:
@@ -92,19 +100,24 @@ class VirtualMachine:
             wakeup.clear()
             queue.clear()
         boot = self._prepare()
+        self.scheduler.resume()
         threads = [
             threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
             for i in range(self.vcpu_count)
         ]
         for t in threads:
             t.start()
-        self.power[0].request_on(boot)
+        ticker = threading.Thread(target=self._preempt, name="slices", daemon=True)
+        ticker.start()
+        self.power_on(0, boot)
         try:
             if not self._stop.wait(timeout):
                 self.request_stop(StopReason(StopKind.TIMEOUT, "the run hit its time limit"))
         except KeyboardInterrupt:
             self.request_stop(StopReason(StopKind.INTERRUPTED, "interrupted by the host user"))
-        self._halt_all(threads)
+        self.scheduler.stop()
+        self._halt_all([*threads, ticker])
+        self.scheduler.finish()
         assert self._reason is not None  # set together with the event
         return self._reason
 
@@ -113,10 +126,27 @@ class VirtualMachine:
             p.close()
         for i, t in enumerate(threads):
             while t.is_alive():
-                engine = self._engines[i]
+                engine = self._engines[i] if i < self.vcpu_count else None
                 if engine is not None:
                     engine.kick()
                 t.join(_KICK_INTERVAL_S)
+
+    def _preempt(self) -> None:
+        """Wall clock: end slices that ran out while another vCPU waits for a host CPU."""
+        sched = self.scheduler
+        if sched.deterministic or sched.host_cpus >= self.vcpu_count:
+            return  # slices end by instruction count, or nobody ever waits
+        period = max(sched.slice_ns / 4e9, 0.0005)
+        while not self._stop.wait(period):
+            for vcpu in sched.preempt_due():
+                self.kick(vcpu)
+
+    def power_on(self, index: int, start: StartRequest) -> PowerOnResult:
+        """Power on vCPU `index` (PSCI CPU_ON, SIPI, boot) and queue it for a host CPU."""
+        result = self.power[index].request_on(start)
+        if result is PowerOnResult.ACCEPTED:
+            self.scheduler.become_runnable(index)
+        return result
 
     def _vcpu_main(self, index: int) -> None:
         power = self.power[index]
@@ -127,6 +157,7 @@ class VirtualMachine:
             engine = self._factory(index)
             with self._lock:
                 self._engines[index] = engine
+            self.scheduler.attach(index, engine.executed)
             try:
                 engine.start_at(start)
                 power.mark_on()
@@ -140,10 +171,32 @@ class VirtualMachine:
                 return
 
     def _run_engine(self, index: int, engine: VcpuEngine) -> bool:
-        """Run until the vCPU powers off (False) or the VM stops (True)."""
+        """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time."""
+        sched = self.scheduler
+        budget = sched.slice_budget()
         while not self._stop.is_set():
+            if not sched.acquire(index):
+                return True
+            if self._on_entry is not None:
+                self._on_entry(index)
+            if budget is not None:
+                engine.begin_slice(budget)
             exit_ = engine.run()
             kind = exit_.kind
+            if kind in (ExitKind.KICKED, ExitKind.SLICE_END):
+                sched.release(index, Activity.RUNNABLE)
+                continue
+            if kind is ExitKind.HALT:
+                with self._lock:
+                    pending = self._wakeups[index].is_set()
+                    if pending:
+                        self._wakeups[index].clear()  # woken before it halted: HLT ends now
+                    else:
+                        self._halted[index] = True  # before any waker can look
+                if pending:
+                    sched.release(index, Activity.RUNNABLE)
+                    continue
+            sched.release(index, Activity.IDLE)
             if kind is ExitKind.POWER_OFF:
                 self.power[index].power_off()
                 self._note("vcpu_off", index)
@@ -154,19 +207,16 @@ class VirtualMachine:
                 if not self._halt(index):
                     return True
                 self._note("vcpu_wake", index)
+                continue
             if kind is ExitKind.FAULT:
                 self._fault(index, exit_)
-                return True
-            if kind is ExitKind.STOP_VM:
-                return True
+            return True
         return True
 
     def _halt(self, index: int) -> bool:
         """Wait for a wake-up; False when the VM stops instead. A wake-up sent before the
         halt is kept and ends it at once (as KVM keeps a PV kick for the next HLT)."""
         wakeup = self._wakeups[index]
-        with self._lock:
-            self._halted[index] = True
         self._check_idle()
         while not wakeup.wait(_KICK_INTERVAL_S * 50):
             if self._stop.is_set():
@@ -180,7 +230,9 @@ class VirtualMachine:
         """End a halt of vCPU `index` (or the next one); True if it was halted."""
         with self._lock:
             halted = self._halted[index]
-        self._wakeups[index].set()
+            self._wakeups[index].set()
+        if halted:
+            self.scheduler.become_runnable(index)
         return halted
 
     def post_interrupt(self, index: int, vector: int) -> None:

@@ -1,0 +1,132 @@
+/* InsnBudget: count the guest instructions a vCPU engine executes, and stop it when a
+ * budget is spent. Used by the deterministic clock, where time is instructions.
+ *
+ * A UC_HOOK_CODE callback runs before each instruction; stopping there leaves that
+ * instruction unexecuted and uncounted, so `executed` is exact when emu_start returns.
+ * This is the cost unicorn's own count= option has, but the count stays readable. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <structmember.h>
+
+typedef int (*uc_stop_fn)(void *uc);
+typedef int (*uc_hook_add_fn)(void *uc, size_t *hh, int type, void *callback, void *user_data,
+                              uint64_t begin, uint64_t end, ...);
+typedef int (*uc_hook_del_fn)(void *uc, size_t hh);
+
+#define UC_HOOK_CODE 4
+
+typedef struct {
+    PyObject_HEAD
+    void *uc;
+    uc_stop_fn emu_stop;
+    uc_hook_add_fn hook_add;
+    uc_hook_del_fn hook_del;
+    size_t hook;
+    int installed;
+    unsigned long long executed; /* instructions executed since the last reset */
+    unsigned long long budget;   /* stop before executed would pass this */
+} BudgetObject;
+
+static void budget_code(void *uc, uint64_t address, uint32_t size, void *user)
+{
+    (void)address;
+    (void)size;
+    BudgetObject *b = (BudgetObject *)user;
+    if (b->executed >= b->budget) {
+        b->emu_stop(uc);
+        return;
+    }
+    b->executed++;
+}
+
+static int budget_init(BudgetObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"uc", "emu_stop", "hook_add", "hook_del", NULL};
+    unsigned long long uc, stop, add, del;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKKK", kwlist, &uc, &stop, &add, &del))
+        return -1;
+    if (self->installed) {
+        PyErr_SetString(PyExc_RuntimeError, "budget hook already installed");
+        return -1;
+    }
+    self->uc = (void *)(uintptr_t)uc;
+    self->emu_stop = (uc_stop_fn)(uintptr_t)stop;
+    self->hook_add = (uc_hook_add_fn)(uintptr_t)add;
+    self->hook_del = (uc_hook_del_fn)(uintptr_t)del;
+    self->executed = 0;
+    self->budget = ~0ULL;
+    return 0;
+}
+
+static PyObject *budget_install(BudgetObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (!self->uc) {
+        PyErr_SetString(PyExc_RuntimeError, "budget hook not initialised");
+        return NULL;
+    }
+    if (self->installed)
+        Py_RETURN_NONE;
+    int err = self->hook_add(self->uc, &self->hook, UC_HOOK_CODE, (void *)budget_code, self,
+                             (uint64_t)1, (uint64_t)0);
+    if (err) {
+        PyErr_Format(PyExc_RuntimeError, "uc_hook_add failed with error %d", err);
+        return NULL;
+    }
+    self->installed = 1;
+    Py_INCREF(self); /* the engine holds a raw pointer to us until remove() */
+    Py_RETURN_NONE;
+}
+
+static PyObject *budget_remove(BudgetObject *self, PyObject *unused)
+{
+    (void)unused;
+    if (self->installed) {
+        self->hook_del(self->uc, self->hook);
+        self->installed = 0;
+        Py_DECREF(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef budget_methods[] = {
+    {"install", (PyCFunction)budget_install, METH_NOARGS, "add the UC_HOOK_CODE hook"},
+    {"remove", (PyCFunction)budget_remove, METH_NOARGS, "delete the hook (before uc_close)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef budget_members[] = {
+    {"executed", T_ULONGLONG, offsetof(BudgetObject, executed), 0, "instructions executed"},
+    {"budget", T_ULONGLONG, offsetof(BudgetObject, budget), 0, "stop when executed reaches it"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject BudgetType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends._budget.InsnBudget",
+    .tp_basicsize = sizeof(BudgetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Counts a vCPU engine's instructions and stops it at a budget",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)budget_init,
+    .tp_methods = budget_methods,
+    .tp_members = budget_members,
+};
+
+static struct PyModuleDef budget_module = {
+    PyModuleDef_HEAD_INIT, "_budget", "instruction budgets for the deterministic clock", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__budget(void)
+{
+    if (PyType_Ready(&BudgetType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&budget_module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "InsnBudget", (PyObject *)&BudgetType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,55 @@
+"""Instruction budgets for vCPU engines (the C extension `_budget`), for deterministic time."""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Protocol
+
+from unicorn import Uc  # type: ignore[attr-defined]  # re-exported name
+from unicorn.unicorn_py3.unicorn import uclib
+
+try:
+    from pvkit.backends import _budget  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler
+    _budget = None
+
+
+class BudgetUnavailable(RuntimeError):
+    """The `_budget` extension was not built (pip install needs gcc and Python headers)."""
+
+
+class InsnBudget(Protocol):
+    executed: int
+    budget: int
+
+    def install(self) -> None: ...
+
+    def remove(self) -> None: ...
+
+
+def budget_available() -> bool:
+    return _budget is not None
+
+
+def make_budget(uc: Uc) -> InsnBudget:
+    if _budget is None:
+        raise BudgetUnavailable(
+            "--deterministic needs pvkit's C extension _budget, which was not built "
+            "(reinstall with gcc and the Python headers present)"
+        )
+    if uc._uch is None:
+        raise ValueError("the engine is already closed")
+
+    def address(f: Any) -> int:
+        value = ctypes.cast(f, ctypes.c_void_p).value
+        assert value is not None
+        return value
+
+    budget: InsnBudget = _budget.InsnBudget(
+        uc=uc._uch.value,
+        emu_stop=address(uclib.uc_emu_stop),
+        hook_add=address(uclib.uc_hook_add),
+        hook_del=address(uclib.uc_hook_del),
+    )
+    budget.install()
+    return budget

@@ -1,0 +1,102 @@
+"""Deterministic scheduling: time is guest instructions, and one vCPU executes at a time.
+
+Each vCPU has its own virtual clock; each of the M virtual host CPUs is free from some
+virtual time on. When the running vCPU gives its host CPU back, the next slice goes to
+the runnable vCPU that has waited since the earliest time, on the host CPU free the
+earliest (ties: lowest index), and it starts at the later of the two: the difference is
+its stolen time. Slices are a fixed number of instructions, counted exactly by the
+engine (backends/_budget.c), so the same run gives the same times to the nanosecond.
+"""
+
+from __future__ import annotations
+
+from pvkit.machine.scheduling import Activity, Scheduler
+
+NS_PER_INSTRUCTION = 1  # the virtual CPU retires one instruction per nanosecond
+
+
+class VirtualScheduler(Scheduler):
+    deterministic = True
+
+    def __init__(self, vcpu_count: int, host_cpus: int, slice_ns: int, record: bool = False):
+        super().__init__(vcpu_count, host_cpus, slice_ns, record)
+        self._free_at = [0] * host_cpus
+        self._clock = [0] * vcpu_count  # each vCPU's virtual time when not running
+        self._ready_at = [0] * vcpu_count
+        self._slice_start = [0] * vcpu_count
+        self._slice_steal = [0] * vcpu_count
+        self._running: int | None = None
+        self._chosen: int | None = None
+
+    def slice_budget(self) -> int:
+        return max(1, self.slice_ns // NS_PER_INSTRUCTION)
+
+    def now_ns(self, vcpu: int) -> int:
+        if self._activity[vcpu] is Activity.RUNNING:
+            executed = self._executed[vcpu]()
+            return self._slice_start[vcpu] + executed * NS_PER_INSTRUCTION
+        return self._clock[vcpu]
+
+    def _end_ns(self) -> int:
+        return max([*self._clock, *self._free_at])
+
+    def acquire(self, vcpu: int) -> bool:
+        with self._cond:
+            if self._activity[vcpu] is Activity.IDLE:
+                self._make_runnable(vcpu, self._clock[vcpu])
+            self._decide()
+            while not self._stopping and self._chosen != vcpu:
+                self._cond.wait()
+            if self._stopping:
+                return False
+            self._chosen = None
+            self._running = vcpu
+            return True
+
+    def release(self, vcpu: int, then: Activity) -> None:
+        with self._cond:
+            if self._running != vcpu:
+                return
+            end = self.now_ns(vcpu)
+            self._switch(vcpu, then, end)
+            self._record(vcpu, self._slice_start[vcpu], end, self._slice_steal[vcpu])
+            self._free_at[self._host[vcpu]] = end
+            self._host[vcpu] = -1
+            self._clock[vcpu] = end
+            self._ready_at[vcpu] = end
+            self._running = None
+            self._decide()
+            self._cond.notify_all()
+
+    def become_runnable(self, vcpu: int) -> None:
+        with self._cond:
+            if self._activity[vcpu] is not Activity.IDLE:
+                return
+            by = self._running
+            at = self.now_ns(by) if by is not None else self._clock[vcpu]
+            self._make_runnable(vcpu, max(at, self._clock[vcpu]))
+            self._decide()
+            self._cond.notify_all()
+
+    # -- with the lock held -------------------------------------------------------------
+    def _make_runnable(self, vcpu: int, at: int) -> None:
+        self._switch(vcpu, Activity.RUNNABLE, at)
+        self._clock[vcpu] = at
+        self._ready_at[vcpu] = at
+
+    def _decide(self) -> None:
+        if self._running is not None or self._chosen is not None or self._stopping:
+            return
+        runnable = [v for v in range(self.vcpu_count) if self._activity[v] is Activity.RUNNABLE]
+        if not runnable:
+            return
+        vcpu = min(runnable, key=lambda v: (self._ready_at[v], v))
+        host = min(range(self.host_cpus), key=lambda h: (self._free_at[h], h))
+        start = max(self._ready_at[vcpu], self._free_at[host])
+        self._switch(vcpu, Activity.RUNNING, start)  # accounts the wait as stolen time
+        self._host[vcpu] = host
+        self._slice_start[vcpu] = start
+        self._slice_steal[vcpu] = self.times[vcpu].steal_ns
+        self._clock[vcpu] = start
+        self._chosen = vcpu
+        self._cond.notify_all()
