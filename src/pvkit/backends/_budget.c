@@ -1,5 +1,7 @@
 /* InsnBudget: count the guest instructions a vCPU engine executes, and stop it when a
- * budget is spent. Used by the deterministic clock, where time is instructions.
+ * budget is spent (the deterministic clock, where time is instructions). Optionally also
+ * stop it before x86 RDMSR/WRMSR, which Unicorn 2.1 cannot hook, so that the host can
+ * serve its paravirtual MSRs.
  *
  * A UC_HOOK_CODE callback runs before each instruction; stopping there leaves that
  * instruction unexecuted and uncounted, so `executed` is exact when emu_start returns.
@@ -26,13 +28,32 @@ typedef struct {
     int installed;
     unsigned long long executed; /* instructions executed since the last reset */
     unsigned long long budget;   /* stop before executed would pass this */
+    int watch_msr;               /* stop before RDMSR (0f 32) and WRMSR (0f 30) */
+    unsigned long long msr_at;   /* where it stopped for one, or NONE */
+    unsigned long long skip_at;  /* let the MSR instruction here run once, or NONE */
+    unsigned long long ram_base, ram_size;
+    const uint8_t *ram_host;     /* guest RAM; code addresses are read as physical */
 } BudgetObject;
+
+#define NONE (~0ULL)
 
 static void budget_code(void *uc, uint64_t address, uint32_t size, void *user)
 {
     (void)address;
     (void)size;
     BudgetObject *b = (BudgetObject *)user;
+    if (b->watch_msr && size == 2 && address - b->ram_base < b->ram_size - 1) {
+        if (address == b->skip_at) {
+            b->skip_at = NONE;
+        } else {
+            const uint8_t *p = b->ram_host + (address - b->ram_base);
+            if (p[0] == 0x0F && (p[1] == 0x30 || p[1] == 0x32)) {
+                b->msr_at = address;
+                b->emu_stop(uc);
+                return;
+            }
+        }
+    }
     if (b->executed >= b->budget) {
         b->emu_stop(uc);
         return;
@@ -42,10 +63,17 @@ static void budget_code(void *uc, uint64_t address, uint32_t size, void *user)
 
 static int budget_init(BudgetObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"uc", "emu_stop", "hook_add", "hook_del", NULL};
-    unsigned long long uc, stop, add, del;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKKK", kwlist, &uc, &stop, &add, &del))
+    static char *kwlist[] = {"uc", "emu_stop", "hook_add", "hook_del", "watch_msr",
+                             "ram_base", "ram_size", "ram_host", NULL};
+    unsigned long long uc, stop, add, del, base = 0, size = 0, host = 0;
+    int watch = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKKK|pKKK", kwlist, &uc, &stop, &add, &del,
+                                     &watch, &base, &size, &host))
         return -1;
+    if (watch && (size < 2 || !host)) {
+        PyErr_SetString(PyExc_ValueError, "watching MSR instructions needs the guest RAM");
+        return -1;
+    }
     if (self->installed) {
         PyErr_SetString(PyExc_RuntimeError, "budget hook already installed");
         return -1;
@@ -55,7 +83,13 @@ static int budget_init(BudgetObject *self, PyObject *args, PyObject *kwds)
     self->hook_add = (uc_hook_add_fn)(uintptr_t)add;
     self->hook_del = (uc_hook_del_fn)(uintptr_t)del;
     self->executed = 0;
-    self->budget = ~0ULL;
+    self->budget = NONE;
+    self->watch_msr = watch;
+    self->msr_at = NONE;
+    self->skip_at = NONE;
+    self->ram_base = base;
+    self->ram_size = size;
+    self->ram_host = (const uint8_t *)(uintptr_t)host;
     return 0;
 }
 
@@ -99,6 +133,8 @@ static PyMethodDef budget_methods[] = {
 static PyMemberDef budget_members[] = {
     {"executed", T_ULONGLONG, offsetof(BudgetObject, executed), 0, "instructions executed"},
     {"budget", T_ULONGLONG, offsetof(BudgetObject, budget), 0, "stop when executed reaches it"},
+    {"msr_at", T_ULONGLONG, offsetof(BudgetObject, msr_at), 0, "stopped before RDMSR/WRMSR here"},
+    {"skip_at", T_ULONGLONG, offsetof(BudgetObject, skip_at), 0, "run the MSR access here once"},
     {NULL, 0, 0, 0, NULL},
 };
 

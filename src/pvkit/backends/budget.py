@@ -8,6 +8,8 @@ from typing import Any, Protocol
 from unicorn import Uc  # type: ignore[attr-defined]  # re-exported name
 from unicorn.unicorn_py3.unicorn import uclib
 
+from pvkit.machine.memory import GuestMemory
+
 try:
     from pvkit.backends import _budget  # type: ignore[attr-defined]
 except ImportError:  # built without a C compiler
@@ -18,9 +20,14 @@ class BudgetUnavailable(RuntimeError):
     """The `_budget` extension was not built (pip install needs gcc and Python headers)."""
 
 
+NOT_STOPPED = 2**64 - 1  # msr_at / skip_at when unset
+
+
 class InsnBudget(Protocol):
     executed: int
     budget: int
+    msr_at: int
+    skip_at: int
 
     def install(self) -> None: ...
 
@@ -31,11 +38,12 @@ def budget_available() -> bool:
     return _budget is not None
 
 
-def make_budget(uc: Uc) -> InsnBudget:
+def make_budget(uc: Uc, watch_msr: GuestMemory | None = None) -> InsnBudget:
+    """Count instructions; with `watch_msr` (guest RAM) also stop before RDMSR/WRMSR."""
     if _budget is None:
         raise BudgetUnavailable(
-            "--deterministic needs pvkit's C extension _budget, which was not built "
-            "(reinstall with gcc and the Python headers present)"
+            "counting instructions (--deterministic, x86 PV MSRs) needs pvkit's C extension "
+            "_budget, which was not built (reinstall with gcc and the Python headers present)"
         )
     if uc._uch is None:
         raise ValueError("the engine is already closed")
@@ -50,6 +58,10 @@ def make_budget(uc: Uc) -> InsnBudget:
         emu_stop=address(uclib.uc_emu_stop),
         hook_add=address(uclib.uc_hook_add),
         hook_del=address(uclib.uc_hook_del),
+        watch_msr=watch_msr is not None,
+        ram_base=watch_msr.base if watch_msr else 0,
+        ram_size=watch_msr.size if watch_msr else 0,
+        ram_host=watch_msr.host_address if watch_msr else 0,
     )
     budget.install()
     return budget

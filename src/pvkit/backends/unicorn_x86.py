@@ -30,10 +30,12 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UcError,
 )
 from unicorn import x86_const as r
+from unicorn.unicorn_py3.arch import intel
+from unicorn.unicorn_py3.unicorn import uccallback
 
 from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
-from pvkit.backends.budget import InsnBudget, make_budget
+from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
 from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
 from pvkit.backends.x86_patch import HypercallPatcher
 from pvkit.devices.base import MmioDevice, PortDevice
@@ -70,11 +72,12 @@ class Firmware:
 
 
 class MsrBus(Protocol):
-    """Model-specific registers the platform serves (None / False: not ours)."""
+    """Model-specific registers the platform serves: None means "not one of ours" (the
+    engine's own MSR); a write answered False is refused with #GP."""
 
     def read_msr(self, vcpu: int, index: int) -> int | None: ...
 
-    def write_msr(self, vcpu: int, index: int, value: int) -> bool: ...
+    def write_msr(self, vcpu: int, index: int, value: int) -> bool | None: ...
 
 
 class X86HypercallPort(Protocol):
@@ -136,13 +139,12 @@ class X86Engine:
         )
         self._clock = clock
         if clock is not None:
-            uc.hook_add(UC_HOOK_INSN, self._on_rdtsc, None, 1, 0, r.UC_X86_INS_RDTSC)
-            uc.hook_add(UC_HOOK_INSN, self._on_rdtsc, None, 1, 0, r.UC_X86_INS_RDTSCP)
+            self._hook_insn(uc, r.UC_X86_INS_RDTSC, self._on_rdtsc)
+            self._hook_insn(uc, r.UC_X86_INS_RDTSCP, self._on_rdtsc)
         self._msrs = msrs
-        if msrs is not None:
-            uc.hook_add(UC_HOOK_INSN, self._on_rdmsr, None, 1, 0, r.UC_X86_INS_RDMSR)
-            uc.hook_add(UC_HOOK_INSN, self._on_wrmsr, None, 1, 0, r.UC_X86_INS_WRMSR)
-        self._budget: InsnBudget | None = make_budget(uc) if counting else None
+        self._budget: InsnBudget | None = None
+        if counting or msrs is not None:
+            self._budget = make_budget(uc, memory if msrs is not None else None)
         self._uc = uc
         self._delivery = Delivery(uc, memory)
 
@@ -200,8 +202,12 @@ class X86Engine:
             if self._resume or self._kicked.is_set():
                 continue
             budget = self._budget
-            if budget is not None and budget.executed >= budget.budget:
-                return VcpuExit(ExitKind.SLICE_END)
+            if budget is not None:
+                if budget.msr_at != NOT_STOPPED:
+                    self._msr_instruction(uc, budget)
+                    continue
+                if budget.executed >= budget.budget:
+                    return VcpuExit(ExitKind.SLICE_END)
             rip = uc.reg_read(r.UC_X86_REG_RIP)
             if self._byte(rip - 1) == x.INSN_HLT:
                 if self._interrupts and uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF:
@@ -313,38 +319,56 @@ class X86Engine:
         """RDTSC/RDTSCP read the hypervisor clock: the TSC runs at 1 GHz."""
         assert self._clock is not None
         tsc = self._clock()
+        rip = uc.reg_read(r.UC_X86_REG_RIP)
+        rdtscp = self._byte(rip + 2) == 0xF9
         uc.reg_write(r.UC_X86_REG_RAX, tsc & 0xFFFF_FFFF)
         uc.reg_write(r.UC_X86_REG_RDX, tsc >> 32 & 0xFFFF_FFFF)
-        if self._byte(uc.reg_read(r.UC_X86_REG_RIP) + 2) == 0xF9:  # RDTSCP: ECX = TSC_AUX
-            uc.reg_write(r.UC_X86_REG_RCX, self.vcpu)
+        if rdtscp:
+            uc.reg_write(r.UC_X86_REG_RCX, self.vcpu)  # TSC_AUX: the CPU number
         return 1
 
-    def _on_rdmsr(self, uc: Uc, _user: object) -> int:
+    def _msr_instruction(self, uc: Uc, budget: InsnBudget) -> None:
+        """The engine stopped before RDMSR/WRMSR: serve pvkit's MSRs, run the others."""
         assert self._msrs is not None
+        rip = budget.msr_at
+        budget.msr_at = NOT_STOPPED
         index = uc.reg_read(r.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        write = self._byte(rip + 1) == 0x30
         try:
-            value = self._msrs.read_msr(self.vcpu, index)
+            if write:
+                value = (uc.reg_read(r.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (
+                    uc.reg_read(r.UC_X86_REG_RAX) & 0xFFFF_FFFF
+                )
+                accepted = self._msrs.write_msr(self.vcpu, index, value)
+                served = accepted is not None
+                if accepted is False:
+                    self._deliver(x.VECTOR_GP, rip, 0)
+                    return
+            else:
+                read = self._msrs.read_msr(self.vcpu, index)
+                served = read is not None
+                if read is not None:
+                    uc.reg_write(r.UC_X86_REG_RAX, read & 0xFFFF_FFFF)
+                    uc.reg_write(r.UC_X86_REG_RDX, read >> 32 & 0xFFFF_FFFF)
         except Exception as exc:
-            self._stop_with_fault(uc, f"internal error reading MSR {index:#x}: {exc!r}")
-            return 1
-        if value is None:
-            return 0  # not one of ours: the engine's own MSR
-        uc.reg_write(r.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
-        uc.reg_write(r.UC_X86_REG_RDX, value >> 32 & 0xFFFF_FFFF)
-        return 1
+            self._stop_with_fault(uc, f"internal error in MSR {index:#x}: {exc!r}")
+            return
+        if served:
+            uc.reg_write(r.UC_X86_REG_RIP, rip + 2)
+            budget.executed += 1
+        else:
+            budget.skip_at = rip  # not ours: let the engine execute it
 
-    def _on_wrmsr(self, uc: Uc, _user: object) -> int:
-        assert self._msrs is not None
-        index = uc.reg_read(r.UC_X86_REG_RCX) & 0xFFFF_FFFF
-        value = (uc.reg_read(r.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (
-            uc.reg_read(r.UC_X86_REG_RAX) & 0xFFFF_FFFF
-        )
-        try:
-            handled = self._msrs.write_msr(self.vcpu, index, value)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"internal error writing MSR {index:#x}: {exc!r}")
-            return 1
-        return 1 if handled else 0
+    @staticmethod
+    def _hook_insn(uc: Uc, insn: int, callback: Callable[[Uc, object], int]) -> None:
+        """An instruction hook the Python binding does not offer (RDTSC), with the C
+        signature of CPUID's: int cb(uc, user_data); 1 means "done, skip the instruction"."""
+
+        @uccallback(uc, intel.HOOK_INSN_CPUID_CFUNC)  # type: ignore[arg-type, untyped-decorator]
+        def trampoline(_uc: Uc, _key: int) -> int:
+            return callback(uc, None)
+
+        uc._Uc__do_hook_add(UC_HOOK_INSN, trampoline, 1, 0, insn)  # type: ignore[attr-defined]
 
     def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
         dev = self._ports.get(port)

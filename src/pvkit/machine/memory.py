@@ -95,6 +95,14 @@ class GuestMemory:
     def write_u64(self, address: int, value: int) -> None:
         _U64.pack_into(self._buf, self._offset(address, 8, "write"), value)
 
+    def store_u64(self, address: int, value: int) -> None:
+        """One aligned 64-bit store, single-copy atomic for a vCPU reading concurrently
+        (struct.pack_into may copy byte by byte; a c_uint64 assignment is one store)."""
+        if address % 8:
+            raise GuestMemoryError(address, 8, "aligned 64-bit store")
+        off = self._offset(address, 8, "write")
+        ctypes.c_uint64.from_address(self.host_address + off).value = value
+
     def reserve(self, region: Region) -> None:
         """Mark RAM the firmware tables must describe as not for the guest's allocator."""
         if not self.region.contains(region.base, region.size):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
 from pvkit.backends import x86_regs as x
+from pvkit.backends.budget import BudgetUnavailable
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.unicorn_x86 import Firmware, X86Engine
 from pvkit.backends.x86_patch import HypercallPatcher
@@ -45,7 +46,9 @@ from pvkit.loader.x86_boot import (
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 from pvkit.machine.quiesce import ExecutionGate
+from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.platform.timekeeping import entry_hooks, make_scheduler
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.registry import services_for
@@ -78,6 +81,10 @@ class PcConfig:
     extra_services: list[Service] = field(default_factory=list)
     disabled: frozenset[str] = frozenset()  # service names left out of this VM
     hidden_features: int = 0  # KVM_CPUID_FEATURES bits hidden although the service exists
+    host_cpus: int | None = None  # None: every vCPU has a host CPU of its own
+    deterministic: bool = False  # time from guest instructions, reproducible schedules
+    slice_ns: int = DEFAULT_SLICE_NS
+    record_slices: bool = False  # keep every slice (for --timeline)
 
 
 class ConfigError(ValueError):
@@ -152,9 +159,24 @@ class PcX86:
             for f in s.functions(Abi.KVM_X86)
         }
         features = 0
-        for bit in gates.values():
-            features |= 1 << bit
+        for s in self.services:
+            for bit in (s.cpuid_feature_bit, *s.cpuid_more_bits):
+                if bit is not None:
+                    features |= 1 << bit
         features &= ~config.hidden_features
+        self._msrs = {
+            index: msr
+            for s in self.services
+            if s.cpuid_feature_bit is None or features >> s.cpuid_feature_bit & 1
+            for index, msr in s.msrs(Abi.KVM_X86).items()
+        }
+        try:
+            self.scheduler = make_scheduler(
+                config.smp, config.host_cpus, config.deterministic, config.slice_ns,
+                config.record_slices,
+            )  # fmt: skip
+        except (ValueError, BudgetUnavailable) as exc:
+            raise ConfigError(str(exc)) from None
         try:
             self.cpuid = CpuidTable(
                 self.vendor, config.smp, config.profile.cpuid_signature, config.cpuid_base, features
@@ -172,7 +194,14 @@ class PcX86:
             IsaDebugExit(self._debug_exit),
             AcpiPowerOff(lambda: self.system_event(SystemEvent.SHUTDOWN, "ACPI S5 (port 0x604)")),
         ]
-        self.vm = VirtualMachine(config.smp, self._engine, self._prepare, self.trace)
+        self.vm = VirtualMachine(
+            config.smp,
+            self._engine,
+            self._prepare,
+            self.trace,
+            self.scheduler,
+            entry_hooks(self.services),
+        )
         self.gate = ExecutionGate(config.smp, self.vm.kick)
         native, foreign = _instructions(self.vendor)
         self.patcher = (
@@ -220,6 +249,9 @@ class PcX86:
             self.gate,
             self.vm.interrupts[index],
             self.trace,
+            clock=lambda: self.scheduler.now_ns(index),
+            msrs=self if self._msrs else None,
+            counting=self.scheduler.deterministic,
         )
 
     def _prepare(self) -> StartRequest:
@@ -259,7 +291,7 @@ class PcX86:
                     ready, self._init_seen[target] = self._init_seen[target], False
                 if ready:  # a SIPI without INIT first (or the second SIPI) is ignored
                     start = StartRequest(ipi.vector << 12, 0, real_mode=True)
-                    self.vm.power[target].request_on(start)
+                    self.vm.power_on(target, start)
             elif ipi.mode == DeliveryMode.FIXED:
                 self.vm.post_interrupt(target, ipi.vector)
 
@@ -285,7 +317,7 @@ class PcX86:
         return self.vm.power[vcpu].state
 
     def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
-        return self.vm.power[vcpu].request_on(start)
+        return self.vm.power_on(vcpu, start)
 
     def is_valid_entry(self, address: int) -> bool:
         return self.memory.contains(address, 1)
@@ -305,3 +337,24 @@ class PcX86:
 
     def feature(self, function_id: int) -> int | None:
         return 0 if self.dispatcher.serves(function_id) else None
+
+    def stolen_ns(self, vcpu: int) -> int:
+        return self.scheduler.steal_ns(vcpu)
+
+    def now_ns(self, vcpu: int) -> int:
+        return self.scheduler.now_ns(vcpu)
+
+    def store_u64(self, address: int, value: int) -> bool:
+        if address % 8 or not self.memory.contains(address, 8):
+            return False
+        self.memory.store_u64(address, value)
+        return True
+
+    # -- MSRs (what the engines ask) -------------------------------------------------------
+    def read_msr(self, vcpu: int, index: int) -> int | None:
+        msr = self._msrs.get(index)
+        return None if msr is None else msr.read(vcpu)
+
+    def write_msr(self, vcpu: int, index: int, value: int) -> bool | None:
+        msr = self._msrs.get(index)
+        return None if msr is None else msr.write(vcpu, value)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
+from pvkit.backends.budget import BudgetUnavailable
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.backends.unicorn_arm64 import Arm64Engine
@@ -18,12 +19,14 @@ from pvkit.devices.pl011 import Pl011
 from pvkit.discovery.dtb import DeviceTreeSpec, build_dtb
 from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
-from pvkit.hypercall.namespace import Claim, Namespace
+from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import BootImage, ImageError, load_image
 from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.scheduling import DEFAULT_SLICE_NS, Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.platform.timekeeping import entry_hooks, make_scheduler, place_service_ram
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.registry import services_for
@@ -61,6 +64,11 @@ class VirtConfig:
     bootargs: str = ""
     extra_services: list[Service] = field(default_factory=list)
     trap: str = "auto"  # c, ctypes, or auto (C when built; $PVKIT_TRAP overrides auto)
+    disabled: frozenset[str] = frozenset()  # service names left out of this VM
+    host_cpus: int | None = None  # None: every vCPU has a host CPU of its own
+    deterministic: bool = False  # time from guest instructions, reproducible schedules
+    slice_ns: int = DEFAULT_SLICE_NS
+    record_slices: bool = False  # keep every slice (for --timeline)
 
 
 class ConfigError(ValueError):
@@ -68,11 +76,17 @@ class ConfigError(ValueError):
 
 
 def virt_device_tree(
-    config: VirtConfig, services: list[Service] | None = None, ram: Region | None = None
+    config: VirtConfig,
+    services: list[Service] | None = None,
+    ram: Region | None = None,
+    reserved: list[Region] | None = None,
 ) -> bytes:
     """The DTB a VM with `config` gets; its nodes follow from the services it serves."""
     _check(config)
-    services = services_for(config.profile) if services is None else services
+    if services is None:
+        services = _services(config)
+        memory = GuestMemory(RAM_BASE, config.memory)
+        reserved = place_service_ram(services, Abi.SMCCC, config.smp, memory)
     serves_psci = any(s.name == "psci" for s in services)
     return build_dtb(
         DeviceTreeSpec(
@@ -82,8 +96,27 @@ def virt_device_tree(
             psci_method=config.conduit if serves_psci else None,
             hypervisor_compatible=config.profile.hypervisor_compatible,
             bootargs=config.bootargs,
+            reserved=tuple(reserved or ()),
         )
     )
+
+
+def _services(config: VirtConfig) -> list[Service]:
+    return [
+        s
+        for s in [*services_for(config.profile), *config.extra_services]
+        if s.name not in config.disabled and Abi.SMCCC in s.abis
+    ]
+
+
+def _scheduler(config: VirtConfig) -> Scheduler:
+    try:
+        return make_scheduler(
+            config.smp, config.host_cpus, config.deterministic, config.slice_ns,
+            config.record_slices,
+        )  # fmt: skip
+    except (ValueError, BudgetUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check(config: VirtConfig) -> None:
@@ -115,7 +148,9 @@ class VirtArm64:
         self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
         self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
 
-        self.services = [*services_for(config.profile), *config.extra_services]
+        self.services = _services(config)
+        self.reserved = place_service_ram(self.services, Abi.SMCCC, config.smp, self.memory)
+        self.scheduler = _scheduler(config)
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -129,11 +164,24 @@ class VirtArm64:
         # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
         self.on_engine: Callable[[Arm64Engine], None] | None = None
 
-        self.dtb = virt_device_tree(config, self.services, self.memory.region)
+        self.dtb = virt_device_tree(config, self.services, self.memory.region, self.reserved)
         self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
-        if len(self.dtb) > DTB_MAX or not self.memory.contains(self.dtb_address, len(self.dtb)):
+        used = [Region(g.address, g.memsize, "image") for g in self.image.segments]
+        used.append(Region(self.dtb_address, len(self.dtb), "dtb"))
+        if (
+            len(self.dtb) > DTB_MAX
+            or not self.memory.contains(self.dtb_address, len(self.dtb))
+            or any(r.overlaps(u) for r in self.reserved for u in used)
+        ):
             raise ImageError("the guest image leaves no room for the device tree; add --mem")
-        self.vm = VirtualMachine(config.smp, self._engine, self._prepare, self.trace)
+        self.vm = VirtualMachine(
+            config.smp,
+            self._engine,
+            self._prepare,
+            self.trace,
+            self.scheduler,
+            entry_hooks(self.services),
+        )
 
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
@@ -156,6 +204,8 @@ class VirtArm64:
             self.trace,
             self.trap_path,
             self.answers,
+            clock=lambda: self.scheduler.now_ns(index),
+            counting=self.scheduler.deterministic,
         )
         if self.on_engine is not None:
             self.on_engine(engine)
@@ -188,7 +238,7 @@ class VirtArm64:
         return self.vm.power[vcpu].state
 
     def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
-        return self.vm.power[vcpu].request_on(start)
+        return self.vm.power_on(vcpu, start)
 
     def is_valid_entry(self, address: int) -> bool:
         return address % 4 == 0 and self.memory.contains(address, 4)
@@ -205,6 +255,18 @@ class VirtArm64:
 
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         return False  # no interrupt controller on this board yet
+
+    def stolen_ns(self, vcpu: int) -> int:
+        return self.scheduler.steal_ns(vcpu)
+
+    def now_ns(self, vcpu: int) -> int:
+        return self.scheduler.now_ns(vcpu)
+
+    def store_u64(self, address: int, value: int) -> bool:
+        if address % 8 or not self.memory.contains(address, 8):
+            return False
+        self.memory.store_u64(address, value)
+        return True
 
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from typing import ClassVar, Protocol
 
@@ -45,14 +47,34 @@ class Platform(Protocol):
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         """Make `vector` pending on `vcpu` (and wake it); False if the VM has no such path."""
 
+    def stolen_ns(self, vcpu: int) -> int:
+        """Nanoseconds `vcpu` was runnable but not running since it was powered on."""
+
+    def now_ns(self, vcpu: int) -> int:
+        """The hypervisor clock as `vcpu` sees it (its guest counter, in ns)."""
+
+    def store_u64(self, address: int, value: int) -> bool:
+        """One aligned 64-bit store into guest RAM; False if `address` is not RAM."""
+
+
+@dataclass(frozen=True, slots=True)
+class Msr:
+    """An MSR a service implements: `write` answers False for a value that faults (#GP)."""
+
+    name: str
+    read: Callable[[int], int]  # (vcpu) -> value
+    write: Callable[[int, int], bool]  # (vcpu, value) -> accepted
+
 
 class Service(ABC):
     """A PV service: the IDs it claims, the functions it serves, its handlers."""
 
     name: str
     abis: ClassVar[frozenset[Abi]] = frozenset({Abi.SMCCC})
-    # The bit this service owns in KVM_CPUID_FEATURES EAX on x86 (hypercall-abi-facts 6.2).
+    # The bit this service owns in KVM_CPUID_FEATURES EAX on x86 (hypercall-abi-facts 6.2);
+    # its hypercalls answer -KVM_ENOSYS and its MSRs do not exist while the bit is hidden.
     cpuid_feature_bit: ClassVar[int | None] = None
+    cpuid_more_bits: ClassVar[tuple[int, ...]] = ()  # further bits it sets (hints, legacy)
 
     def __init__(self) -> None:
         self._platform: Platform | None = None
@@ -65,6 +87,20 @@ class Service(ABC):
         if self._platform is None:
             raise RuntimeError(f"service {self.name} used before it was bound to a VM")
         return self._platform
+
+    def reserved_bytes(self, abi: Abi, vcpu_count: int) -> int:
+        """Guest RAM the platform must reserve for this service (records, pages)."""
+        return 0
+
+    def place(self, base: int) -> None:  # noqa: B027  # optional hook
+        """Where the platform put the `reserved_bytes` (64 KiB aligned)."""
+
+    def on_vcpu_entry(self, vcpu: int) -> None:  # noqa: B027  # optional hook
+        """Called each time `vcpu` is about to run guest code (keep it cheap)."""
+
+    def msrs(self, abi: Abi) -> dict[int, Msr]:
+        """x86 model-specific registers this service implements, by index."""
+        return {}
 
     @abstractmethod
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:

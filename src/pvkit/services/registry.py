@@ -12,6 +12,7 @@ from pvkit.services.pv_ipi import PvIpiService
 from pvkit.services.pv_unhalt import PvUnhaltService
 from pvkit.services.sched_yield import SchedYieldService
 from pvkit.services.smccc_arch import SmcccArchService
+from pvkit.services.stolen_time import StolenTimeService
 from pvkit.services.vendor_hyp import VendorHypService
 
 
@@ -28,6 +29,7 @@ SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: PvUnhaltService() if p.has_hypervisor else None,
     lambda p: PvIpiService() if p.has_hypervisor else None,
     lambda p: SchedYieldService() if p.has_hypervisor else None,
+    lambda p: StolenTimeService() if p.has_hypervisor else None,
 )
 
 

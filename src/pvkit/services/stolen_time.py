@@ -1,0 +1,127 @@
+"""Stolen time: how long each vCPU was runnable but not running, published to the guest.
+
+One service, two ABIs (seed 002: the API need not be per architecture):
+- arm64, Arm DEN0057 as KVM implements it (hypercall-abi-facts 4): PV_TIME_FEATURES and
+  PV_TIME_ST (SMC64 only); one 64-byte record per vCPU in a reserved region (revision 0,
+  attributes 0, stolen ns at +8), updated with one aligned 64-bit store before the vCPU
+  runs, and only once the vCPU asked for its record.
+- x86, MSR_KVM_STEAL_TIME (6.6, 6.7): the guest names a 64-byte-aligned `kvm_steal_time`
+  with the enable bit; the host updates it under the version protocol (odd while
+  updating) before every entry. Gated by KVM_FEATURE_STEAL_TIME (bit 5).
+
+The value is the vCPU's stolen time since it was powered on, the scheduler's ground
+truth. (KVM restarts its count at PV_TIME_ST; counting from power-on makes the guest's
+reading equal the host's, and a guest only ever looks at differences.)
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pvkit.abi.smccc import SmcccReturn
+from pvkit.hypercall.call import Call
+from pvkit.hypercall.namespace import Abi, Function, IdRange
+from pvkit.services.base import Msr, Service
+
+PV_TIME_FEATURES = 0xC500_0020
+PV_TIME_ST = 0xC500_0021
+RECORD_SIZE = 64
+MSR_KVM_STEAL_TIME = 0x4B56_4D03
+STEAL_ENABLE = 1
+STEAL_RESERVED = 0x3E  # bits 5:1
+STEAL_ADDRESS = ~0x3F & 0xFFFF_FFFF_FFFF_FFFF
+_VERSION = 8  # kvm_steal_time offsets
+_FLAGS = 12
+_PREEMPTED = 16
+
+
+class StolenTimeService(Service):
+    name = "stolen-time"
+    abis = frozenset({Abi.SMCCC, Abi.KVM_X86})
+    cpuid_feature_bit = 5  # KVM_FEATURE_STEAL_TIME
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._base: int | None = None
+        self._lock = threading.Lock()
+        self._arm_records: dict[int, int] = {}  # vCPU -> record address, after PV_TIME_ST
+        self._x86_msr: dict[int, int] = {}  # vCPU -> MSR value as written
+        self._x86_versions: dict[int, int] = {}
+
+    # -- arm64 ---------------------------------------------------------------------------
+    def reserved_bytes(self, abi: Abi, vcpu_count: int) -> int:
+        return RECORD_SIZE * vcpu_count if abi is Abi.SMCCC else 0
+
+    def place(self, base: int) -> None:
+        self._base = base
+
+    def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
+        return [IdRange(PV_TIME_FEATURES, PV_TIME_ST)] if abi is Abi.SMCCC else []
+
+    def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
+        if abi is not Abi.SMCCC:
+            return []
+        return [
+            Function(PV_TIME_FEATURES, "PV_TIME_FEATURES", self._features),
+            Function(PV_TIME_ST, "PV_TIME_ST", self._stolen_time_record),
+        ]
+
+    def record_address(self, vcpu: int) -> int:
+        if self._base is None:
+            raise RuntimeError("the stolen-time region was never placed")
+        return self._base + RECORD_SIZE * vcpu
+
+    def _features(self, call: Call) -> None:
+        ok = call.arg(1) & 0xFFFF_FFFF in (PV_TIME_FEATURES, PV_TIME_ST)
+        call.answer(SmcccReturn.SUCCESS if ok else SmcccReturn.NOT_SUPPORTED)
+
+    def _stolen_time_record(self, call: Call) -> None:
+        address = self.record_address(call.vcpu)
+        p = self.platform
+        for offset in range(0, RECORD_SIZE, 8):  # revision 0, attributes 0, padding 0
+            p.store_u64(address + offset, 0)
+        p.store_u64(address + 8, p.stolen_ns(call.vcpu))
+        with self._lock:
+            self._arm_records[call.vcpu] = address
+        call.answer(address)
+
+    # -- x86 -----------------------------------------------------------------------------
+    def msrs(self, abi: Abi) -> dict[int, Msr]:
+        if abi is not Abi.KVM_X86:
+            return {}
+        return {MSR_KVM_STEAL_TIME: Msr("MSR_KVM_STEAL_TIME", self._msr_read, self._msr_write)}
+
+    def _msr_read(self, vcpu: int) -> int:
+        return self._x86_msr.get(vcpu, 0)
+
+    def _msr_write(self, vcpu: int, value: int) -> bool:
+        if value & STEAL_RESERVED:
+            return False  # #GP, as KVM
+        with self._lock:
+            self._x86_msr[vcpu] = value
+        if value & STEAL_ENABLE:
+            self._update_x86(vcpu)
+        return True
+
+    def _update_x86(self, vcpu: int) -> None:
+        value = self._x86_msr.get(vcpu, 0)
+        if not value & STEAL_ENABLE:
+            return
+        record = value & STEAL_ADDRESS
+        p = self.platform
+        version = self._x86_versions.get(vcpu, 0)
+        # The guest may have put anything in the record: the version goes odd from ours.
+        if not p.store_u64(record + _VERSION, (version + 1) & 0xFFFF_FFFF):
+            return  # not RAM: nothing to update (KVM's cache would fail the same way)
+        p.store_u64(record, p.stolen_ns(vcpu))
+        p.store_u64(record + _PREEMPTED, 0)
+        p.store_u64(record + _VERSION, (version + 2) & 0xFFFF_FFFF)  # flags (+12) stay 0
+        self._x86_versions[vcpu] = (version + 2) & 0xFFFF_FFFF
+
+    # -- both ----------------------------------------------------------------------------
+    def on_vcpu_entry(self, vcpu: int) -> None:
+        address = self._arm_records.get(vcpu)
+        if address is not None:
+            self.platform.store_u64(address + 8, self.platform.stolen_ns(vcpu))
+        if vcpu in self._x86_msr:
+            self._update_x86(vcpu)
