@@ -112,10 +112,8 @@ static void mem_loop(uint64_t n)
 
 void guest_main(const void *fdt)
 {
-    uint32_t len = 0;
-    int chosen = fdt_check(fdt) == 0 ? fdt_path(fdt, "/chosen") : -1;
-    const char *args = chosen >= 0 ? fdt_prop(fdt, chosen, "bootargs", &len) : 0;
-    if (!args || len == 0 || args[len - 1] != 0) {
+    const char *args = fdt_bootargs(fdt);
+    if (!args) {
         kprintf("bench: no bootargs; expected 'call FID N [ARG1]', 'alu N' or 'mem N'\n");
         return;
     }

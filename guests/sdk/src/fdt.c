@@ -184,3 +184,11 @@ int fdt_prop_has_string(const void *fdt, int node, const char *name, const char 
             return 1;
     return 0;
 }
+
+const char *fdt_bootargs(const void *fdt)
+{
+    uint32_t len;
+    int chosen = fdt_check(fdt) == 0 ? fdt_path(fdt, "/chosen") : -1;
+    const char *args = chosen >= 0 ? fdt_prop(fdt, chosen, "bootargs", &len) : 0;
+    return args && len > 0 && args[len - 1] == 0 ? args : 0;
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.cli import bench, decode, dtb, run
+from pvkit.cli import bench, decode, dtb, plot, run
 
 app = typer.Typer(
     name="pvkit",
@@ -18,6 +18,7 @@ app.command(name="run")(run.run)
 app.command(name="decode")(decode.decode)
 app.command(name="dtb")(dtb.dtb)
 app.command(name="bench")(bench.bench)
+app.command(name="plot")(plot.plot)
 
 
 def main() -> None:

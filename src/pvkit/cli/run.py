@@ -16,11 +16,13 @@ from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
+from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform import pc_x86, virt_arm64
 from pvkit.trace.events import TraceHub
 from pvkit.trace.jsonl import JsonLinesSink
 from pvkit.trace.stats import CallStats
+from pvkit.trace.timeline import TimelineSink
 
 EXIT_CODES = {
     StopKind.SHUTDOWN: 0,
@@ -61,7 +63,17 @@ def run(
     ] = True,
     boot: Annotated[str, typer.Option(help="x86_64: pvh, multiboot or auto")] = "auto",
     disable: Annotated[
-        list[str] | None, typer.Option(help="x86_64: leave this service out (repeatable)")
+        list[str] | None, typer.Option(help="leave this service out, e.g. stolen-time")
+    ] = None,
+    host_cpus: Annotated[
+        int | None, typer.Option(help="host CPUs the vCPUs share (default: one each)")
+    ] = None,
+    deterministic: Annotated[
+        bool, typer.Option(help="time from guest instructions: the same run, the same times")
+    ] = False,
+    slice_ms: Annotated[float, typer.Option(help="scheduler time slice in ms")] = 10.0,
+    timeline: Annotated[
+        Path | None, typer.Option(help="write a Perfetto/Chrome trace-event JSON file here")
     ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
@@ -69,6 +81,12 @@ def run(
     call_stats = CallStats()
     if stats:
         hub.attach(call_stats)
+    timing = {
+        "host_cpus": host_cpus,
+        "deterministic": deterministic,
+        "slice_ns": int(slice_ms * 1e6),
+        "record_slices": timeline is not None,
+    }
     try:
         chosen = arch or detect_arch(image)
         if chosen not in ARCHES:
@@ -88,6 +106,7 @@ def run(
                     boot=boot,
                     bootargs=append,
                     disabled=frozenset(disable or ()),
+                    **timing,  # type: ignore[arg-type]
                 ),
                 image,
                 hub,
@@ -103,6 +122,8 @@ def run(
                     profile=parse_profile(profile),
                     bootargs=append,
                     trap=trap,
+                    disabled=frozenset(disable or ()),
+                    **timing,  # type: ignore[arg-type]
                 ),
                 image,
                 hub,
@@ -112,6 +133,10 @@ def run(
             machine = arm
     except (ImageError, virt_arm64.ConfigError, pc_x86.ConfigError, NamespaceClash) as exc:
         raise fail(str(exc)) from None
+    sched = machine.vm.scheduler
+    sink = TimelineSink(sched.now_ns) if timeline is not None else None
+    if sink is not None:
+        hub.attach(sink)
     with contextlib.ExitStack() as stack:
         if trace is not None:
             try:
@@ -123,8 +148,14 @@ def run(
         hub.close()
     sys.stdout.flush()
     err = Console(stderr=True)
+    if timeline is not None and sink is not None:
+        try:
+            sink.write(timeline, sched)
+        except OSError as exc:
+            raise fail(f"cannot write timeline {timeline}: {exc.strerror}") from None
     if stats:
         _print_stats(err, call_stats)
+        _print_vcpu_times(err, sched)
     if machine.dispatcher.internal_errors:
         err.print(f"pvkit: {machine.dispatcher.internal_errors} hypercall handler error(s)")
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
@@ -137,6 +168,27 @@ def _number(text: str, option: str) -> int:
         return int(text, 0)
     except ValueError:
         raise fail(f"{option} {text!r} is not a number (use 0x... for hex)") from None
+
+
+def _print_vcpu_times(console: Console, sched: Scheduler) -> None:
+    clock = "deterministic" if sched.deterministic else "wall clock"
+    title = f"vCPU time ({clock}, {sched.host_cpus} host CPU(s))"
+    table = Table(title=title)
+    for col in ("vCPU", "run ms", "steal ms", "idle ms", "steal %"):
+        table.add_column(col, justify="right")
+    for v, t in enumerate(sched.times):
+        busy = t.run_ns + t.steal_ns
+        share = f"{100 * t.steal_ns / busy:.1f}" if busy else "-"
+        table.add_row(
+            str(v), f"{t.run_ns / 1e6:.3f}", f"{t.steal_ns / 1e6:.3f}", f"{t.idle_ns / 1e6:.3f}",
+            share,
+        )  # fmt: skip
+    console.print(table)
+    for v, t in enumerate(sched.times):  # exact figures, for scripts and tests
+        console.print(
+            f"pvkit: vcpu {v} run_ns={t.run_ns} steal_ns={t.steal_ns} idle_ns={t.idle_ns}",
+            markup=False,
+        )
 
 
 def _print_stats(console: Console, stats: CallStats) -> None:

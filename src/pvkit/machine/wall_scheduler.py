@@ -58,9 +58,8 @@ class WallScheduler(Scheduler):
             self._cond.notify_all()
 
     def become_runnable(self, vcpu: int) -> None:
-        with self._cond:
-            if self._activity[vcpu] is Activity.IDLE:
-                self._switch(vcpu, Activity.RUNNABLE, self.now_ns(vcpu))
+        """Nothing to do: a vCPU is runnable from the moment its thread asks for a host
+        CPU, so that creating its engine is not counted as stolen time."""
 
     def preempt_due(self) -> list[int]:
         with self._cond:

@@ -13,4 +13,6 @@ int fdt_prop_has_string(const void *fdt, int node, const char *name, const char 
 /* Walk the direct children of `node`: pass -1 first, returns -1 when done. */
 int fdt_next_child(const void *fdt, int node, int prev);
 uint32_t fdt_be32(const void *p);
+/* /chosen/bootargs as a NUL-terminated string, or 0. */
+const char *fdt_bootargs(const void *fdt);
 #endif
