@@ -1,4 +1,4 @@
-"""Stolen time on arm64 (DEN0057): records, discovery, the switch, and the ground truth.
+"""Stolen time (DEN0057 on arm64, MSR_KVM_STEAL_TIME on x86): records, the ground truth.
 
 The `steal` guest prints, per CPU, the stolen time it read from its own record; the host
 keeps the scheduler's ground truth. With --deterministic they agree to the nanosecond and
@@ -13,10 +13,18 @@ import struct
 import libfdt
 import pytest
 
+from pvkit.hypercall.namespace import Abi
 from pvkit.machine.vm import StopKind
-from pvkit.services.stolen_time import PV_TIME_FEATURES, PV_TIME_ST, RECORD_SIZE
+from pvkit.services.kvmclock import MSR_KVM_SYSTEM_TIME_NEW, KvmClockService
+from pvkit.services.stolen_time import (
+    MSR_KVM_STEAL_TIME,
+    PV_TIME_FEATURES,
+    PV_TIME_ST,
+    RECORD_SIZE,
+    StolenTimeService,
+)
 
-from .conftest import PREBUILT, Boot, boot
+from .conftest import PREBUILT, Boot, boot, boot_x86
 
 STEAL = PREBUILT / "steal.Image"
 LINE = re.compile(
@@ -104,3 +112,96 @@ def test_with_the_service_off_it_is_absent_everywhere() -> None:
     assert [c.action for c in b.trace.calls if c.function_id == PV_TIME_ST] == ["unknown"]
     with pytest.raises(libfdt.FdtException):
         libfdt.Fdt(b.machine.dtb).path_offset("/reserved-memory")
+
+
+X86_STEAL = PREBUILT / "steal-x86.elf"
+
+
+def test_x86_steal_time_matches_the_host_in_deterministic_mode() -> None:
+    b = boot_x86(
+        X86_STEAL, smp=4, host_cpus=1, deterministic=True, slice_ns=1_000_000,
+        bootargs="work_ms=10",
+    )  # fmt: skip
+    assert b.reason.status == 1, b.console
+    rows = {
+        int(m[1]): (float(f"{m[4]}.{m[5]}"), int(m[6])) for m in map(LINE.fullmatch, b.lines) if m
+    }
+    assert sorted(rows) == [0, 1, 2, 3]
+    truth = b.machine.scheduler.times
+    for cpu, (percent, record) in rows.items():
+        assert record == truth[cpu].steal_ns
+        assert 65 <= percent <= 80
+
+
+class Recording:
+    """A platform whose guest writes are logged, to check the order of a record update."""
+
+    deterministic = True
+
+    def __init__(self) -> None:
+        self.memory = bytearray(4096)
+        self.log: list[tuple[int, bytes]] = []
+        self.now = 1000
+        self.steal = 0
+
+    def stolen_ns(self, vcpu: int) -> int:
+        return self.steal
+
+    def now_ns(self, vcpu: int) -> int:
+        return self.now
+
+    def store_u64(self, address: int, value: int) -> bool:
+        return self.write_guest(address, value.to_bytes(8, "little"))
+
+    def write_guest(self, address: int, data: bytes) -> bool:
+        self.memory[address : address + len(data)] = data
+        self.log.append((address, bytes(data)))
+        return True
+
+
+def _versions_during(platform: Recording, record: int) -> list[int]:
+    """The version word after every logged write that touched the record."""
+    out = []
+    shadow = bytearray(4096)
+    for address, data in platform.log:
+        shadow[address : address + len(data)] = data
+        out.append(int.from_bytes(shadow[record : record + 4], "little"))
+    return out
+
+
+def test_x86_steal_record_follows_the_version_protocol() -> None:
+    platform = Recording()
+    service = StolenTimeService()
+    service.bind(platform)  # type: ignore[arg-type]
+    msr = service.msrs(Abi.KVM_X86)[MSR_KVM_STEAL_TIME]
+    assert msr.write(0, 0x200 | 0b10) is False  # reserved bits 5:1: #GP
+    assert msr.write(0, 0x200 | 1) is True
+    for steal in (5, 9, 30):
+        platform.steal = steal
+        platform.log.clear()
+        service.on_vcpu_entry(0)
+        versions = _versions_during(platform, 0x208)
+        # odd while the value changes, even once it is complete, 2 more each time
+        assert versions[0] % 2 == 1 and versions[-1] == versions[0] + 1
+        steal_write = [i for i, (a, _d) in enumerate(platform.log) if a == 0x200]
+        assert steal_write and all(versions[i] % 2 == 1 for i in steal_write)
+        assert int.from_bytes(platform.memory[0x200:0x208], "little") == steal
+    assert msr.read(0) == 0x201
+
+
+def test_kvmclock_record_follows_the_version_protocol_and_scales_1_to_1() -> None:
+    platform = Recording()
+    service = KvmClockService()
+    service.bind(platform)  # type: ignore[arg-type]
+    msr = service.msrs(Abi.KVM_X86)[MSR_KVM_SYSTEM_TIME_NEW]
+    assert msr.write(1, 0x300 | 1)
+    platform.log.clear()
+    platform.now = 123_456
+    service.on_vcpu_entry(1)
+    versions = _versions_during(platform, 0x300)
+    assert versions[0] % 2 == 1 and versions[-1] == versions[0] + 1
+    version, _pad, tsc, system, mul, shift, flags = struct.unpack_from(
+        "<IIQQIbB", platform.memory, 0x300
+    )
+    assert version % 2 == 0 and tsc == system == 123_456 and flags & 1
+    assert ((5000 << shift) * mul) >> 32 == 5000  # 5000 TSC ticks are 5000 ns

@@ -177,10 +177,10 @@ class VirtualMachine:
         while not self._stop.is_set():
             if not sched.acquire(index):
                 return True
+            if budget is not None:
+                engine.begin_slice(budget)  # first: the entry hooks read the vCPU's clock
             if self._on_entry is not None:
                 self._on_entry(index)
-            if budget is not None:
-                engine.begin_slice(budget)
             exit_ = engine.run()
             kind = exit_.kind
             if kind in (ExitKind.KICKED, ExitKind.SLICE_END):

@@ -350,6 +350,16 @@ class PcX86:
         self.memory.store_u64(address, value)
         return True
 
+    def write_guest(self, address: int, data: bytes) -> bool:
+        if not self.memory.contains(address, len(data)):
+            return False
+        self.memory.write(address, data)
+        return True
+
+    @property
+    def deterministic(self) -> bool:
+        return self.scheduler.deterministic
+
     # -- MSRs (what the engines ask) -------------------------------------------------------
     def read_msr(self, vcpu: int, index: int) -> int | None:
         msr = self._msrs.get(index)

@@ -268,6 +268,16 @@ class VirtArm64:
         self.memory.store_u64(address, value)
         return True
 
+    def write_guest(self, address: int, data: bytes) -> bool:
+        if not self.memory.contains(address, len(data)):
+            return False
+        self.memory.write(address, data)
+        return True
+
+    @property
+    def deterministic(self) -> bool:
+        return self.scheduler.deterministic
+
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):
             return None

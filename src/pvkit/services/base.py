@@ -56,6 +56,13 @@ class Platform(Protocol):
     def store_u64(self, address: int, value: int) -> bool:
         """One aligned 64-bit store into guest RAM; False if `address` is not RAM."""
 
+    def write_guest(self, address: int, data: bytes) -> bool:
+        """Write guest RAM (a record the guest named); False if it is not all RAM."""
+
+    @property
+    def deterministic(self) -> bool:
+        """Is time virtual (derived from instructions) rather than the host's?"""
+
 
 @dataclass(frozen=True, slots=True)
 class Msr:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from pvkit.hypercall.namespace import Abi
 from pvkit.services.base import Service
+from pvkit.services.kvmclock import KvmClockService
 from pvkit.services.profiles import HostProfile
 from pvkit.services.psci import PsciService
 from pvkit.services.pv_ipi import PvIpiService
@@ -30,6 +31,7 @@ SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: PvIpiService() if p.has_hypervisor else None,
     lambda p: SchedYieldService() if p.has_hypervisor else None,
     lambda p: StolenTimeService() if p.has_hypervisor else None,
+    lambda p: KvmClockService() if p.has_hypervisor else None,
 )
 
 

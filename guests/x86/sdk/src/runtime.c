@@ -276,3 +276,32 @@ void x86_entry(int cpu)
 	guest_main(&b);
 	guest_exit(0);
 }
+
+/* -- kvmclock and steal time ------------------------------------------------------------- */
+u64 pvclock_ns(volatile struct pvclock_vcpu_time_info *t)
+{
+	u32 v;
+	u64 ns;
+	do {
+		v = t->version;
+		__asm__ volatile("" ::: "memory");
+		u64 delta = rdtsc() - t->tsc_timestamp;
+		delta = t->tsc_shift >= 0 ? delta << t->tsc_shift : delta >> -t->tsc_shift;
+		ns = t->system_time + (u64)(((unsigned __int128)delta * t->tsc_to_system_mul) >> 32);
+		__asm__ volatile("" ::: "memory");
+	} while ((v & 1) || v != t->version);
+	return ns;
+}
+
+u64 steal_ns(volatile struct kvm_steal_time *st)
+{
+	u32 v;
+	u64 steal;
+	do {
+		v = st->version;
+		__asm__ volatile("" ::: "memory");
+		steal = st->steal;
+		__asm__ volatile("" ::: "memory");
+	} while ((v & 1) || v != st->version);
+	return steal;
+}

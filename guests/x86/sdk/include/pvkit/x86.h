@@ -18,6 +18,10 @@ typedef long s64;
 #define KVM_FEATURE_PV_SEND_IPI 11
 #define KVM_FEATURE_PV_SCHED_YIELD 13
 #define IPI_VECTOR 0x40
+#define KVM_FEATURE_CLOCKSOURCE2 3
+#define KVM_FEATURE_STEAL_TIME 5
+#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01
+#define MSR_KVM_STEAL_TIME 0x4b564d03
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port)
@@ -29,6 +33,22 @@ static inline u8 inb(u16 port)
 static inline void cpuid(u32 leaf, u32 r[4])
 {
 	__asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(0));
+}
+static inline u64 rdmsr(u32 index)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(index));
+	return (u64)hi << 32 | lo;
+}
+static inline void wrmsr(u32 index, u64 v)
+{
+	__asm__ volatile("wrmsr" ::"c"(index), "a"((u32)v), "d"((u32)(v >> 32)) : "memory");
+}
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return (u64)hi << 32 | lo;
 }
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 #define READ_ONCE(x) (*(volatile __typeof__(x) *)&(x))
@@ -87,5 +107,23 @@ s64 hc_vmcall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3);
 s64 hc_vmmcall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3);
 extern u8 hc_vmcall_insn[], hc_vmmcall_insn[];
 s64 kvm_hypercall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3); /* the native instruction */
+
+/* kvmclock and steal time (hypercall-abi-facts 6.6, 6.7): the records and the version
+ * protocol readers (retry while the version is odd or changed). */
+struct pvclock_vcpu_time_info {
+	u32 version, pad0;
+	u64 tsc_timestamp, system_time;
+	u32 tsc_to_system_mul;
+	signed char tsc_shift;
+	u8 flags, pad[2];
+} __attribute__((packed, aligned(32)));
+struct kvm_steal_time {
+	u64 steal;
+	u32 version, flags;
+	u8 preempted, u8_pad[3];
+	u32 pad[11];
+} __attribute__((aligned(64)));
+u64 pvclock_ns(volatile struct pvclock_vcpu_time_info *t);
+u64 steal_ns(volatile struct kvm_steal_time *st);
 
 #endif
