@@ -81,6 +81,8 @@ def run(
     call_stats = CallStats()
     if stats:
         hub.attach(call_stats)
+    if timeline is not None and not timeline.parent.is_dir():
+        raise fail(f"cannot write timeline {timeline}: no directory {timeline.parent}")
     timing = {
         "host_cpus": host_cpus,
         "deterministic": deterministic,
