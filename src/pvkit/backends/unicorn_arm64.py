@@ -17,8 +17,6 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
-    UC_MEM_FETCH_UNMAPPED,
-    UC_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
     Uc,
@@ -29,6 +27,7 @@ from unicorn import arm64_const as r
 from pvkit.backends import arm64_regs as a
 from pvkit.backends.base import ExitKind, HypercallPort, VcpuExit
 from pvkit.backends.budget import InsnBudget, make_budget
+from pvkit.backends.faults import unmapped_fault
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
@@ -262,18 +261,8 @@ class Arm64Engine:
 
     def _fault_from(self, err: UcError) -> VcpuExit:
         pc = self._uc.reg_read(r.UC_ARM64_REG_PC)
-        if self._unmapped is not None:
-            access, address, size = self._unmapped
-            self._unmapped = None
-            if access == UC_MEM_FETCH_UNMAPPED:
-                what = "instruction fetch from"
-            elif access == UC_MEM_WRITE_UNMAPPED:
-                what = f"{size}-byte write to"
-            else:
-                what = f"{size}-byte read from"
-            message = f"vCPU {self.vcpu}: {what} unmapped address {address:#x} at PC {pc:#x}"
-            return VcpuExit(ExitKind.FAULT, message, pc=pc, address=address)
-        return VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {err} at PC {pc:#x}", pc=pc)
+        unmapped, self._unmapped = self._unmapped, None
+        return unmapped_fault(self.vcpu, unmapped, err, pc, "PC")
 
     def _word(self, address: int) -> int:
         if not self._memory.contains(address, 4):

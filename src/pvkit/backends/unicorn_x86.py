@@ -11,8 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_X86,
@@ -22,25 +20,23 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
-    UC_MEM_FETCH_UNMAPPED,
-    UC_MEM_WRITE_UNMAPPED,
     UC_MODE_64,
     UC_PROT_ALL,
     Uc,
     UcError,
 )
 from unicorn import x86_const as r
-from unicorn.unicorn_py3.arch import intel
-from unicorn.unicorn_py3.unicorn import uccallback
 
 from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
+from pvkit.backends.faults import unmapped_fault
 from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
+from pvkit.backends.x86_interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
 from pvkit.backends.x86_patch import HypercallPatcher
 from pvkit.devices.base import MmioDevice, PortDevice
 from pvkit.discovery.cpuid import CpuidTable
-from pvkit.hypercall.call import Call, Conduit, Outcome
+from pvkit.hypercall.call import Conduit, Outcome
 from pvkit.machine.interrupts import InterruptQueue
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
@@ -58,32 +54,6 @@ _DATA_SEGMENTS = (
 _TCG_BUFFER = 32 << 20
 BOOT_CODE_SELECTOR = 0x10  # in the boot GDT the platform writes (PVH and multiboot)
 BOOT_DATA_SELECTOR = 0x18
-
-
-@dataclass(frozen=True, slots=True)
-class Firmware:
-    """Where the platform put the boot GDT and the AP reset stub (see loader/x86_boot.py)."""
-
-    gdt: int
-    gdt_limit: int
-    reset_stub: int
-    sipi_slots: int
-    stub_segment_base: int
-
-
-class MsrBus(Protocol):
-    """Model-specific registers the platform serves: None means "not one of ours" (the
-    engine's own MSR); a write answered False is refused with #GP."""
-
-    def read_msr(self, vcpu: int, index: int) -> int | None: ...
-
-    def write_msr(self, vcpu: int, index: int, value: int) -> bool | None: ...
-
-
-class X86HypercallPort(Protocol):
-    def on_hypercall(
-        self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int
-    ) -> Call: ...
 
 
 class X86Engine:
@@ -139,8 +109,8 @@ class X86Engine:
         )
         self._clock = clock
         if clock is not None:
-            self._hook_insn(uc, r.UC_X86_INS_RDTSC, self._on_rdtsc)
-            self._hook_insn(uc, r.UC_X86_INS_RDTSCP, self._on_rdtsc)
+            hook_insn(uc, r.UC_X86_INS_RDTSC, self._on_rdtsc)
+            hook_insn(uc, r.UC_X86_INS_RDTSCP, self._on_rdtsc)
         self._msrs = msrs
         self._budget: InsnBudget | None = None
         if counting or msrs is not None:
@@ -359,17 +329,6 @@ class X86Engine:
         else:
             budget.skip_at = rip  # not ours: let the engine execute it
 
-    @staticmethod
-    def _hook_insn(uc: Uc, insn: int, callback: Callable[[Uc, object], int]) -> None:
-        """An instruction hook the Python binding does not offer (RDTSC), with the C
-        signature of CPUID's: int cb(uc, user_data); 1 means "done, skip the instruction"."""
-
-        @uccallback(uc, intel.HOOK_INSN_CPUID_CFUNC)  # type: ignore[arg-type, untyped-decorator]
-        def trampoline(_uc: Uc, _key: int) -> int:
-            return callback(uc, None)
-
-        uc._Uc__do_hook_add(UC_HOOK_INSN, trampoline, 1, 0, insn)  # type: ignore[attr-defined]
-
     def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
         dev = self._ports.get(port)
         if dev is None:
@@ -438,16 +397,6 @@ class X86Engine:
         uc.emu_stop()
 
     def _fault_from(self, err: UcError) -> VcpuExit:
-        rip = self._uc.reg_read(r.UC_X86_REG_RIP)
-        if self._unmapped is not None:
-            access, address, size = self._unmapped
-            self._unmapped = None
-            if access == UC_MEM_FETCH_UNMAPPED:
-                what = "instruction fetch from"
-            elif access == UC_MEM_WRITE_UNMAPPED:
-                what = f"{size}-byte write to"
-            else:
-                what = f"{size}-byte read from"
-            message = f"vCPU {self.vcpu}: {what} unmapped address {address:#x} at RIP {rip:#x}"
-            return VcpuExit(ExitKind.FAULT, message, pc=rip, address=address)
-        return VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {err} at RIP {rip:#x}", pc=rip)
+        pc = self._uc.reg_read(r.UC_X86_REG_RIP)
+        unmapped, self._unmapped = self._unmapped, None
+        return unmapped_fault(self.vcpu, unmapped, err, pc, "RIP")

@@ -17,7 +17,8 @@ from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
 from pvkit.backends import x86_regs as x
 from pvkit.backends.budget import BudgetUnavailable
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.backends.unicorn_x86 import Firmware, X86Engine
+from pvkit.backends.unicorn_x86 import X86Engine
+from pvkit.backends.x86_interfaces import Firmware
 from pvkit.backends.x86_patch import HypercallPatcher
 from pvkit.devices.acpi_pm import AcpiPowerOff
 from pvkit.devices.base import PortDevice
