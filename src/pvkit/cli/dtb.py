@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from pvkit.cli.options import fail, parse_profile, parse_size, write_file
-from pvkit.platform.virt_arm64 import ConfigError, VirtConfig, virt_device_tree
+from pvkit.platform.board import ConfigError
+from pvkit.platform.virt_arm64 import VirtConfig, virt_device_tree
 
 
 def dtb(

@@ -19,6 +19,7 @@ from pvkit.loader.image import ImageError
 from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform import pc_x86, virt_arm64
+from pvkit.platform.board import ConfigError
 from pvkit.trace.events import TraceHub
 from pvkit.trace.jsonl import JsonLinesSink
 from pvkit.trace.stats import CallStats
@@ -133,7 +134,7 @@ def run(
             if dtb is not None:
                 write_file(dtb, arm.dtb)
             machine = arm
-    except (ImageError, virt_arm64.ConfigError, pc_x86.ConfigError, NamespaceClash) as exc:
+    except (ImageError, ConfigError, NamespaceClash) as exc:
         raise fail(str(exc)) from None
     sched = machine.vm.scheduler
     sink = TimelineSink(sched.now_ns) if timeline is not None else None

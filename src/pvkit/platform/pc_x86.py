@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
 from pvkit.backends import x86_regs as x
-from pvkit.backends.budget import BudgetUnavailable
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.unicorn_x86 import X86Engine
 from pvkit.backends.x86_interfaces import Firmware
@@ -45,14 +44,14 @@ from pvkit.loader.x86_boot import (
     parse_x86_elf,
 )
 from pvkit.machine.memory import GuestMemory
-from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.power import PowerState, StartRequest
 from pvkit.machine.quiesce import ExecutionGate
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
-from pvkit.platform.timekeeping import entry_hooks, make_scheduler
+from pvkit.platform.board import BoardPlatform, ConfigError, scheduler_for, select_services
+from pvkit.platform.timekeeping import entry_hooks
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import KVM, HostProfile
-from pvkit.services.registry import services_for
 from pvkit.trace.events import TraceHub
 
 FIRMWARE = Firmware(BOOT_GDT, BOOT_GDT_LIMIT, RESET_STUB, SIPI_SLOTS, STUB_SEGMENT_BASE)
@@ -86,10 +85,6 @@ class PcConfig:
     deterministic: bool = False  # time from guest instructions, reproducible schedules
     slice_ns: int = DEFAULT_SLICE_NS
     record_slices: bool = False  # keep every slice (for --timeline)
-
-
-class ConfigError(ValueError):
-    """A host-side configuration mistake, reported as one sentence."""
 
 
 def _check(config: PcConfig) -> None:
@@ -129,7 +124,7 @@ def _instructions(vendor: CpuVendor) -> tuple[bytes, bytes]:
     return x.VMCALL, x.VMMCALL
 
 
-class PcX86:
+class PcX86(BoardPlatform):
     """Builds an x86-64 VM from a config and an ELF image; the services' Platform view."""
 
     def __init__(self, config: PcConfig, image: Path | X86Image, trace: TraceHub | None = None):
@@ -143,11 +138,9 @@ class PcX86:
         self.boot = boot_data(self.protocol, config.memory, config.bootargs)
         self.vendor = VENDORS[config.vendor]
 
-        self.services = [
-            s
-            for s in [*services_for(config.profile, Abi.KVM_X86), *config.extra_services]
-            if s.name not in config.disabled and Abi.KVM_X86 in s.abis
-        ]
+        self.services = select_services(
+            config.profile, Abi.KVM_X86, config.extra_services, config.disabled
+        )
         claims = [Claim(s.name, r) for s in self.services for r in s.claims(Abi.KVM_X86)]
         functions = [(s.name, f) for s in self.services for f in s.functions(Abi.KVM_X86)]
         self.namespace = Namespace(claims, functions)
@@ -171,13 +164,10 @@ class PcX86:
             if s.cpuid_feature_bit is None or features >> s.cpuid_feature_bit & 1
             for index, msr in s.msrs(Abi.KVM_X86).items()
         }
-        try:
-            self.scheduler = make_scheduler(
-                config.smp, config.host_cpus, config.deterministic, config.slice_ns,
-                config.record_slices,
-            )  # fmt: skip
-        except (ValueError, BudgetUnavailable) as exc:
-            raise ConfigError(str(exc)) from None
+        self.scheduler = scheduler_for(
+            config.smp, config.host_cpus, config.deterministic, config.slice_ns,
+            config.record_slices,
+        )  # fmt: skip
         try:
             self.cpuid = CpuidTable(
                 self.vendor, config.smp, config.profile.cpuid_signature, config.cpuid_base, features
@@ -301,10 +291,6 @@ class PcX86:
         return fn.name if fn is not None else describe(function_id)
 
     # -- Platform (what services see) ----------------------------------------------------
-    @property
-    def vcpu_count(self) -> int:
-        return self.config.smp
-
     def mpidr(self, vcpu: int) -> int:
         return vcpu  # the APIC ID plays MPIDR's part
 
@@ -314,21 +300,8 @@ class PcX86:
     def vcpu_for_apic_id(self, apic_id: int) -> int | None:
         return apic_id if 0 <= apic_id < self.config.smp else None
 
-    def power_state(self, vcpu: int) -> PowerState:
-        return self.vm.power[vcpu].state
-
-    def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
-        return self.vm.power_on(vcpu, start)
-
     def is_valid_entry(self, address: int) -> bool:
         return self.memory.contains(address, 1)
-
-    def system_event(self, event: SystemEvent, detail: str = "") -> None:
-        kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
-        self.vm.request_stop(StopReason(kind, detail))
-
-    def wake(self, vcpu: int) -> bool:
-        return self.vm.wake(vcpu)
 
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         if self.vm.power[vcpu].state is not PowerState.ON:
@@ -339,29 +312,6 @@ class PcX86:
     def feature(self, function_id: int) -> int | None:
         return 0 if self.dispatcher.serves(function_id) else None
 
-    def stolen_ns(self, vcpu: int) -> int:
-        return self.scheduler.steal_ns(vcpu)
-
-    def now_ns(self, vcpu: int) -> int:
-        return self.scheduler.now_ns(vcpu)
-
-    def store_u64(self, address: int, value: int) -> bool:
-        if address % 8 or not self.memory.contains(address, 8):
-            return False
-        self.memory.store_u64(address, value)
-        return True
-
-    def write_guest(self, address: int, data: bytes) -> bool:
-        if not self.memory.contains(address, len(data)):
-            return False
-        self.memory.write(address, data)
-        return True
-
-    @property
-    def deterministic(self) -> bool:
-        return self.scheduler.deterministic
-
-    # -- MSRs (what the engines ask) -------------------------------------------------------
     def read_msr(self, vcpu: int, index: int) -> int | None:
         msr = self._msrs.get(index)
         return None if msr is None else msr.read(vcpu)

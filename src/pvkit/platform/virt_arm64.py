@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
-from pvkit.backends.budget import BudgetUnavailable
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.backends.unicorn_arm64 import Arm64Engine
@@ -23,13 +22,13 @@ from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import BootImage, ImageError, load_image
 from pvkit.machine.memory import GuestMemory, Region
-from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
-from pvkit.machine.scheduling import DEFAULT_SLICE_NS, Scheduler
-from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
-from pvkit.platform.timekeeping import entry_hooks, make_scheduler, place_service_ram
-from pvkit.services.base import Service, SystemEvent
+from pvkit.machine.power import StartRequest
+from pvkit.machine.scheduling import DEFAULT_SLICE_NS
+from pvkit.machine.vm import StopReason, VirtualMachine
+from pvkit.platform.board import BoardPlatform, ConfigError, scheduler_for, select_services
+from pvkit.platform.timekeeping import entry_hooks, place_service_ram
+from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
-from pvkit.services.registry import services_for
 from pvkit.services.smccc_arch import ARCH_RANGES
 from pvkit.trace.events import TraceHub
 
@@ -71,10 +70,6 @@ class VirtConfig:
     record_slices: bool = False  # keep every slice (for --timeline)
 
 
-class ConfigError(ValueError):
-    """A host-side configuration mistake, reported as one sentence."""
-
-
 def virt_device_tree(
     config: VirtConfig,
     services: list[Service] | None = None,
@@ -102,21 +97,7 @@ def virt_device_tree(
 
 
 def _services(config: VirtConfig) -> list[Service]:
-    return [
-        s
-        for s in [*services_for(config.profile), *config.extra_services]
-        if s.name not in config.disabled and Abi.SMCCC in s.abis
-    ]
-
-
-def _scheduler(config: VirtConfig) -> Scheduler:
-    try:
-        return make_scheduler(
-            config.smp, config.host_cpus, config.deterministic, config.slice_ns,
-            config.record_slices,
-        )  # fmt: skip
-    except (ValueError, BudgetUnavailable) as exc:
-        raise ConfigError(str(exc)) from None
+    return select_services(config.profile, Abi.SMCCC, config.extra_services, config.disabled)
 
 
 def _check(config: VirtConfig) -> None:
@@ -132,7 +113,7 @@ def _check(config: VirtConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
-class VirtArm64:
+class VirtArm64(BoardPlatform):
     """Builds a VM from a config and an image; implements the services' Platform view."""
 
     def __init__(self, config: VirtConfig, image: Path | BootImage, trace: TraceHub | None = None):
@@ -150,7 +131,10 @@ class VirtArm64:
 
         self.services = _services(config)
         self.reserved = place_service_ram(self.services, Abi.SMCCC, config.smp, self.memory)
-        self.scheduler = _scheduler(config)
+        self.scheduler = scheduler_for(
+            config.smp, config.host_cpus, config.deterministic, config.slice_ns,
+            config.record_slices,
+        )  # fmt: skip
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -224,59 +208,20 @@ class VirtArm64:
         return fn.name if fn is not None else describe(function_id)
 
     # -- Platform (what services see) ----------------------------------------------------
-    @property
-    def vcpu_count(self) -> int:
-        return self.config.smp
-
     def mpidr(self, vcpu: int) -> int:
         return self.mpidrs[vcpu]
 
     def vcpu_for_mpidr(self, mpidr: int) -> int | None:
         return self._by_mpidr.get(mpidr)
 
-    def power_state(self, vcpu: int) -> PowerState:
-        return self.vm.power[vcpu].state
-
-    def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
-        return self.vm.power_on(vcpu, start)
-
     def is_valid_entry(self, address: int) -> bool:
         return address % 4 == 0 and self.memory.contains(address, 4)
-
-    def system_event(self, event: SystemEvent, detail: str = "") -> None:
-        kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
-        self.vm.request_stop(StopReason(kind, detail))
 
     def vcpu_for_apic_id(self, apic_id: int) -> int | None:
         return None
 
-    def wake(self, vcpu: int) -> bool:
-        return self.vm.wake(vcpu)
-
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         return False  # no interrupt controller on this board yet
-
-    def stolen_ns(self, vcpu: int) -> int:
-        return self.scheduler.steal_ns(vcpu)
-
-    def now_ns(self, vcpu: int) -> int:
-        return self.scheduler.now_ns(vcpu)
-
-    def store_u64(self, address: int, value: int) -> bool:
-        if address % 8 or not self.memory.contains(address, 8):
-            return False
-        self.memory.store_u64(address, value)
-        return True
-
-    def write_guest(self, address: int, data: bytes) -> bool:
-        if not self.memory.contains(address, len(data)):
-            return False
-        self.memory.write(address, data)
-        return True
-
-    @property
-    def deterministic(self) -> bool:
-        return self.scheduler.deterministic
 
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):

@@ -1,0 +1,89 @@
+"""What every board is to its services and its user, whatever the architecture.
+
+The arm64 `virt` and x86 `pc` boards differ in devices, boot and ABI; the Platform view
+below (power, system events, wake-ups, time, guest RAM) and the configuration steps
+(service choice, scheduler) are the same, so they live here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pvkit.backends.budget import BudgetUnavailable
+from pvkit.hypercall.namespace import Abi
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.scheduling import Scheduler
+from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.platform.timekeeping import make_scheduler
+from pvkit.services.base import Service, SystemEvent
+from pvkit.services.profiles import HostProfile
+from pvkit.services.registry import services_for
+
+
+class ConfigError(ValueError):
+    """A host-side configuration mistake, reported as one sentence."""
+
+
+def select_services(
+    profile: HostProfile, abi: Abi, extra: Iterable[Service], disabled: Iterable[str]
+) -> list[Service]:
+    """The profile's services plus `extra`, minus `disabled`, that speak `abi`."""
+    off = set(disabled)
+    return [s for s in [*services_for(profile, abi), *extra] if s.name not in off and abi in s.abis]
+
+
+def scheduler_for(
+    vcpu_count: int, host_cpus: int | None, deterministic: bool, slice_ns: int, record: bool
+) -> Scheduler:
+    try:
+        return make_scheduler(vcpu_count, host_cpus, deterministic, slice_ns, record)
+    except (ValueError, BudgetUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+class BoardPlatform:
+    """The part of the services' Platform view that is the same on every board."""
+
+    vm: VirtualMachine
+    scheduler: Scheduler
+    memory: GuestMemory
+
+    @property
+    def vcpu_count(self) -> int:
+        return self.vm.vcpu_count
+
+    def power_state(self, vcpu: int) -> PowerState:
+        return self.vm.power[vcpu].state
+
+    def power_on(self, vcpu: int, start: StartRequest) -> PowerOnResult:
+        return self.vm.power_on(vcpu, start)
+
+    def system_event(self, event: SystemEvent, detail: str = "") -> None:
+        kind = StopKind.SHUTDOWN if event is SystemEvent.SHUTDOWN else StopKind.RESET
+        self.vm.request_stop(StopReason(kind, detail))
+
+    def wake(self, vcpu: int) -> bool:
+        return self.vm.wake(vcpu)
+
+    def stolen_ns(self, vcpu: int) -> int:
+        return self.scheduler.steal_ns(vcpu)
+
+    def now_ns(self, vcpu: int) -> int:
+        return self.scheduler.now_ns(vcpu)
+
+    def store_u64(self, address: int, value: int) -> bool:
+        if address % 8 or not self.memory.contains(address, 8):
+            return False
+        self.memory.store_u64(address, value)
+        return True
+
+    def write_guest(self, address: int, data: bytes) -> bool:
+        if not self.memory.contains(address, len(data)):
+            return False
+        self.memory.write(address, data)
+        return True
+
+    @property
+    def deterministic(self) -> bool:
+        return self.scheduler.deterministic
