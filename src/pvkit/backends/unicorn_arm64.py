@@ -27,8 +27,8 @@ from unicorn import arm64_const as r
 from pvkit.backends import arm64_regs as a
 from pvkit.backends.base import ExitKind, HypercallPort, VcpuExit
 from pvkit.backends.budget import InsnBudget, make_budget
-from pvkit.backends.faults import unmapped_fault
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
+from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
 from pvkit.machine.memory import GuestMemory
@@ -40,7 +40,10 @@ _X = tuple(getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31))
 _TCG_BUFFER = 32 << 20  # per-vCPU translation cache; the 1 GiB default does not scale
 
 
-class Arm64Engine:
+class Arm64Engine(UnicornVcpu):
+    PC_REG = r.UC_ARM64_REG_PC
+    PC_NAME = "PC"
+
     def __init__(
         self,
         vcpu: int,
@@ -131,20 +134,6 @@ class Arm64Engine:
                 return VcpuExit(ExitKind.HALT, pc=pc)
             # Anything else (WFE, a yield) is a hint: resume where the engine stopped.
 
-    def kick(self) -> None:
-        self._kicked.set()
-        uc = self._uc  # the vCPU thread may close the engine meanwhile; this keeps it alive
-        if uc is not None:
-            uc.emu_stop()
-
-    def begin_slice(self, budget: int) -> None:
-        if self._budget is not None:
-            self._budget.executed = 0
-            self._budget.budget = budget
-
-    def executed(self) -> int:
-        return self._budget.executed if self._budget is not None else 0
-
     def close(self) -> None:
         self.trap.remove()  # before the engine goes: the hook holds a pointer to the trap
         if self._budget is not None:
@@ -224,32 +213,7 @@ class Arm64Engine:
             fields: dict[str, object] = {"what": what, "esr": f"{esr:#x}", "elr": f"{return_pc:#x}"}
             self._trace.event(VmEvent("inject", time.perf_counter_ns(), self.vcpu, fields))
 
-    def _on_unmapped(
-        self, uc: Uc, access: int, address: int, size: int, value: int, _user: object
-    ) -> bool:
-        self._unmapped = (access, address, size)
-        return False
-
-    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
-        try:
-            return dev.read(offset, size)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
-            return 0
-
-    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
-        try:
-            dev.write(offset, size, value)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
-
     # -- faults ------------------------------------------------------------------------
-    def _stop_with_fault(self, uc: Uc, message: str, pc: int | None = None) -> None:
-        if pc is None:
-            pc = uc.reg_read(r.UC_ARM64_REG_PC)
-        self._exit = VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {message}", pc=pc)
-        uc.emu_stop()
-
     def _describe_exception(self, uc: Uc, intno: int) -> str:
         pc = uc.reg_read(r.UC_ARM64_REG_PC)
         names = {
@@ -258,11 +222,6 @@ class Arm64Engine:
             a.EXCP_BKPT: "breakpoint (BRK)",
         }
         return f"{names.get(intno, f'unhandled exception {intno}')} at PC {pc:#x}"
-
-    def _fault_from(self, err: UcError) -> VcpuExit:
-        pc = self._uc.reg_read(r.UC_ARM64_REG_PC)
-        unmapped, self._unmapped = self._unmapped, None
-        return unmapped_fault(self.vcpu, unmapped, err, pc, "PC")
 
     def _word(self, address: int) -> int:
         if not self._memory.contains(address, 4):

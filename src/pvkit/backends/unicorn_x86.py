@@ -30,7 +30,7 @@ from unicorn import x86_const as r
 from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
-from pvkit.backends.faults import unmapped_fault
+from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
 from pvkit.backends.x86_interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
 from pvkit.backends.x86_patch import HypercallPatcher
@@ -56,7 +56,10 @@ BOOT_CODE_SELECTOR = 0x10  # in the boot GDT the platform writes (PVH and multib
 BOOT_DATA_SELECTOR = 0x18
 
 
-class X86Engine:
+class X86Engine(UnicornVcpu):
+    PC_REG = r.UC_X86_REG_RIP
+    PC_NAME = "RIP"
+
     def __init__(
         self,
         vcpu: int,
@@ -183,20 +186,6 @@ class X86Engine:
                 if self._interrupts and uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF:
                     continue  # an interrupt is already waiting: HLT ends at once
                 return VcpuExit(ExitKind.HALT, pc=rip)
-
-    def kick(self) -> None:
-        self._kicked.set()
-        uc = self._uc
-        if uc is not None:
-            uc.emu_stop()
-
-    def begin_slice(self, budget: int) -> None:
-        if self._budget is not None:
-            self._budget.executed = 0
-            self._budget.budget = budget
-
-    def executed(self) -> int:
-        return self._budget.executed if self._budget is not None else 0
 
     def close(self) -> None:
         if self._budget is not None:
@@ -348,25 +337,6 @@ class X86Engine:
         except Exception as exc:
             self._stop_with_fault(uc, f"device error writing port {port:#x}: {exc}")
 
-    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
-        try:
-            return dev.read(offset, size)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
-            return 0
-
-    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
-        try:
-            dev.write(offset, size, value)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
-
-    def _on_unmapped(
-        self, uc: Uc, access: int, address: int, size: int, value: int, _user: object
-    ) -> bool:
-        self._unmapped = (access, address, size)
-        return False
-
     # -- helpers -----------------------------------------------------------------------
     def _long_mode(self, cs: int) -> bool:
         """Is the caller in 64-bit mode (EFER.LMA and CS.L), not compatibility mode?"""
@@ -390,13 +360,3 @@ class X86Engine:
         if not self._memory.contains(physical, 1):
             return -1
         return self._memory.read(physical, 1)[0]
-
-    def _stop_with_fault(self, uc: Uc, message: str) -> None:
-        rip = uc.reg_read(r.UC_X86_REG_RIP)
-        self._exit = VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {message}", pc=rip)
-        uc.emu_stop()
-
-    def _fault_from(self, err: UcError) -> VcpuExit:
-        pc = self._uc.reg_read(r.UC_X86_REG_RIP)
-        unmapped, self._unmapped = self._unmapped, None
-        return unmapped_fault(self.vcpu, unmapped, err, pc, "RIP")

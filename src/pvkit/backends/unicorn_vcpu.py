@@ -1,0 +1,73 @@
+"""What the arm64 and x86 Unicorn engines share: kicks, slices, MMIO, and how faults end a run."""
+
+from __future__ import annotations
+
+import threading
+from typing import ClassVar
+
+from unicorn import Uc, UcError  # type: ignore[attr-defined]  # re-exported names
+
+from pvkit.backends.base import ExitKind, VcpuExit
+from pvkit.backends.budget import InsnBudget
+from pvkit.backends.faults import unmapped_fault
+from pvkit.devices.base import MmioDevice
+
+
+class UnicornVcpu:
+    """Base of the engines; each names its program counter and sets the fields below."""
+
+    PC_REG: ClassVar[int]
+    PC_NAME: ClassVar[str]  # "PC" or "RIP", in fault messages
+
+    vcpu: int
+    _uc: Uc
+    _budget: InsnBudget | None
+    _kicked: threading.Event
+    _exit: VcpuExit | None
+    _unmapped: tuple[int, int, int] | None
+
+    def kick(self) -> None:
+        self._kicked.set()
+        uc = self._uc  # the vCPU thread may close the engine meanwhile; this keeps it alive
+        if uc is not None:
+            uc.emu_stop()
+
+    def begin_slice(self, budget: int) -> None:
+        if self._budget is not None:
+            self._budget.executed = 0
+            self._budget.budget = budget
+
+    def executed(self) -> int:
+        return self._budget.executed if self._budget is not None else 0
+
+    # -- hooks -------------------------------------------------------------------------
+    def _on_unmapped(
+        self, uc: Uc, access: int, address: int, size: int, value: int, _user: object
+    ) -> bool:
+        self._unmapped = (access, address, size)
+        return False
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: MmioDevice) -> int:
+        try:
+            return dev.read(offset, size)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error reading {dev.region.name}+{offset:#x}: {exc}")
+            return 0
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: MmioDevice) -> None:
+        try:
+            dev.write(offset, size, value)
+        except Exception as exc:
+            self._stop_with_fault(uc, f"device error writing {dev.region.name}+{offset:#x}: {exc}")
+
+    # -- faults ------------------------------------------------------------------------
+    def _stop_with_fault(self, uc: Uc, message: str, pc: int | None = None) -> None:
+        if pc is None:
+            pc = uc.reg_read(self.PC_REG)
+        self._exit = VcpuExit(ExitKind.FAULT, f"vCPU {self.vcpu}: {message}", pc=pc)
+        uc.emu_stop()
+
+    def _fault_from(self, err: UcError) -> VcpuExit:
+        pc = self._uc.reg_read(self.PC_REG)
+        unmapped, self._unmapped = self._unmapped, None
+        return unmapped_fault(self.vcpu, unmapped, err, pc, self.PC_NAME)
