@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ctypes
-from typing import Any, Protocol
+from typing import Protocol
 
 from unicorn import Uc  # type: ignore[attr-defined]  # re-exported name
-from unicorn.unicorn_py3.unicorn import uclib
 
+from pvkit.backends.trap import uc_function_addresses
 from pvkit.machine.memory import GuestMemory
 
 try:
@@ -48,16 +47,14 @@ def make_budget(uc: Uc, watch_msr: GuestMemory | None = None) -> InsnBudget:
     if uc._uch is None:
         raise ValueError("the engine is already closed")
 
-    def address(f: Any) -> int:
-        value = ctypes.cast(f, ctypes.c_void_p).value
-        assert value is not None
-        return value
-
+    emu_stop, hook_add, hook_del = uc_function_addresses(
+        "uc_emu_stop", "uc_hook_add", "uc_hook_del"
+    )
     budget: InsnBudget = _budget.InsnBudget(
         uc=uc._uch.value,
-        emu_stop=address(uclib.uc_emu_stop),
-        hook_add=address(uclib.uc_hook_add),
-        hook_del=address(uclib.uc_hook_del),
+        emu_stop=emu_stop,
+        hook_add=hook_add,
+        hook_del=hook_del,
         watch_msr=watch_msr is not None,
         ram_base=watch_msr.base if watch_msr else 0,
         ram_size=watch_msr.size if watch_msr else 0,

@@ -103,6 +103,17 @@ def compile_table(table: AnswerTable, path: TrapPath) -> CompiledTable:
     return table
 
 
+def uc_function_addresses(*names: str) -> tuple[int, ...]:
+    """Addresses of libunicorn functions, for C hooks that call the library the binding loaded."""
+    addresses = []
+    for name in names:
+        address = ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value
+        if address is None:
+            raise RuntimeError(f"libunicorn has no {name}")
+        addresses.append(address)
+    return tuple(addresses)
+
+
 def make_trap(
     path: TrapPath,
     uc: Uc,
@@ -116,15 +127,8 @@ def make_trap(
         raise ValueError("the engine is already closed")
     if path is TrapPath.C:
         assert _trap is not None
-        functions = tuple(
-            ctypes.cast(f, ctypes.c_void_p).value
-            for f in (
-                uclib.uc_reg_read_batch,
-                uclib.uc_reg_write_batch,
-                uclib.uc_emu_stop,
-                uclib.uc_hook_add,
-                uclib.uc_hook_del,
-            )
+        functions = uc_function_addresses(
+            "uc_reg_read_batch", "uc_reg_write_batch", "uc_emu_stop", "uc_hook_add", "uc_hook_del"
         )
         trap: Trap = _trap.Arm64Trap(
             uc=uc._uch.value,
