@@ -5,9 +5,7 @@ from __future__ import annotations
 CR0_PE = 1 << 0
 CR0_ET = 1 << 4
 CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
 MSR_EFER = 0xC000_0080
-EFER_LME = 1 << 8
 EFER_LMA = 1 << 10
 
 RFLAGS_RESERVED1 = 1 << 1
@@ -28,6 +26,5 @@ VMMCALL = bytes((0x0F, 0x01, 0xD9))  # AMD
 
 GATE_INTERRUPT = 0xE
 GATE_TRAP = 0xF
-TSS_RSP0 = 0x04  # RSP0..RSP2 follow, 8 bytes each
 TSS_IST1 = 0x24  # IST1..IST7 follow, 8 bytes each
 DESCRIPTOR_LONG = 1 << 53  # the L bit of a code-segment descriptor

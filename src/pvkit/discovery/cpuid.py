@@ -2,7 +2,7 @@
 
 Hypervisor leaves follow hypercall-abi-facts 6.1: `base` answers the highest hypervisor
 leaf and the profile's 12-byte signature, `base + 1` the KVM_CPUID_FEATURES bits of the
-services this VM serves. Leaves not listed in `rows()` answer zeros, as AMD CPUs do for
+services this VM serves. Leaves `leaf()` does not list answer zeros, as AMD CPUs do for
 unknown leaves (Intel would repeat the highest basic leaf; a zero answer is the honest one).
 """
 
@@ -85,10 +85,3 @@ class CpuidTable:
         if self.signature is not None and eax == self.base + 1:
             return self.features, 0, 0, self.hints
         return 0, 0, 0, 0
-
-    def rows(self, apic_id: int = 0) -> list[tuple[int, Regs]]:
-        """Every leaf with a non-zero answer, for docs and `pvkit cpuid`-style listings."""
-        leaves = [0, 1, 0x8000_0000, 0x8000_0001, 0x8000_0008]
-        if self.signature is not None:
-            leaves += [self.base, self.base + 1]
-        return [(leaf, self.leaf(apic_id, leaf)) for leaf in sorted(leaves)]

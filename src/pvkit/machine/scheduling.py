@@ -113,9 +113,6 @@ class Scheduler(ABC):
         with self._cond:
             return self.times[vcpu].steal_ns
 
-    def activity(self, vcpu: int) -> Activity:
-        return self._activity[vcpu]
-
     # -- shared helpers (called with the lock held) ----------------------------------------
     @abstractmethod
     def _end_ns(self) -> int: ...

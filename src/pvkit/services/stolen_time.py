@@ -31,7 +31,6 @@ STEAL_ENABLE = 1
 STEAL_RESERVED = 0x3E  # bits 5:1
 STEAL_ADDRESS = ~0x3F & 0xFFFF_FFFF_FFFF_FFFF
 _VERSION = 8  # kvm_steal_time offsets
-_FLAGS = 12
 _PREEMPTED = 16
 
 
