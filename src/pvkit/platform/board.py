@@ -7,6 +7,7 @@ below (power, system events, wake-ups, time, guest RAM) and the configuration st
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 from pvkit.backends.budget import BudgetUnavailable
@@ -19,6 +20,13 @@ from pvkit.platform.timekeeping import make_scheduler
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import HostProfile
 from pvkit.services.registry import services_for
+
+
+def stdout_console(data: bytes) -> None:
+    """The default UART sink: the host's stdout, flushed at each line end."""
+    sys.stdout.buffer.write(data)
+    if data == b"\n":
+        sys.stdout.buffer.flush()
 
 
 class ConfigError(ValueError):

@@ -7,7 +7,6 @@ This is the one place that knows every layer, like virt_arm64.py for arm64.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,7 +47,13 @@ from pvkit.machine.power import PowerState, StartRequest
 from pvkit.machine.quiesce import ExecutionGate
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
-from pvkit.platform.board import BoardPlatform, ConfigError, scheduler_for, select_services
+from pvkit.platform.board import (
+    BoardPlatform,
+    ConfigError,
+    scheduler_for,
+    select_services,
+    stdout_console,
+)
 from pvkit.platform.timekeeping import entry_hooks
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import KVM, HostProfile
@@ -58,12 +63,6 @@ FIRMWARE = Firmware(BOOT_GDT, BOOT_GDT_LIMIT, RESET_STUB, SIPI_SLOTS, STUB_SEGME
 MAX_VCPUS = 255  # xAPIC IDs are 8 bits; 0xFF is broadcast
 MIN_RAM = 2 << 20
 MAX_RAM = 3 << 30  # RAM stays below the 32-bit MMIO hole (local APIC at 0xFEE00000)
-
-
-def _stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    if data == b"\n":
-        sys.stdout.buffer.flush()
 
 
 @dataclass
@@ -76,7 +75,7 @@ class PcConfig:
     fix_hypercall: bool = True  # KVM_X86_QUIRK_FIX_HYPERCALL_INSN
     boot: str = "auto"  # pvh, multiboot, or auto (PVH when the image has the note)
     rules: Iterable[Rule] = ()
-    console: Callable[[bytes], None] = _stdout
+    console: Callable[[bytes], None] = stdout_console
     bootargs: str = ""
     extra_services: list[Service] = field(default_factory=list)
     disabled: frozenset[str] = frozenset()  # service names left out of this VM

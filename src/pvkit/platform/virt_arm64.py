@@ -5,7 +5,6 @@ This is the one place that knows every layer; each layer below knows only its ow
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,13 @@ from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import StartRequest
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopReason, VirtualMachine
-from pvkit.platform.board import BoardPlatform, ConfigError, scheduler_for, select_services
+from pvkit.platform.board import (
+    BoardPlatform,
+    ConfigError,
+    scheduler_for,
+    select_services,
+    stdout_console,
+)
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
 from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
@@ -46,12 +51,6 @@ def mpidr_for(index: int) -> int:
     return ((index // CPUS_PER_CLUSTER) << 8) | (index % CPUS_PER_CLUSTER)
 
 
-def _stdout(data: bytes) -> None:
-    sys.stdout.buffer.write(data)
-    if data == b"\n":
-        sys.stdout.buffer.flush()
-
-
 @dataclass
 class VirtConfig:
     smp: int = 1
@@ -59,7 +58,7 @@ class VirtConfig:
     conduit: str = "hvc"
     profile: HostProfile = KVM
     rules: Iterable[Rule] = ()
-    console: Callable[[bytes], None] = _stdout
+    console: Callable[[bytes], None] = stdout_console
     bootargs: str = ""
     extra_services: list[Service] = field(default_factory=list)
     trap: str = "auto"  # c, ctypes, or auto (C when built; $PVKIT_TRAP overrides auto)
