@@ -6,10 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench lint typecheck unit toolchain guests clean
 
-$(STAMP): pyproject.toml setup.py src/pvkit/backends/_trap.c src/pvkit/backends/_budget.c
+ENGINE := engine/unicorn-2.1.4-pvkit.patch scripts/setup-engine.sh
+
+# The vCPU engine is Unicorn 2.1.4 with pvkit's patch, built once and cached (setup-engine.sh).
+$(STAMP): pyproject.toml setup.py $(wildcard src/pvkit/backends/_*.c) $(ENGINE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	./scripts/setup-toolchain.sh engine
+	./scripts/setup-engine.sh $(BIN)/python
 	touch $@
 
 run: $(STAMP)

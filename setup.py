@@ -12,6 +12,12 @@ setup(
             optional=True,
         ),
         Extension(
+            "pvkit.backends._sysreg",
+            ["src/pvkit/backends/_sysreg.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
             "pvkit.backends._budget",
             ["src/pvkit/backends/_budget.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],

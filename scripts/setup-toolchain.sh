@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Install the host tools pvkit's tests use: the aarch64 cross compiler (guest rebuilds),
-# the native gcc (x86-64 guests), dtc (device-tree checks) and qemu-system-aarch64 (the
+# the native gcc and cmake (x86-64 guests, the C extensions, the vCPU engine), dtc (device-tree checks) and qemu-system-aarch64 (the
 # differential PSCI test).
+# `setup-toolchain.sh engine` installs only what building the vCPU engine needs.
 set -euo pipefail
 need=()
-command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
 command -v gcc >/dev/null || need+=(gcc)
-command -v dtc >/dev/null || need+=(device-tree-compiler)
-command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+command -v cmake >/dev/null || need+=(cmake)
+command -v patch >/dev/null || need+=(patch)
+if [ "${1:-all}" != engine ]; then
+    command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
+    command -v dtc >/dev/null || need+=(device-tree-compiler)
+    command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

@@ -264,6 +264,14 @@ typedef struct {
     uint64_t results[MAX_RESULTS];
     void *result_ptrs[MAX_RESULTS];
     uint32_t hvc_intno, smc_intno;
+    /* exceptions the engine takes itself (bit n = exception n); on_other hears of one
+     * only when `report` is set (tracing) or its vectors are missing or unfetchable */
+    uint64_t delivered;
+    int report;
+    int vbar_reg;
+    int vector_regs[2]; /* PC, VBAR_EL1 */
+    uint64_t vector_vals[2];
+    void *vector_ptrs[2];
     /* guest RAM as the host sees it, to read the trapping instruction word */
     uint64_t ram_base, ram_size;
     const uint8_t *ram_host;
@@ -377,12 +385,31 @@ static void call_other(TrapObject *t, void *uc, uint32_t intno)
     PyGILState_Release(gil);
 }
 
+#define EXCP_PREFETCH_ABORT 3
+#define VECTORS_SIZE 0x800
+
+/* An exception the engine delivers needs Python only when tracing, or when the guest
+ * has no vectors (VBAR_EL1 still 0, its reset value) or cannot fetch them (a prefetch
+ * abort inside the vector table), which would otherwise loop or run into nothing. */
+static int delivered_needs_python(TrapObject *t, void *uc, uint32_t intno)
+{
+    if (t->report)
+        return 1;
+    t->read_batch(uc, t->vector_regs, t->vector_ptrs, 2);
+    uint64_t pc = t->vector_vals[0], vbar = t->vector_vals[1];
+    if (vbar == 0)
+        return 1;
+    return intno == EXCP_PREFETCH_ABORT && pc - vbar < VECTORS_SIZE;
+}
+
 /* Registers are read in two batches: x0, x1 and PC first (all the answer table needs),
  * the remaining argument registers only when the call goes to Python. */
 static void trap_intr(void *uc, uint32_t intno, void *user)
 {
     TrapObject *t = user;
     if (intno != t->hvc_intno && intno != t->smc_intno) {
+        if (intno < 64 && (t->delivered >> intno) & 1 && !delivered_needs_python(t, uc, intno))
+            return;
         call_other(t, uc, intno);
         return;
     }
@@ -445,14 +472,16 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"uc", "functions", "argument_regs", "pc_reg", "result_regs",
                              "hvc_intno", "smc_intno", "ram_base", "ram_size", "ram_host",
-                             "table", "on_call", "on_other", NULL};
-    unsigned long long uc, ram_base, ram_size, ram_host;
+                             "table", "on_call", "on_other", "delivered", "vbar_reg", NULL};
+    unsigned long long uc, ram_base, ram_size, ram_host, delivered = 0;
+    int vbar_reg = 0;
     PyObject *functions, *argregs, *resregs, *table, *on_call, *on_other;
     int pc_reg;
     unsigned int hvc, smc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO", kwlist, &uc, &functions,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO|Ki", kwlist, &uc, &functions,
                                      &argregs, &pc_reg, &resregs, &hvc, &smc, &ram_base,
-                                     &ram_size, &ram_host, &table, &on_call, &on_other))
+                                     &ram_size, &ram_host, &table, &on_call, &on_other,
+                                     &delivered, &vbar_reg))
         return -1;
     if (self->installed) {
         PyErr_SetString(PyExc_RuntimeError, "trap already installed");
@@ -499,6 +528,16 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
         self->result_ptrs[i] = &self->results[i];
     self->hvc_intno = hvc;
     self->smc_intno = smc;
+    if (delivered && !vbar_reg) {
+        PyErr_SetString(PyExc_ValueError, "delivered exceptions need vbar_reg");
+        return -1;
+    }
+    self->delivered = delivered;
+    self->vbar_reg = vbar_reg;
+    self->vector_regs[0] = pc_reg;
+    self->vector_regs[1] = vbar_reg;
+    self->vector_ptrs[0] = &self->vector_vals[0];
+    self->vector_ptrs[1] = &self->vector_vals[1];
     self->ram_base = ram_base;
     self->ram_size = ram_size;
     self->ram_host = (const uint8_t *)(uintptr_t)ram_host;
@@ -584,6 +623,8 @@ static PyMemberDef trap_members[] = {
      "calls answered from the answer table"},
     {"python_calls", T_ULONGLONG, offsetof(TrapObject, python_calls), READONLY,
      "calls that reached the Python dispatcher"},
+    {"report", T_INT, offsetof(TrapObject, report), 0,
+     "hand every delivered exception to on_other too (tracing)"},
     {"floor", T_INT, offsetof(TrapObject, floor), 0,
      "benchmark only: answer every call with x0 = 0 and nothing else"},
     {NULL}};

@@ -11,6 +11,10 @@ EXCP_BKPT = 7
 EXCP_HVC = 11
 EXCP_SMC = 13
 
+# Exceptions the patched engine takes architecturally (through QEMU's own entry code):
+# everything synchronous except HVC and SMC, which stay with the hypercall trap.
+DELIVERED_EXCEPTIONS = (EXCP_UDEF, EXCP_SWI, EXCP_PREFETCH_ABORT, EXCP_DATA_ABORT, EXCP_BKPT)
+
 # ESR_ELx exception classes.
 EC_UNKNOWN = 0x00
 EC_SVC64 = 0x15
@@ -32,7 +36,11 @@ SMC_MASK, SMC_BITS = 0xFFE0001F, 0xD4000003
 # System registers through Unicorn's CP_REG interface: (crn, crm, op0, op1, op2).
 SCR_EL3 = (1, 1, 3, 6, 0)
 SCR_NS = 1 << 0
+SCR_SMD = 1 << 7  # SMC undefined: no firmware behind it
 SCR_HCE = 1 << 8
+SCR_RW = 1 << 10  # EL2 (and so EL1) is AArch64
+HCR_EL2 = (1, 1, 3, 4, 0)
+HCR_RW = 1 << 31  # EL1 is AArch64
 VMPIDR_EL2 = (0, 0, 3, 4, 5)
 SPSR_EL1 = (4, 0, 3, 0, 0)
 MPIDR_RES1 = 1 << 31

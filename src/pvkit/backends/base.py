@@ -50,6 +50,18 @@ class VcpuEngine(Protocol):
 EngineFactory = Callable[[int], VcpuEngine]
 
 
+class SysregPort(Protocol):
+    """The system registers a board emulates for one vCPU (timer, GIC CPU interface).
+
+    `keys` are packed encodings (backends.sysreg_hook.pack); `access` returns the value of a
+    read, and is ignored for a write.
+    """
+
+    keys: Sequence[int]
+
+    def access(self, key: int, write: bool, value: int) -> int | None: ...
+
+
 class HypercallPort(Protocol):
     """Where an engine sends a trapped hypercall.
 

@@ -73,6 +73,12 @@ class TrapLayout:
     result_regs: tuple[int, ...]
     hvc_intno: int
     smc_intno: int
+    delivered: int = 0  # exceptions the engine takes itself (bit n = exception n)
+    vbar_reg: int = 0  # read with PC to tell whether a delivered exception has vectors
+
+
+PREFETCH_ABORT = 3  # the exception number whose PC may lie in the vector table itself
+VECTORS_SIZE = 0x800
 
 
 class CompiledTable(Protocol):
@@ -85,6 +91,7 @@ class Trap(Protocol):
     table_hits: int
     python_calls: int
     floor: bool | int
+    report: bool | int  # tracing: delivered exceptions reach on_other too
 
     def install(self) -> None: ...
 
@@ -144,6 +151,8 @@ def make_trap(
             table=table,
             on_call=on_call,
             on_other=on_other,
+            delivered=layout.delivered,
+            vbar_reg=layout.vbar_reg,
         )
         return trap
     return CtypesTrap(uc, layout, memory, table, on_call, on_other)
@@ -192,6 +201,10 @@ class CtypesTrap:
         self.table_hits = 0
         self.python_calls = 0
         self.floor: bool | int = False
+        self.report: bool | int = False
+        self._vector_regs = (ctypes.c_int * 2)(layout.pc_reg, layout.vbar_reg)
+        self._vector_vals = (ctypes.c_uint64 * 2)()
+        self._vector_ptrs = _pointers(self._vector_vals)
 
     def install(self) -> None:
         if self._installed:
@@ -222,6 +235,8 @@ class CtypesTrap:
         try:
             layout = self._layout
             if intno != layout.hvc_intno and intno != layout.smc_intno:
+                if intno < 64 and layout.delivered >> intno & 1 and not self._needs_python(intno):
+                    return
                 self._on_other(intno)
                 return
             if self.floor:
@@ -248,6 +263,14 @@ class CtypesTrap:
             if self._error is None:
                 self._error = exc
             uclib.uc_emu_stop(self._uch)
+
+    def _needs_python(self, intno: int) -> bool:
+        """As the C trap: tracing, no vectors yet, or vectors that cannot be fetched."""
+        if self.report:
+            return True
+        uclib.uc_reg_read_batch(self._uch, self._vector_regs, self._vector_ptrs, 2)
+        pc, vbar = self._vector_vals
+        return vbar == 0 or (intno == PREFETCH_ABORT and 0 <= pc - vbar < VECTORS_SIZE)
 
     def _write(self, results: Sequence[int]) -> None:
         n = min(len(results), self._nres)

@@ -1,0 +1,94 @@
+"""The controls pvkit's engine patch adds to Unicorn 2.1.4 (engine/unicorn-2.1.4-pvkit.patch).
+
+They are `uc_ctl` calls the Python binding does not know, so they go through ctypes on the
+library the binding loaded. A stock engine answers UC_ERR_ARG to all three, which is how
+`require_patched_engine` tells the two apart.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc  # type: ignore[attr-defined]
+from unicorn.unicorn_py3.unicorn import uclib
+
+# uc_control_type values appended by the patch after UC_CTL_CONTEXT_MODE (14).
+UC_CTL_CPU_EXCEPTIONS = 15
+UC_CTL_CPU_IRQ_LINE = 16
+UC_CTL_TCG_PARALLEL = 17
+_IO_WRITE, _IO_READ = 1, 2
+LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
+
+
+class EngineUnavailable(RuntimeError):
+    """The Unicorn library loaded is not pvkit's patched build."""
+
+
+def _ctl(control: int, nargs: int, rw: int) -> int:
+    return control | nargs << 26 | rw << 30  # UC_CTL() of unicorn.h
+
+
+def _handle(uc: Uc) -> ctypes.c_void_p:
+    if uc._uch is None:
+        raise ValueError("the engine is already closed")
+    handle: ctypes.c_void_p = uc._uch
+    return handle
+
+
+def _check(err: int, what: str) -> None:
+    if err:
+        raise EngineUnavailable(f"the engine refused {what} (error {err})")
+
+
+def set_cpu_exceptions(uc: Uc, mask: int) -> None:
+    """Exceptions (bit n = exception number n) the CPU takes through its own entry code."""
+    err = uclib.uc_ctl(
+        _handle(uc), _ctl(UC_CTL_CPU_EXCEPTIONS, 1, _IO_WRITE), ctypes.c_uint64(mask)
+    )
+    _check(err, "exception delivery")
+
+
+def set_parallel(uc: Uc, enable: bool) -> None:
+    """Atomic guest instructions become host atomics (engines sharing RAM across threads)."""
+    err = uclib.uc_ctl(_handle(uc), _ctl(UC_CTL_TCG_PARALLEL, 1, _IO_WRITE), ctypes.c_int(enable))
+    _check(err, "parallel translation")
+
+
+def set_irq_line(uc: Uc, line: int, level: bool) -> None:
+    """Thread-safe: set an interrupt input; a running engine takes it before its next block."""
+    err = uclib.uc_ctl(
+        _handle(uc),
+        _ctl(UC_CTL_CPU_IRQ_LINE, 2, _IO_WRITE),
+        ctypes.c_int(line),
+        ctypes.c_int(level),
+    )
+    _check(err, "an interrupt line")
+
+
+@functools.cache
+def patched_engine() -> bool:
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    mask = ctypes.c_uint64()
+    err: int = uclib.uc_ctl(uc._uch, _ctl(UC_CTL_CPU_EXCEPTIONS, 1, _IO_READ), ctypes.byref(mask))
+    return err == 0
+
+
+def require_patched_engine() -> None:
+    if not patched_engine():
+        raise EngineUnavailable(
+            "the Unicorn library loaded is a stock build, not pvkit's patched engine; "
+            "run `make` (scripts/setup-engine.sh builds and installs it)"
+        )
+
+
+def installed_engine_key() -> str | None:
+    """The build key scripts/setup-engine.sh left beside the installed engine, if any."""
+    import unicorn
+
+    marker = Path(unicorn.__file__).parent / "PVKIT_ENGINE"
+    try:
+        return marker.read_text().strip()
+    except OSError:
+        return None
