@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pvkit.cli.options import fail, parse_profile, parse_size, write_file
+from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.loader.detect import ARCHES, detect_arch
@@ -57,6 +58,7 @@ def run(
     conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
     dtb: Annotated[Path | None, typer.Option(help="arm64: also write the DTB here")] = None,
     trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
+    gic: Annotated[int, typer.Option(help="arm64: GIC version 3, or 2 (at most 8 vCPUs)")] = 3,
     cpu_vendor: Annotated[str, typer.Option(help="x86_64: intel or amd")] = "intel",
     cpuid_base: Annotated[str, typer.Option(help="x86_64: hypervisor CPUID base")] = "0x40000000",
     fix_hypercall: Annotated[
@@ -80,6 +82,7 @@ def run(
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     hub = TraceHub()
     call_stats = CallStats()
+    console = BufferedConsole()
     if stats:
         hub.attach(call_stats)
     if timeline is not None and not timeline.parent.is_dir():
@@ -96,8 +99,8 @@ def run(
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
         machine: Machine
         if chosen == "x86_64":
-            if dtb is not None or conduit != "hvc" or trap != "auto":
-                raise fail("--dtb, --conduit and --trap apply to arm64 guests only")
+            if dtb is not None or conduit != "hvc" or trap != "auto" or gic != 3:
+                raise fail("--dtb, --conduit, --trap and --gic apply to arm64 guests only")
             machine = pc_x86.PcX86(
                 pc_x86.PcConfig(
                     smp=smp,
@@ -125,6 +128,8 @@ def run(
                     profile=parse_profile(profile),
                     bootargs=append,
                     trap=trap,
+                    gic=gic,
+                    console=console,
                     disabled=frozenset(disable or ()),
                     **timing,  # type: ignore[arg-type]
                 ),
@@ -147,6 +152,11 @@ def run(
             except OSError as exc:
                 raise fail(f"cannot write trace file {trace}: {exc.strerror}") from None
             hub.attach(JsonLinesSink(stream))
+        stack.callback(console.close)
+        if isinstance(machine, virt_arm64.VirtArm64):
+            # The guest's console reads the host's stdin (raw mode on a terminal, restored
+            # on every way out); input arrives as PL011 receive interrupts.
+            stack.enter_context(HostInput(machine.uart.feed).start())
         reason = machine.run(timeout)
         hub.close()
     sys.stdout.flush()

@@ -1,36 +1,210 @@
-"""Arm PL011 UART, transmit side: enough for firmware and kernels that poll TXFF."""
+"""Arm PrimeCell PL011 UART (ARM DDI 0183): transmit, a receive FIFO and the interrupt line.
+
+Transmission is instantaneous: each byte written to UARTDR goes straight to `output`, so
+the transmit FIFO is always empty (TXFE set, TXFF and BUSY clear). Like QEMU, TXRIS is
+raised each time a byte has been sent and stays raised until UARTICR clears it; it is not
+raised at reset (the hardware raises it only once written data has left the FIFO), which
+is why Linux's amba-pl011 writes the first bytes before it unmasks TXIM.
+
+Received bytes come from `feed()` (any thread). They fill a FIFO of 32 entries (one when
+UARTLCR_H.FEN is clear); what does not fit waits in a host-side backlog, as QEMU's
+character backend holds input back, and moves in as the guest reads UARTDR. The receive
+interrupt (RXRIS) and the receive timeout (RTRIS) are raised as soon as a byte arrives,
+since Linux empties the FIFO only from its interrupt handler, and drop when the FIFO is
+empty again (or when UARTICR clears them). With UARTCR.LBE set, transmitted bytes loop
+back into the receive FIFO and host input is ignored, as on the hardware.
+
+The interrupt line is level: `irq(True)` when (RIS & IMSC) becomes non-zero, `irq(False)`
+when it becomes zero. `irq` and `output` must not call back into the device.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable
 
 from pvkit.machine.memory import Region
 
 UARTDR = 0x000
+UARTRSR = 0x004  # receive status / error clear: no errors are ever recorded here
 UARTFR = 0x018
-FR_TXFE = 1 << 7  # transmit FIFO empty: output is instantaneous here
-FR_RXFE = 1 << 4  # receive FIFO empty: no input yet
+UARTILPR = 0x020
+UARTIBRD = 0x024
+UARTFBRD = 0x028
+UARTLCR_H = 0x02C
+UARTCR = 0x030
+UARTIFLS = 0x034
+UARTIMSC = 0x038
+UARTRIS = 0x03C
+UARTMIS = 0x040
+UARTICR = 0x044
+UARTDMACR = 0x048
+
+FR_BUSY = 1 << 3
+FR_RXFE = 1 << 4  # receive FIFO empty
+FR_TXFF = 1 << 5
+FR_RXFF = 1 << 6  # receive FIFO full
+FR_TXFE = 1 << 7  # transmit FIFO empty: always, output is instantaneous
+
+INT_RX = 1 << 4  # RXIM / RXRIS
+INT_TX = 1 << 5  # TXIM / TXRIS
+INT_RT = 1 << 6  # RTIM / RTRIS (receive timeout)
+INT_ALL = 0x7FF  # RIMIM .. OEIM
+
+LCR_H_FEN = 1 << 4
+CR_LBE = 1 << 7
+CR_RESET = 0x300  # TXE | RXE
+IFLS_RESET = 0x12  # both FIFOs: half full
+
+FIFO_DEPTH = 32  # PL011 r1p5
+BACKLOG_LIMIT = 64 << 10  # host bytes waiting for FIFO room; beyond this, input is dropped
 # Peripheral and PrimeCell identification registers 0xFE0..0xFFC (PL011 r1p5).
-_ID = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
+PL011_ID = (0x11, 0x10, 0x14, 0x00, 0x0D, 0xF0, 0x05, 0xB1)
+
+_SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}
+# Registers that simply hold what was written, with the bits the TRM gives them.
+_STORED = {
+    UARTILPR: 0xFF,
+    UARTIBRD: 0xFFFF,
+    UARTFBRD: 0x3F,
+    UARTCR: 0xFFFF,
+    UARTIFLS: 0x3F,
+}
 
 
 class Pl011:
-    def __init__(self, base: int, output: Callable[[bytes], None], size: int = 0x1000):
+    def __init__(
+        self,
+        base: int,
+        output: Callable[[bytes], None],
+        size: int = 0x1000,
+        *,
+        irq: Callable[[bool], None] | None = None,
+    ) -> None:
         self.region = Region(base, size, "pl011")
         self._output = output
-        self._regs: dict[int, int] = {}
+        self._irq = irq
+        self._lock = threading.Lock()
+        self._rx: deque[int] = deque()
+        self._backlog: deque[int] = deque()
+        self._dropped = 0
+        self._lcr_h = 0
+        self._imsc = 0
+        self._ris = 0
+        self._level = False
+        self._loopback = False  # UARTCR.LBE
+        self._regs = dict.fromkeys(_STORED, 0)
+        self._regs[UARTCR] = CR_RESET
+        self._regs[UARTIFLS] = IFLS_RESET
 
+    @property
+    def dropped(self) -> int:
+        """Host input bytes thrown away because the backlog was full."""
+        return self._dropped
+
+    def feed(self, data: bytes) -> None:
+        """Input from the host side (a terminal, a pipe, a test); safe from any thread."""
+        if not data:
+            return
+        with self._lock:
+            if self._loopback:
+                return  # in loopback the receiver is cut off from the RX pin
+            room = max(0, BACKLOG_LIMIT - len(self._backlog) + self._depth() - len(self._rx))
+            self._backlog.extend(data[:room])
+            self._dropped += max(0, len(data) - room)
+            self._refill()
+            self._drive()
+
+    # -- MMIO ---------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
-        if offset == UARTFR:
-            return FR_TXFE | FR_RXFE
-        if offset == UARTDR:
+        if offset == UARTFR and size in _SIZE_MASK:  # the polled register: no lock needed
+            count = len(self._rx)
+            return FR_TXFE | (FR_RXFF if count >= self._depth() else 0) | (0 if count else FR_RXFE)
+        mask = _SIZE_MASK.get(size)
+        if mask is None or offset & 3 or not 0 <= offset < self.region.size:
             return 0
         if 0xFE0 <= offset <= 0xFFC:
-            return _ID[(offset - 0xFE0) // 4]
-        return self._regs.get(offset, 0)
+            return PL011_ID[(offset - 0xFE0) >> 2] & mask
+        with self._lock:
+            if offset == UARTDR:
+                value = self._pop()
+            elif offset == UARTLCR_H:
+                value = self._lcr_h
+            elif offset == UARTIMSC:
+                value = self._imsc
+            elif offset == UARTRIS:
+                value = self._ris
+            elif offset == UARTMIS:
+                value = self._ris & self._imsc
+            else:  # UARTRSR, UARTDMACR, UARTICR (write only) and reserved read as zero
+                value = self._regs.get(offset, 0)
+        return value & mask
 
     def write(self, offset: int, size: int, value: int) -> None:
-        if offset == UARTDR:
-            self._output(bytes((value & 0xFF,)))
-        else:
-            self._regs[offset] = value
+        if offset == UARTDR and size in _SIZE_MASK:
+            byte = value & 0xFF
+            self._output(bytes((byte,)))
+            if self._ris & INT_TX and not self._loopback:
+                return  # TXRIS already raised: nothing changes (the common case)
+            with self._lock:
+                if self._loopback and len(self._rx) < self._depth():
+                    self._rx.append(byte)
+                    self._ris |= INT_RX | INT_RT
+                self._ris |= INT_TX
+                self._drive()
+            return
+        mask = _SIZE_MASK.get(size)
+        if mask is None or offset & 3 or offset == UARTDR:
+            return
+        value &= mask
+        with self._lock:
+            if offset in _STORED:
+                self._regs[offset] = value & _STORED[offset]
+                if offset == UARTCR:
+                    self._loopback = bool(value & CR_LBE)
+                    self._refill()  # leaving loopback reconnects the host input
+            elif offset == UARTLCR_H:
+                if (self._lcr_h ^ value) & LCR_H_FEN:
+                    self._rx.clear()  # enabling or disabling the FIFOs flushes them
+                self._lcr_h = value & 0xFF
+                self._refill()
+            elif offset == UARTIMSC:
+                self._imsc = value & INT_ALL
+            elif offset == UARTICR:
+                self._ris &= ~value & INT_ALL
+            else:  # UARTFR, UARTRIS, UARTMIS are read only; UARTRSR, UARTDMACR: WI
+                return
+            self._drive()
+
+    # -- internals (callers hold the lock) ----------------------------------------------------
+    def _depth(self) -> int:
+        return FIFO_DEPTH if self._lcr_h & LCR_H_FEN else 1
+
+    def _refill(self) -> None:
+        if self._loopback:
+            return
+        depth = self._depth()
+        moved = False
+        while self._backlog and len(self._rx) < depth:
+            self._rx.append(self._backlog.popleft())
+            moved = True
+        if moved:
+            self._ris |= INT_RX | INT_RT
+
+    def _pop(self) -> int:
+        if not self._rx:
+            return 0
+        byte = self._rx.popleft()
+        self._refill()
+        if not self._rx:
+            self._ris &= ~(INT_RX | INT_RT)
+        self._drive()
+        return byte
+
+    def _drive(self) -> None:
+        level = bool(self._ris & self._imsc)
+        if level != self._level:
+            self._level = level
+            if self._irq is not None:
+                self._irq(level)

@@ -24,6 +24,21 @@ PSCI_0_1_IDS = {
 CPU_COMPATIBLE = "arm,cortex-a72"
 UART_CLOCK_HZ = 24_000_000
 _CLOCK_PHANDLE = 0x8000
+_GIC_PHANDLE = 0x8001
+# Interrupt specifiers of the GIC binding (Documentation/devicetree/bindings/
+# interrupt-controller/arm,gic*.yaml): <type number flags>.
+IRQ_TYPE_SPI, IRQ_TYPE_PPI = 0, 1
+IRQ_LEVEL_HIGH = 4
+# The arm,armv8-timer binding lists secure, non-secure, virtual and hypervisor timer PPIs
+# (INTIDs 29, 30, 27, 26 = PPIs 13, 14, 11, 10).
+TIMER_PPIS = (13, 14, 11, 10)
+
+
+@dataclass(frozen=True, slots=True)
+class GicNode:
+    compatible: str  # "arm,gic-v3" or "arm,cortex-a15-gic"
+    regs: Sequence[Region]  # distributor, then redistributor regions or the CPU interface
+    redistributor_regions: int = 0  # GICv3 only: how many of `regs` follow the distributor
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +50,10 @@ class DeviceTreeSpec:
     hypervisor_compatible: Sequence[str] = ()
     bootargs: str = ""
     reserved: Sequence[Region] = field(default_factory=tuple)
+    gic: GicNode | None = None  # with it come the timer node and device interrupts
+    uart_spi: int | None = None
+    rtc: Region | None = None
+    rtc_spi: int | None = None
 
 
 def _strings(values: Sequence[str]) -> bytes:
@@ -57,6 +76,8 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
     sw.property_string("model", "pvkit virt")
     sw.property_u32("#address-cells", 2)
     sw.property_u32("#size-cells", 2)
+    if spec.gic is not None:
+        sw.property_u32("interrupt-parent", _GIC_PHANDLE)
 
     uart_name = f"pl011@{spec.uart.base:x}"
     sw.begin_node("chosen")
@@ -122,11 +143,48 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
     sw.begin_node(uart_name)
     sw.property("compatible", _strings(("arm,pl011", "arm,primecell")))
     sw.property("reg", _reg64(spec.uart.base, spec.uart.size))
+    if spec.gic is not None and spec.uart_spi is not None:
+        sw.property("interrupts", _cells(IRQ_TYPE_SPI, spec.uart_spi, IRQ_LEVEL_HIGH))
     sw.property("clock-names", _strings(("uartclk", "apb_pclk")))
     sw.property("clocks", _cells(_CLOCK_PHANDLE, _CLOCK_PHANDLE))
     sw.end_node()
+
+    if spec.rtc is not None:
+        sw.begin_node(f"pl031@{spec.rtc.base:x}")
+        sw.property("compatible", _strings(("arm,pl031", "arm,primecell")))
+        sw.property("reg", _reg64(spec.rtc.base, spec.rtc.size))
+        if spec.gic is not None and spec.rtc_spi is not None:
+            sw.property("interrupts", _cells(IRQ_TYPE_SPI, spec.rtc_spi, IRQ_LEVEL_HIGH))
+        sw.property_string("clock-names", "apb_pclk")
+        sw.property("clocks", _cells(_CLOCK_PHANDLE))
+        sw.end_node()
+
+    if spec.gic is not None:
+        _gic_and_timer(sw, spec.gic, len(spec.mpidrs))
 
     sw.end_node()
     fdt = sw.as_fdt()
     fdt.pack()
     return bytes(fdt.as_bytearray())
+
+
+def _gic_and_timer(sw: libfdt.FdtSw, gic: GicNode, cpus: int) -> None:
+    sw.begin_node(f"intc@{gic.regs[0].base:x}")
+    sw.property_string("compatible", gic.compatible)
+    sw.property_u32("#interrupt-cells", 3)
+    sw.property("interrupt-controller", b"")
+    sw.property("reg", b"".join(_reg64(r.base, r.size) for r in gic.regs))
+    if gic.redistributor_regions > 1:
+        sw.property_u32("#redistributor-regions", gic.redistributor_regions)
+    sw.property_u32("phandle", _GIC_PHANDLE)
+    sw.end_node()
+
+    # GICv2 PPI specifiers carry a mask of the CPUs the PPI is wired to (bits 15:8).
+    flags = IRQ_LEVEL_HIGH
+    if not gic.redistributor_regions:
+        flags |= ((1 << min(cpus, 8)) - 1) << 8
+    sw.begin_node("timer")
+    sw.property_string("compatible", "arm,armv8-timer")
+    sw.property("interrupts", b"".join(_cells(IRQ_TYPE_PPI, p, flags) for p in TIMER_PPIS))
+    sw.property("always-on", b"")
+    sw.end_node()

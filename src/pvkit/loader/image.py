@@ -2,6 +2,9 @@
 
 An Image goes to a 2 MiB-aligned base plus its text_offset; like QEMU's virt board we
 use RAM + 2 MiB as the base, so the same file lands at the same address on both.
+A file that is neither an ELF file nor an Image (kvm-unit-tests' `.flat`, bare-metal
+`objcopy -O binary` output) is a raw binary: like QEMU (hw/arm/boot.c, KERNEL64_LOAD_ADDR)
+it is copied to RAM + 0x80000 and entered at its first byte.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ _HEADER = struct.Struct("<IIQQQQQQII")
 _FLAG_BIG_ENDIAN = 1
 _LEGACY_TEXT_OFFSET = 0x80000
 IMAGE_BASE_OFFSET = 2 << 20
+RAW_LOAD_OFFSET = 0x80000  # QEMU's KERNEL64_LOAD_ADDR: where a headerless kernel goes
 
 
 class ImageError(ValueError):
@@ -32,7 +36,7 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class BootImage:
-    kind: str  # "image" or "elf"
+    kind: str  # "image", "elf" or "raw"
     entry: int
     segments: tuple[Segment, ...]
 
@@ -46,6 +50,8 @@ def load_image(path: Path, ram: Region) -> BootImage:
         blob = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"cannot read guest image {path}: {exc.strerror}") from exc
+    if not blob:
+        raise ImageError(f"{path} is empty; give a kernel Image, an ELF file or a raw binary")
     if blob[:4] == b"\x7fELF":
         from pvkit.loader.elf import parse_elf
 
@@ -53,7 +59,7 @@ def load_image(path: Path, ram: Region) -> BootImage:
     elif len(blob) >= _HEADER.size and _HEADER.unpack_from(blob)[8] == IMAGE_MAGIC:
         image = parse_arm64_image(blob, ram, path)
     else:
-        raise ImageError(f"{path} is neither an arm64 Linux Image nor an ELF file")
+        image = parse_raw(blob, ram)
     for seg in image.segments:
         if not ram.contains(seg.address, seg.memsize):
             raise ImageError(
@@ -72,3 +78,9 @@ def parse_arm64_image(blob: bytes, ram: Region, path: Path) -> BootImage:
         image_size = len(blob)
     load = ram.base + IMAGE_BASE_OFFSET + text_offset
     return BootImage("image", load, (Segment(load, blob, max(image_size, len(blob))),))
+
+
+def parse_raw(blob: bytes, ram: Region) -> BootImage:
+    """A headerless binary: its bytes at RAM + 0x80000, entered at the first of them."""
+    load = ram.base + RAW_LOAD_OFFSET
+    return BootImage("raw", load, (Segment(load, blob, len(blob)),))

@@ -82,6 +82,11 @@ class Scheduler(ABC):
     def become_runnable(self, vcpu: int) -> None:
         """`vcpu` was powered on or woken, by the running vCPU or by the host."""
 
+    def wake_at(self, vcpu: int, at_ns: int) -> None:
+        """An idle `vcpu` becomes runnable at `at_ns` of its own time (a timer deadline);
+        only deterministic time needs this: a wall-clock deadline wakes it through a thread."""
+        return  # wall clock: nothing to do
+
     def slice_budget(self) -> int | None:
         """Instructions per slice when time is instructions, else None."""
         return None

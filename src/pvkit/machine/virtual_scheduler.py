@@ -27,6 +27,7 @@ class VirtualScheduler(Scheduler):
         self._slice_steal = [0] * vcpu_count
         self._running: int | None = None
         self._chosen: int | None = None
+        self._wake_at: list[int | None] = [None] * vcpu_count  # idle until a timer's time
 
     def slice_budget(self) -> int:
         return max(1, self.slice_ns // NS_PER_INSTRUCTION)
@@ -42,7 +43,7 @@ class VirtualScheduler(Scheduler):
 
     def acquire(self, vcpu: int) -> bool:
         with self._cond:
-            if self._activity[vcpu] is Activity.IDLE:
+            if self._activity[vcpu] is Activity.IDLE and self._wake_at[vcpu] is None:
                 self._make_runnable(vcpu, self._clock[vcpu])
             self._decide()
             while not self._stopping and self._chosen != vcpu:
@@ -68,6 +69,19 @@ class VirtualScheduler(Scheduler):
             self._decide()
             self._cond.notify_all()
 
+    def wake_at(self, vcpu: int, at_ns: int) -> None:
+        with self._cond:
+            if self._activity[vcpu] is not Activity.IDLE:
+                return
+            self._wake_at[vcpu] = max(at_ns, self._clock[vcpu])
+            self._decide()
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        super().resume()
+        with self._cond:
+            self._wake_at = [None] * self.vcpu_count
+
     def become_runnable(self, vcpu: int) -> None:
         with self._cond:
             if self._activity[vcpu] is not Activity.IDLE:
@@ -80,6 +94,7 @@ class VirtualScheduler(Scheduler):
 
     # -- with the lock held -------------------------------------------------------------
     def _make_runnable(self, vcpu: int, at: int) -> None:
+        self._wake_at[vcpu] = None
         self._switch(vcpu, Activity.RUNNABLE, at)
         self._clock[vcpu] = at
         self._ready_at[vcpu] = at
@@ -87,10 +102,23 @@ class VirtualScheduler(Scheduler):
     def _decide(self) -> None:
         if self._running is not None or self._chosen is not None or self._stopping:
             return
-        runnable = [v for v in range(self.vcpu_count) if self._activity[v] is Activity.RUNNABLE]
-        if not runnable:
+        # Timed sleepers compete as if runnable from their wake-up time (earliest first).
+        for v, at in enumerate(self._wake_at):
+            if at is not None and self._activity[v] is Activity.IDLE:
+                self._ready_at[v] = at
+        ready = [
+            v
+            for v in range(self.vcpu_count)
+            if self._activity[v] is Activity.RUNNABLE
+            or (self._activity[v] is Activity.IDLE and self._wake_at[v] is not None)
+        ]
+        if not ready:
             return
-        vcpu = min(runnable, key=lambda v: (self._ready_at[v], v))
+        vcpu = min(ready, key=lambda v: (self._ready_at[v], v))
+        if self._activity[vcpu] is Activity.IDLE:
+            at = self._ready_at[vcpu]
+            self._make_runnable(vcpu, at)  # its idle time ends at the deadline
+            self._ready_at[vcpu] = at
         host = min(range(self.host_cpus), key=lambda h: (self._free_at[h], h))
         start = max(self._ready_at[vcpu], self._free_at[host])
         self._switch(vcpu, Activity.RUNNING, start)  # accounts the wait as stolen time

@@ -50,9 +50,14 @@ class VirtualMachine:
         trace: TraceHub,
         scheduler: Scheduler | None = None,
         on_entry: Callable[[int], None] | None = None,
+        can_wake: Callable[[int], bool] | None = None,
+        next_deadline: Callable[[int], int | None] | None = None,
     ):
         """`scheduler` places vCPUs on host CPUs (default: one each, wall clock);
-        `on_entry(vcpu)` runs each time a vCPU is about to enter guest code."""
+        `on_entry(vcpu)` runs each time a vCPU is about to enter guest code;
+        `can_wake(vcpu)` says a device (a timer) may still end that vCPU's halt;
+        `next_deadline(vcpu)` is when that vCPU's timer fires, in its own ns: with
+        deterministic time, slices end there and a halted vCPU sleeps until then."""
         if vcpu_count < 1:
             raise ValueError("a VM needs at least one vCPU")
         self.power = [VcpuPower() for _ in range(vcpu_count)]
@@ -69,6 +74,8 @@ class VirtualMachine:
         self._reason: StopReason | None = None
         self.scheduler = scheduler or WallScheduler(vcpu_count, vcpu_count, DEFAULT_SLICE_NS)
         self._on_entry = on_entry
+        self._can_wake = can_wake
+        self._next_deadline = next_deadline
 
     @property
     def vcpu_count(self) -> int:
@@ -177,8 +184,12 @@ class VirtualMachine:
         while not self._stop.is_set():
             if not sched.acquire(index):
                 return True
+            if self._halted[index]:  # back from a deterministic sleep
+                with self._lock:
+                    self._halted[index] = False
             if budget is not None:
-                engine.begin_slice(budget)  # first: the entry hooks read the vCPU's clock
+                # first: the entry hooks read the vCPU's clock
+                engine.begin_slice(self._slice_budget(index, budget))
             if self._on_entry is not None:
                 self._on_entry(index)
             exit_ = engine.run()
@@ -196,6 +207,8 @@ class VirtualMachine:
                 if pending:
                     sched.release(index, Activity.RUNNABLE)
                     continue
+                if self._sleep_until_deadline(index):
+                    continue
             sched.release(index, Activity.IDLE)
             if kind is ExitKind.POWER_OFF:
                 self.power[index].power_off()
@@ -211,6 +224,33 @@ class VirtualMachine:
             if kind is ExitKind.FAULT:
                 self._fault(index, exit_)
             return True
+        return True
+
+    def _slice_budget(self, index: int, budget: int) -> int:
+        """Deterministic slices end at the vCPU's next timer deadline (1 ns = 1 instruction)."""
+        if self._next_deadline is None:
+            return budget
+        at = self._next_deadline(index)
+        if at is None:
+            return budget
+        return max(1, min(budget, at - self.scheduler.now_ns(index)))
+
+    def _sleep_until_deadline(self, index: int) -> bool:
+        """Deterministic time: a halted vCPU with a timer armed is idle until its deadline
+        (or an earlier wake-up) and then runs again; the scheduler picks the moment."""
+        if not self.scheduler.deterministic or self._next_deadline is None:
+            return False
+        at = self._next_deadline(index)
+        if at is None:
+            return False
+        self.scheduler.release(index, Activity.IDLE)
+        self._note("vcpu_halt", index, until=at)
+        self.scheduler.wake_at(index, at)
+        with self._lock:  # it stays "halted" so that a wake-up makes it runnable sooner
+            woken = self._wakeups[index].is_set()  # sent before it was idle: run now
+            self._wakeups[index].clear()
+        if woken:
+            self.scheduler.become_runnable(index)
         return True
 
     def _halt(self, index: int) -> bool:
@@ -263,6 +303,10 @@ class VirtualMachine:
                 ):
                     return
             halted = sum(self._halted)
+            on = [i for i, p in enumerate(self.power) if p.state is PowerState.ON]
+        # Outside the lock: a device asked here may be waking a vCPU through `wake` now.
+        if self._can_wake is not None and any(self._can_wake(i) for i in on):
+            return
         why = (
             f"{halted} vCPU(s) wait for an interrupt that nothing can raise; the rest are off"
             if halted

@@ -14,7 +14,8 @@ from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.devices.pl011 import Pl011
-from pvkit.discovery.dtb import DeviceTreeSpec, build_dtb
+from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
+from pvkit.discovery.dtb import DeviceTreeSpec, GicNode, build_dtb
 from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
@@ -32,6 +33,7 @@ from pvkit.platform.board import (
     stdout_console,
 )
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
+from pvkit.platform.virt_cpu import GIC_VERSIONS, GICV2_MAX_CPUS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.smccc_arch import ARCH_RANGES
@@ -40,6 +42,9 @@ from pvkit.trace.events import TraceHub
 RAM_BASE = 0x4000_0000
 UART_BASE = 0x0900_0000
 UART_SIZE = 0x1000
+UART_SPI = 1  # INTID 33, as on QEMU's virt
+RTC_SPI = 2  # INTID 34
+SPI_BASE = 32  # SPI n is INTID 32 + n
 MAX_VCPUS = 4096
 MAX_RAM = 255 << 30  # QEMU virt's low RAM window ends at 256 GiB
 CPUS_PER_CLUSTER = 16  # Aff0 range per Aff1 cluster, as QEMU virt with GICv3
@@ -67,6 +72,7 @@ class VirtConfig:
     deterministic: bool = False  # time from guest instructions, reproducible schedules
     slice_ns: int = DEFAULT_SLICE_NS
     record_slices: bool = False  # keep every slice (for --timeline)
+    gic: int = 3  # GIC version; 3 serves any --smp, 2 at most 8 vCPUs
 
 
 def virt_device_tree(
@@ -91,8 +97,21 @@ def virt_device_tree(
             hypervisor_compatible=config.profile.hypervisor_compatible,
             bootargs=config.bootargs,
             reserved=tuple(reserved or ()),
+            gic=gic_node(config),
+            uart_spi=UART_SPI,
+            rtc=Region(PL031_BASE, PL031_SIZE, "pl031"),
+            rtc_spi=RTC_SPI,
         )
     )
+
+
+def gic_node(config: VirtConfig) -> GicNode:
+    from pvkit.devices.arm64.gicv2 import Gicv2
+    from pvkit.devices.arm64.gicv3 import Gicv3
+
+    cls = Gicv3 if config.gic == 3 else Gicv2
+    regions = cls.regions_for(config.smp)
+    return GicNode(cls.dt_compatible, regions, len(regions) - 1 if config.gic == 3 else 0)
 
 
 def _services(config: VirtConfig) -> list[Service]:
@@ -102,6 +121,10 @@ def _services(config: VirtConfig) -> list[Service]:
 def _check(config: VirtConfig) -> None:
     if not 1 <= config.smp <= MAX_VCPUS:
         raise ConfigError(f"--smp {config.smp} is out of range (1..{MAX_VCPUS})")
+    if config.gic not in GIC_VERSIONS:
+        raise ConfigError(f"--gic {config.gic} is not 2 or 3")
+    if config.gic == 2 and config.smp > GICV2_MAX_CPUS:
+        raise ConfigError(f"GICv2 serves at most {GICV2_MAX_CPUS} vCPUs; use --gic 3")
     if config.conduit not in ("hvc", "smc"):
         raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
     if not (1 << 20) <= config.memory <= MAX_RAM or config.memory % 4096:
@@ -124,7 +147,6 @@ class VirtArm64(BoardPlatform):
         self.image = (
             image if isinstance(image, BootImage) else load_image(image, self.memory.region)
         )
-        self.uart = Pl011(UART_BASE, config.console)
         self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
         self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
 
@@ -134,6 +156,20 @@ class VirtArm64(BoardPlatform):
             config.smp, config.host_cpus, config.deterministic, config.slice_ns,
             config.record_slices,
         )  # fmt: skip
+        self.cpu_devices = VirtCpuDevices(
+            self.mpidrs, config.gic, self.scheduler, lambda vcpu: self.vm.wake(vcpu)
+        )
+        gic = self.cpu_devices.gic
+        self.uart = Pl011(
+            UART_BASE, config.console, irq=lambda level: gic.set_spi(SPI_BASE + UART_SPI, level)
+        )
+        now = self.scheduler.now_ns
+        self.rtc = Pl031(
+            PL031_BASE,
+            lambda: now(0),
+            lambda level: gic.set_spi(SPI_BASE + RTC_SPI, level),
+            epoch_s=0 if config.deterministic else None,  # the same run, the same date
+        )
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -163,7 +199,9 @@ class VirtArm64(BoardPlatform):
             self._prepare,
             self.trace,
             self.scheduler,
-            entry_hooks(self.services),
+            self._entry_hook(),
+            can_wake=self.cpu_devices.can_wake,
+            next_deadline=self.cpu_devices.next_deadline if config.deterministic else None,
         )
 
     # -- VM plumbing ---------------------------------------------------------------------
@@ -175,21 +213,51 @@ class VirtArm64(BoardPlatform):
             answers = compile_table(table, self.trap_path)
             self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))
             self.answers = answers
-        return self.vm.run(timeout)
+        try:
+            return self.vm.run(timeout)
+        finally:
+            self.cpu_devices.stop()
+
+    def _arm_rtc(self) -> None:
+        """The RTC's match interrupt comes from the wall-clock deadline thread (with
+        deterministic time it is seen at the next RTC access instead)."""
+        if not self.config.deterministic:
+            self.cpu_devices.deadlines.arm("rtc", self.rtc.next_event_ns(), self.rtc.update)
+
+    def _entry_hook(self) -> Callable[[int], None] | None:
+        """The services' per-entry updates, and with deterministic time the timers' check."""
+        services = entry_hooks(self.services)
+        if not self.config.deterministic:
+            return services
+        poll = self.cpu_devices.poll_timers
+
+        def on_entry(vcpu: int) -> None:
+            poll(vcpu)
+            if services is not None:
+                services(vcpu)
+
+        return on_entry
 
     def _engine(self, index: int) -> Arm64Engine:
         engine = Arm64Engine(
             index,
             self.mpidrs[index],
             self.memory,
-            [self.uart],
+            [
+                self.uart,
+                _RearmAfterWrite(self.rtc, self._arm_rtc),
+                *self.cpu_devices.mmio_for(index),
+            ],
             self._abi,
             self.trace,
             self.trap_path,
             self.answers,
-            clock=lambda: self.scheduler.now_ns(index),
+            sysregs=self.cpu_devices.sysregs(index),
             counting=self.scheduler.deterministic,
         )
+        if index == 0:
+            self.cpu_devices.set_cpu_id_registers(engine.read_sysreg(ID_AA64PFR0_EL1))
+        self.cpu_devices.attach(index, engine)
         if self.on_engine is not None:
             self.on_engine(engine)
         return engine
@@ -200,6 +268,7 @@ class VirtArm64(BoardPlatform):
         for seg in self.image.segments:
             self.memory.write(seg.address, seg.data)
         self.memory.write(self.dtb_address, self.dtb)
+        self.cpu_devices.start()
         return StartRequest(self.image.entry, self.dtb_address)
 
     def name_of(self, function_id: int) -> str:
@@ -220,10 +289,26 @@ class VirtArm64(BoardPlatform):
         return None
 
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
-        return False  # no interrupt controller on this board yet
+        return False  # x86 vectors: SGIs and SPIs come from the GIC's own registers
 
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):
             return None
         fn = self.namespace.lookup(function_id)
         return fn.feature if fn is not None else 0
+
+
+class _RearmAfterWrite:
+    """An MMIO device whose writes may move a deadline the board must re-arm."""
+
+    def __init__(self, device: Pl031, rearm: Callable[[], None]):
+        self.region = device.region
+        self._device = device
+        self._rearm = rearm
+
+    def read(self, offset: int, size: int) -> int:
+        return self._device.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self._device.write(offset, size, value)
+        self._rearm()

@@ -1,0 +1,1 @@
+"""Arm64 board devices: the GICv2 and GICv3 interrupt controllers."""
