@@ -13,6 +13,7 @@ import pytest
 
 from pvkit.devices.arm64 import gicv3 as v3
 from pvkit.devices.arm64.gicv3 import Gicv3
+from pvkit.devices.base import MmioDevice
 
 ARE, DS, EN0, EN1 = 1 << 4, 1 << 6, 1 << 0, 1 << 1
 GICD_CTLR, GICD_TYPER, GICD_IIDR = 0x0, 0x4, 0x8
@@ -37,10 +38,9 @@ def mpidr(i: int) -> int:
     return ((i // 16) << 8) | (i % 16)
 
 
-def make(n: int = 2, **kw: object) -> tuple[Gicv3, Outputs, Outputs]:
+def make(n: int = 2) -> tuple[Gicv3, Outputs, Outputs]:
     irq, fiq = Outputs(), Outputs()
-    gic = Gicv3([mpidr(i) for i in range(n)], irq, signal_fiq=fiq, **kw)  # type: ignore[arg-type]
-    return gic, irq, fiq
+    return Gicv3([mpidr(i) for i in range(n)], irq, signal_fiq=fiq), irq, fiq
 
 
 def gicd(gic: Gicv3, off: int, value: int | None = None, size: int = 4) -> int:
@@ -51,10 +51,10 @@ def gicd(gic: Gicv3, off: int, value: int | None = None, size: int = 4) -> int:
     return 0
 
 
-def frames(gic: Gicv3) -> dict[int, tuple[object, int]]:
+def frames(gic: Gicv3) -> dict[int, tuple[MmioDevice, int]]:
     """Find each vCPU's RD_base as Linux's gic_iterate_rdists() does: walk frames of 128 KiB
     until GICR_TYPER.Last, matching GICR_TYPER[63:32] with the packed affinity."""
-    found: dict[int, tuple[object, int]] = {}
+    found: dict[int, tuple[MmioDevice, int]] = {}
     for dev in gic.mmio_for(0)[1:]:
         off = 0
         while True:
@@ -71,8 +71,8 @@ def frames(gic: Gicv3) -> dict[int, tuple[object, int]]:
 def gicr(gic: Gicv3, vcpu: int, off: int, value: int | None = None, size: int = 4) -> int:
     dev, base = frames(gic)[vcpu]
     if value is None:
-        return dev.read(base + off, size)  # type: ignore[attr-defined,no-any-return]
-    dev.write(base + off, size, value)  # type: ignore[attr-defined]
+        return dev.read(base + off, size)
+    dev.write(base + off, size, value)
     return 0
 
 
@@ -107,7 +107,7 @@ def spi_setup(gic: Gicv3, intid: int, prio: int = 0xA0, edge: bool = False) -> N
     gicd(gic, GICD_ISENABLER + intid // 32 * 4, 1 << (intid % 32))
 
 
-# --- identification and discovery (IHI 0069 §12.9, §12.10) ----------------------------------
+# --- identification and discovery (IHI 0069 GICD_*, GICR_* registers) ---------------------
 
 
 def test_gicd_typer_has_itlinesnumber_idbits_9_and_no_lpis_or_security_extension() -> None:
@@ -147,10 +147,10 @@ def test_gicr_typer_has_affinity_processor_number_and_last_in_each_of_qemus_two_
     found = frames(gic)
     assert sorted(found) == list(range(130))
     dev1, off1 = found[123]
-    assert dev1.region.base == 0x40_0000_0000 and off1 == 0  # type: ignore[attr-defined]
+    assert dev1.region.base == 0x40_0000_0000 and off1 == 0
     dev0, off0 = found[122]
-    assert dev0.read(off0 + GICR_TYPER, 4) & 1 << 4  # type: ignore[attr-defined]
-    assert found[129][0].read(found[129][1] + GICR_TYPER, 4) & 1 << 4  # type: ignore[attr-defined]
+    assert dev0.read(off0 + GICR_TYPER, 4) & 1 << 4
+    assert found[129][0].read(found[129][1] + GICR_TYPER, 4) & 1 << 4
     hi = gicr(gic, 17, GICR_TYPER + 4)
     lo = gicr(gic, 17, GICR_TYPER)
     assert hi == 0x0000_0101 and (lo >> 8) & 0xFFFF == 17
@@ -163,7 +163,9 @@ def test_only_one_redistributor_region_when_the_vcpus_fit_below_the_uart() -> No
 
 def test_too_many_vcpus_for_the_redistributor_regions_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="redistributors"):
-        Gicv3([mpidr(i) for i in range(4)], Outputs(), redistributor_regions=[(0x080A_0000, 0x6_0000)])
+        Gicv3(
+            [mpidr(i) for i in range(4)], Outputs(), redistributor_regions=[(0x080A_0000, 0x6_0000)]
+        )
     with pytest.raises(ValueError, match="same MPIDR"):
         Gicv3([0, 0], Outputs())
 
@@ -178,7 +180,7 @@ def test_gicr_waker_processor_sleep_children_asleep_handshake() -> None:
     assert gicr(gic, 1, GICR_WAKER) == 0b110  # each redistributor has its own
 
 
-# --- CPU interface system registers (IHI 0069 §12.2) ---------------------------------------
+# --- CPU interface system registers (IHI 0069 ICC_*_EL1) ------------------------------------
 
 
 def test_icc_sre_el1_has_sre_dfb_dib_fixed_at_one() -> None:
@@ -383,7 +385,7 @@ def test_eoimode_1_splits_priority_drop_from_deactivation_by_icc_dir() -> None:
     assert gicd(gic, GICD_ISACTIVER + 4) == 0
 
 
-# --- SGIs, PPIs and routing (IHI 0069 §2.2, §12.2 ICC_SGI1R_EL1, §12.9 GICD_IROUTER) -------
+# --- SGIs, PPIs and routing (IHI 0069 §2.2, ICC_SGI1R_EL1, GICD_IROUTER) -------------------
 
 
 def test_icc_sgi1r_targets_aff3_aff2_aff1_and_the_target_list() -> None:

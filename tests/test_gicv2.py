@@ -73,7 +73,7 @@ def linux_init(views: list[View]) -> None:
 
 
 def test_gicd_typer_reports_cpus_and_lines_and_is_read_only_like_icpidr2() -> None:
-    gic, (v0, _, _), _, _ = make(3)
+    _gic, (v0, _, _), _, _ = make(3)
     typer = v0.gicd(TYPER)
     assert typer & 0x1F == 8 and (typer >> 5) & 7 == 2 and not typer & 1 << 10
     for off in (TYPER, IIDR, 0xFE8):
@@ -90,7 +90,7 @@ def test_more_than_8_cpus_is_refused() -> None:
 
 
 def test_itargetsr0_to_7_read_the_accessing_cpus_own_bit_for_linux_cpumask() -> None:
-    gic, views, _, _ = make(4)
+    _gic, views, _, _ = make(4)
     assert views[2].gicd(ITARGETSR) == 0x0404_0404
     assert views[3].gicd(ITARGETSR + 28) == 0x0808_0808
     views[2].gicd(ITARGETSR, 0)
@@ -98,7 +98,7 @@ def test_itargetsr0_to_7_read_the_accessing_cpus_own_bit_for_linux_cpumask() -> 
 
 
 def test_itargetsr_masks_bits_of_missing_cpus_is_byte_accessible_and_raz_wi_beyond() -> None:
-    gic, (v0, _), _, _ = make(2)
+    _gic, (v0, _), _, _ = make(2)
     v0.gicd(ITARGETSR + 32, 0x0103_020F)
     assert v0.gicd(ITARGETSR + 32) == 0x0103_0203
     v0.gicd(ITARGETSR + 34, 0x1F, size=1)
@@ -110,7 +110,7 @@ def test_itargetsr_masks_bits_of_missing_cpus_is_byte_accessible_and_raz_wi_beyo
 
 
 def test_ipriorityr_implements_5_bits_like_kvm_unit_tests_checks() -> None:
-    gic, (v0, _), _, _ = make()
+    _gic, (v0, _), _, _ = make()
     v0.gicd(IPRIORITYR + 32, 0xFFFF_FFFF)
     assert v0.gicd(IPRIORITYR + 32) == 0xF8F8_F8F8
     v0.gicd(IPRIORITYR + 32, 0xFF7F_BF3F)
@@ -120,7 +120,7 @@ def test_ipriorityr_implements_5_bits_like_kvm_unit_tests_checks() -> None:
 
 
 def test_an_spi_targeting_two_cpus_goes_to_whichever_acknowledges_first() -> None:
-    gic, (v0, v1), irq, _ = make()
+    gic, (v0, v1), _, _ = make()
     linux_init([v0, v1])
     v0.gicd(ITARGETSR + SPI, 0x03, size=1)
     v0.gicd(ISENABLER + 4, 1 << (SPI - 32))
@@ -151,7 +151,7 @@ def test_gicd_sgir_target_list_filters_and_iar_reports_the_source_cpu() -> None:
 
 
 def test_sgi_pending_is_kept_per_source_and_set_or_cleared_by_s_cpendsgir() -> None:
-    gic, (v0, v1, v2), _, _ = make(3)
+    _gic, (v0, v1, v2), _, _ = make(3)
     linux_init([v0, v1, v2])
     v1.gicd(SGIR, 1 << 16 | 3)
     v2.gicd(SGIR, 1 << 16 | 3)
@@ -167,7 +167,7 @@ def test_sgi_pending_is_kept_per_source_and_set_or_cleared_by_s_cpendsgir() -> N
 
 
 def test_ispendr0_and_icpendr0_sgi_bits_are_read_only() -> None:
-    gic, (v0, _), _, _ = make()
+    _gic, (v0, _), _, _ = make()
     v0.gicd(ISPENDR, 0xFFFF_FFFF)
     assert v0.gicd(ISPENDR) == 0xFFFF_0000  # PPIs latch, SGIs cannot be set this way
     v0.gicd(SPENDSGIR, 0x01)
@@ -217,7 +217,7 @@ def test_eoimode_splits_the_drop_and_gicc_dir_deactivates() -> None:
 
 
 def test_gicc_bpr_and_abpr_minimums() -> None:
-    gic, (v0, _), _, _ = make()
+    _gic, (v0, _), _, _ = make()
     v0.gicc(GICC_BPR, 0)
     v0.gicc(0x1C, 0)
     assert v0.gicc(GICC_BPR) == 2 and v0.gicc(0x1C) == 3

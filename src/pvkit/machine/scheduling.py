@@ -87,6 +87,14 @@ class Scheduler(ABC):
         only deterministic time needs this: a wall-clock deadline wakes it through a thread."""
         return  # wall clock: nothing to do
 
+    def horizon_ns(self, vcpu: int) -> int | None:
+        """Deterministic time: how far `vcpu` may run before another vCPU is due."""
+        return None
+
+    def running_vcpu(self) -> int | None:
+        """The one vCPU executing now, when only one executes at a time (deterministic)."""
+        return None
+
     def slice_budget(self) -> int | None:
         """Instructions per slice when time is instructions, else None."""
         return None

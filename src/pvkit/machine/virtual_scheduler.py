@@ -32,6 +32,22 @@ class VirtualScheduler(Scheduler):
     def slice_budget(self) -> int:
         return max(1, self.slice_ns // NS_PER_INSTRUCTION)
 
+    def running_vcpu(self) -> int | None:
+        with self._cond:
+            return self._running
+
+    def horizon_ns(self, vcpu: int) -> int | None:
+        """When the next other vCPU is ready to run (runnable, or asleep until a deadline):
+        `vcpu` may run until then without getting ahead of anyone."""
+        with self._cond:
+            times = [
+                self._ready_at[v]
+                for v in range(self.vcpu_count)
+                if v != vcpu and self._activity[v] is Activity.RUNNABLE
+            ]
+            times += [at for v, at in enumerate(self._wake_at) if at is not None and v != vcpu]
+            return min(times, default=None)
+
     def now_ns(self, vcpu: int) -> int:
         if self._activity[vcpu] is Activity.RUNNING:
             executed = self._executed[vcpu]()

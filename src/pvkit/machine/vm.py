@@ -37,6 +37,7 @@ class StopReason:
 
 
 _KICK_INTERVAL_S = 0.001
+MIN_QUANTUM = 10_000  # instructions a deterministic slice runs at least (but for deadlines)
 
 
 class VirtualMachine:
@@ -227,13 +228,17 @@ class VirtualMachine:
         return True
 
     def _slice_budget(self, index: int, budget: int) -> int:
-        """Deterministic slices end at the vCPU's next timer deadline (1 ns = 1 instruction)."""
-        if self._next_deadline is None:
-            return budget
-        at = self._next_deadline(index)
-        if at is None:
-            return budget
-        return max(1, min(budget, at - self.scheduler.now_ns(index)))
+        """A deterministic slice (1 ns = 1 instruction) ends at the vCPU's next timer
+        deadline, and no later than another vCPU is due (but runs a minimum quantum), so
+        a vCPU that spins waiting for another does not burn a whole slice ahead of it."""
+        now = self.scheduler.now_ns(index)
+        horizon = self.scheduler.horizon_ns(index)
+        if horizon is not None:
+            budget = min(budget, max(MIN_QUANTUM, horizon - now))
+        at = self._next_deadline(index) if self._next_deadline is not None else None
+        if at is not None:
+            budget = min(budget, at - now)
+        return max(1, budget)
 
     def _sleep_until_deadline(self, index: int) -> bool:
         """Deterministic time: a halted vCPU with a timer armed is idle until its deadline
@@ -273,6 +278,11 @@ class VirtualMachine:
             self._wakeups[index].set()
         if halted:
             self.scheduler.become_runnable(index)
+            waker = self.scheduler.running_vcpu()
+            if waker is not None and waker != index:
+                # Deterministic time runs one vCPU at a time: the waker's slice ends here
+                # (at an exact instruction count) so the woken vCPU's answer comes soon.
+                self.kick(waker)
         return halted
 
     def post_interrupt(self, index: int, vector: int) -> None:

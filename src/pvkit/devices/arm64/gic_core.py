@@ -3,8 +3,9 @@
 Arm IHI 0069 (GICv3/v4) and IHI 0048 (GICv2); one Security state (GICv3 GICD_CTLR.DS == 1,
 GICv2 without Security Extensions), as QEMU's `virt` under TCG without EL3; no LPIs.
 State lives in bitmaps (bit n = INTID n): a `Bank` per vCPU for the banked INTIDs 0-31, one
-shared `Bank` for the SPIs. Every mutation ends in `update()`, which recomputes each vCPU's
-highest-priority pending interrupt (HPPI) and IRQ/FIQ outputs. Everything here runs under
+shared `Bank` for the SPIs. Each entry point (MMIO write, MSR, acknowledge, line change) ends
+in one `update()`, which recomputes each vCPU's highest-priority pending interrupt (HPPI) and
+its IRQ/FIQ outputs. Everything here runs under
 `GicCore.lock`, taken by the register frames and the public methods, never in here.
 """
 
@@ -35,7 +36,7 @@ ROUTE_ANY = -1  # an SPI routed 1-of-N (GICD_IROUTER.Interrupt_Routing_Mode == 1
 # Indices into Bank.bits.
 ENABLED, LATCH, LEVEL, EDGE, ACTIVE, GROUP = range(6)
 # The set/clear registers at 0x080-0x3FF, laid out alike in GICD (v2 and v3) and GICR SGI_base
-# (IHI 0069 §12 register maps, IHI 0048 §4.1): IGROUPR, IS/ICENABLER, IS/ICPENDR, IS/ICACTIVER.
+# (IHI 0069 GICD/GICR maps, IHI 0048 §4.1): IGROUPR, IS/ICENABLER, IS/ICPENDR, IS/ICACTIVER.
 _BLOCKS = {1: GROUP, 2: ENABLED, 3: ENABLED, 4: LATCH, 5: LATCH, 6: ACTIVE, 7: ACTIVE}
 SGI_EDGE = 0xFFFF  # SGIs are always edge-triggered (IHI 0069 GICR_ICFGR0 is read-only)
 
@@ -100,12 +101,7 @@ class GicCore:
     """Interrupt state for `ncpus` CPU interfaces and 32 + `spis` INTIDs."""
 
     def __init__(
-        self,
-        ncpus: int,
-        spis: int,
-        signal_irq: Signal,
-        signal_fiq: Signal | None,
-        group0_fiq: bool,
+        self, ncpus: int, spis: int, signal_irq: Signal, signal_fiq: Signal | None, group0_fiq: bool
     ) -> None:
         if ncpus < 1:
             raise ValueError("a GIC needs at least one CPU interface")
@@ -160,8 +156,6 @@ class GicCore:
         b = self.private[cpu].bits
         b[LATCH] = b[LATCH] | 1 << sgi if self.sgi_src[cpu][sgi] else b[LATCH] & ~(1 << sgi)
 
-    # --- the 32-INTIDs-per-word registers ------------------------------------------------
-
     def _word(self, cpu: int, n: int) -> tuple[Bank, int, int]:
         """Bank, bit shift and implemented-INTID mask of register word n (INTIDs 32n..)."""
         if n == 0:
@@ -197,7 +191,6 @@ class GicCore:
             b[kind] |= bits
         else:
             b[kind] &= ~bits
-        self.update()
 
     def prio_read(self, cpu: int, first: int) -> int:
         """Four IPRIORITYR bytes for INTIDs first..first+3 (RAZ beyond the last INTID)."""
@@ -208,7 +201,6 @@ class GicCore:
         for i in range(4):
             if mask >> (8 * i) & 0xFF and first + i < self.nirqs:
                 self.bank(cpu, first + i).prio[first + i] = (value >> (8 * i)) & PRI_MASK
-        self.update()
 
     def cfg_read(self, cpu: int, m: int) -> int:
         """ICFGR word m: Int_config[1] of each of INTIDs 16m..16m+15 is 1 for edge."""
@@ -221,9 +213,6 @@ class GicCore:
             if 16 <= intid < self.nirqs and mask >> (2 * k + 1) & 1:
                 b, bit = self.bank(cpu, intid).bits, 1 << intid
                 b[EDGE] = b[EDGE] | bit if value >> (2 * k + 1) & 1 else b[EDGE] & ~bit
-        self.update()
-
-    # --- priorities (IHI 0069 §4.8 interrupt prioritization; IHI 0048 §3.3) ------------
 
     @staticmethod
     def group_mask(cpu: CpuInterface, group: int) -> int:
@@ -245,15 +234,14 @@ class GicCore:
         return 0 if not a1 or (a0 and (a0 & -a0) <= (a1 & -a1)) else 1
 
     def can_preempt(self, cpu: CpuInterface, hppi: tuple[int, int, int]) -> bool:
-        """Priority beats the mask and, by group priority, the running priority."""
+        """Priority beats the mask and, by group priority, the running priority (IHI 0069
+        §4.8 interrupt prioritization, IHI 0048 §3.3)."""
         prio, _, group = hppi
         if prio >= cpu.pmr:
             return False
         running = self.running_priority(cpu)
         mask = self.group_mask(cpu, group)
         return running == IDLE_PRIORITY or (prio & mask) < (running & mask)
-
-    # --- acknowledge, end of interrupt, deactivate --------------------------------------
 
     def acknowledge(self, c: int, groups: tuple[int, ...]) -> tuple[int, int] | None:
         """Take the HPPI if it is of one of `groups` and may preempt: (INTID, SGI source)."""
@@ -285,13 +273,11 @@ class GicCore:
         apr = cpu.apr[active_group]
         cpu.apr[active_group] = apr & (apr - 1)
         if deactivate:
-            self.bank(c, intid).bits[ACTIVE] &= ~(1 << intid)
-        self.update()
+            self.deactivate(c, intid)
 
     def deactivate(self, c: int, intid: int) -> None:
         if intid < self.nirqs:
             self.bank(c, intid).bits[ACTIVE] &= ~(1 << intid)
-            self.update()
 
     @staticmethod
     def _of_groups(group_bits: int, groups: int) -> int:
@@ -370,12 +356,10 @@ class GicLines:
 
 
 class RegisterFrame:
-    """An MMIO frame of 32-bit registers: decodes accesses of any offset, size and value.
-
-    Word accesses reach every register; 64-bit accesses only the 64-bit registers (as two
-    words, low first); byte and halfword accesses only the byte-accessible ones (IHI 0069
-    §12.1, IHI 0048 §4.1). Everything else, and anything misaligned or outside the frame, is
-    RAZ/WI. Subclasses implement `_rd(offset)` and `_wr(offset, value, bytemask)`.
+    """MMIO frame of 32-bit registers, for any offset, size and value: words reach every
+    register, 64-bit accesses only 64-bit registers (two words, low first), bytes and
+    halfwords only byte-accessible ones (IHI 0069 chapter 12, IHI 0048 §4.1); all else,
+    misaligned or outside the frame is RAZ/WI. Subclasses give `_rd(off)`, `_wr(off, value, mask)`.
     """
 
     def __init__(self, region: Region, core: GicCore) -> None:
@@ -404,9 +388,8 @@ class RegisterFrame:
             if size == 4:
                 return self._rd(offset) & M32
             if size == 8:
-                if not self._is_wide(offset):
-                    return 0
-                return (self._rd(offset) & M32) | (self._rd(offset + 4) & M32) << 32
+                wide = self._is_wide(offset)
+                return (self._rd(offset) & M32) | (self._rd(offset + 4) & M32) << 32 if wide else 0
             if not self._is_bytewise(offset):
                 return 0
             shift = (offset & 3) * 8
@@ -419,10 +402,10 @@ class RegisterFrame:
         with self._core.lock:
             if size == 4:
                 self._wr(offset, value, M32)
-            elif size == 8:
-                if self._is_wide(offset):
-                    self._wr(offset, value & M32, M32)
-                    self._wr(offset + 4, value >> 32, M32)
-            elif self._is_bytewise(offset):
+            elif size == 8 and self._is_wide(offset):
+                self._wr(offset, value & M32, M32)
+                self._wr(offset + 4, value >> 32, M32)
+            elif size < 4 and self._is_bytewise(offset):
                 shift = (offset & 3) * 8
                 self._wr(offset & ~3, value << shift, ((1 << (8 * size)) - 1) << shift)
+            self._core.update()

@@ -111,7 +111,6 @@ class _Distributor(RegisterFrame):
                     core.unpend_sgi(c, first + i, sources)
                 else:
                     core.pend_sgi(c, first + i, sources)
-        core.update()
 
     def _sgir(self, value: int, cpus: int) -> None:
         """GICD_SGIR: SGIINTID [3:0], CPUTargetList [23:16], TargetListFilter [25:24]."""
@@ -190,7 +189,6 @@ class _CpuInterface(RegisterFrame):
             cpu.apr[0 if off == 0xD0 else 1] = value & M32
         elif off == 0x1000 and ctlr & C_EOIMODE_S:  # GICC_DIR, only with split EOI
             core.deactivate(c, value & 0x3FF)
-        core.update()
 
 
 class Gicv2(GicLines):

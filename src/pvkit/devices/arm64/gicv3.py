@@ -2,7 +2,7 @@
 
 Arm IHI 0069 (GICv3/v4). One security state (GICD_CTLR.DS == 1, as QEMU under TCG without
 EL3), affinity routing always on (GICD_CTLR.ARE RAO/WI), no LPIs or ITS. Group 0 interrupts
-are signalled as FIQ and Group 1 as IRQ (IHI 0069 §4.6, single Security state).
+are signalled as FIQ and Group 1 as IRQ (IHI 0069 chapter 4, single Security state).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ IIDR = 0x43B
 _GICD_IDS = (0x44, 0, 0, 0, 0x92, 0xB4, 0x3B, 0, 0x0D, 0xF0, 0x05, 0xB1)
 _GICR_IDS = (0x44, 0, 0, 0, 0x93, 0xB4, 0x3B, 0, 0x0D, 0xF0, 0x05, 0xB1)
 
-# ICC_* encodings, IHI 0069 §12.2 and Linux arch/arm64/include/asm/sysreg.h (they agree).
+# ICC_* encodings: IHI 0069's register descriptions and Linux arch/arm64/include/asm/sysreg.h
+# agree.
 ICC_PMR_EL1 = (3, 0, 4, 6, 0)
 ICC_IAR0_EL1 = (3, 0, 12, 8, 0)
 ICC_EOIR0_EL1 = (3, 0, 12, 8, 1)
@@ -92,7 +93,7 @@ def _layout(ncpus: int, regions: Sequence[tuple[int, int]]) -> list[tuple[Region
 
 
 class _Distributor(RegisterFrame):
-    """GICD (IHI 0069 §12.9) with ARE == 1: SGI/PPI registers are RAZ/WI here."""
+    """GICD (IHI 0069 GICD_* registers) with ARE == 1: SGI/PPI registers are RAZ/WI here."""
 
     def __init__(self, gic: Gicv3) -> None:
         super().__init__(Region(GICD_BASE, GICD_SIZE, "gicv3-gicd"), gic._core)
@@ -130,7 +131,6 @@ class _Distributor(RegisterFrame):
         core = self._core
         if off == 0x0000:
             core.dist_groups = value & 3  # EnableGrp0, EnableGrp1 (DS == 1 layout)
-            core.update()
         elif 0x080 <= off < 0x400 and off % 0x80 >= 4:
             core.bitmap_write(0, off, value, mask, sgi_pend=True)
         elif 0x420 <= off < 0x800:
@@ -143,11 +143,10 @@ class _Distributor(RegisterFrame):
                 old = self._gic.irouter[n]
                 self._gic.irouter[n] = (old & ~(M32 << shift) | value << shift) & IROUTER_MASK
                 core.route[n] = self._gic.route_of(self._gic.irouter[n])
-                core.update()
 
 
 class _Redistributors(RegisterFrame):
-    """One region of GICR frames (IHI 0069 §12.10, §12.11): RD_base then SGI_base per vCPU."""
+    """One region of GICR frames (IHI 0069 GICR_* registers): RD_base then SGI_base per vCPU."""
 
     def __init__(self, gic: Gicv3, region: Region, cpus: list[int]) -> None:
         super().__init__(region, gic._core)
@@ -224,7 +223,7 @@ class Gicv3(GicLines):
         if len(self._by_aff) != len(self.mpidrs):
             raise ValueError("two vCPUs have the same MPIDR affinity")
         self._core = core = GicCore(len(self.mpidrs), spis, signal, signal_fiq, group0_fiq=True)
-        # Range selector support is needed only if some Aff0 is above 15 (IHI 0069 §12.2).
+        # Range selector support (ICC_SGI1R_EL1.RS) is needed only if some Aff0 is above 15.
         self._rss = any(m & 0xFF > 15 for m in self.mpidrs)
         # GICD_TYPER: ITLinesNumber, CPUNumber, IDbits = 9 (10-bit INTIDs), A3V, RSS.
         self.typer = (-(-core.nirqs // 32) - 1) | (min(core.ncpus, 8) - 1) << 5
