@@ -18,6 +18,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 UC_CTL_CPU_EXCEPTIONS = 15
 UC_CTL_CPU_IRQ_LINE = 16
 UC_CTL_TCG_PARALLEL = 17
+UC_CTL_STOP_AT_BLOCK = 18
 _IO_WRITE, _IO_READ = 1, 2
 LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
 
@@ -54,6 +55,13 @@ def set_parallel(uc: Uc, enable: bool) -> None:
     """Atomic guest instructions become host atomics (engines sharing RAM across threads)."""
     err = uclib.uc_ctl(_handle(uc), _ctl(UC_CTL_TCG_PARALLEL, 1, _IO_WRITE), ctypes.c_int(enable))
     _check(err, "parallel translation")
+
+
+def set_stop_at_block(uc: Uc, enable: bool) -> None:
+    """Stops (kicks, slice ends) take effect at a block start, never by replaying the
+    last load or store, which a device register would see twice."""
+    err = uclib.uc_ctl(_handle(uc), _ctl(UC_CTL_STOP_AT_BLOCK, 1, _IO_WRITE), ctypes.c_int(enable))
+    _check(err, "stopping at block starts")
 
 
 def set_irq_line(uc: Uc, line: int, level: bool) -> None:

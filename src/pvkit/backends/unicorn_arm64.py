@@ -88,6 +88,7 @@ class Arm64Engine(UnicornVcpu):
             )
         self._configure_els(uc, mpidr, hypervisor=port is not None)
         uc_controls.set_parallel(uc, True)  # LDXR/STXR and LSE atomics across vCPU threads
+        uc_controls.set_stop_at_block(uc, True)  # MMIO accesses happen exactly once
         uc_controls.set_cpu_exceptions(uc, _DELIVERED)
         layout = TrapLayout(
             argument_regs=_X[: port.argument_count] if port else _X[:1],

@@ -27,6 +27,7 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
 )
 from unicorn import x86_const as r
 
+from pvkit.backends import uc_controls
 from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
@@ -97,6 +98,7 @@ class X86Engine(UnicornVcpu):
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        uc_controls.set_stop_at_block(uc, True)  # kicks never replay an MMIO access
         for dev in devices:
             uc.mmio_map(
                 dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
