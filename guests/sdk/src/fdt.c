@@ -192,3 +192,113 @@ const char *fdt_bootargs(const void *fdt)
     const char *args = chosen >= 0 ? fdt_prop(fdt, chosen, "bootargs", &len) : 0;
     return args && len > 0 && args[len - 1] == 0 ? args : 0;
 }
+
+int fdt_find_compatible(const void *fdt, const char *compat, int *parent)
+{
+    enum { MAX_DEPTH = 16 };
+    int stack[MAX_DEPTH];
+    int depth = 0, off = 0;
+    const char *name;
+    const uint8_t *val;
+    uint32_t len;
+    if (fdt_check(fdt))
+        return -1;
+    for (;;) {
+        int here = off;
+        uint32_t tok = next_token(fdt, &off, &name, &val, &len);
+        if (tok == FDT_BEGIN_NODE) {
+            if (depth == MAX_DEPTH)
+                return -1;
+            stack[depth++] = here;
+            if (fdt_prop_has_string(fdt, here, "compatible", compat)) {
+                if (parent)
+                    *parent = depth >= 2 ? stack[depth - 2] : -1;
+                return here;
+            }
+        } else if (tok == FDT_END_NODE) {
+            if (--depth <= 0)
+                return -1;
+        } else if (tok != FDT_PROP) {
+            return -1;
+        }
+    }
+}
+
+static uint32_t cells(const void *fdt, int node, const char *name, uint32_t dflt)
+{
+    uint32_t len;
+    const void *p = fdt_prop(fdt, node, name, &len);
+    return p && len == 4 ? fdt_be32(p) : dflt;
+}
+
+int fdt_reg(const void *fdt, int parent, int node, int index, uint64_t *addr, uint64_t *size)
+{
+    uint32_t ac = cells(fdt, parent, "#address-cells", 2);
+    uint32_t sc = cells(fdt, parent, "#size-cells", 1);
+    uint32_t len;
+    const uint8_t *reg = fdt_prop(fdt, node, "reg", &len);
+    if (!reg || ac < 1 || ac > 2 || sc > 2 || index < 0)
+        return -1;
+    uint32_t entry = 4 * (ac + sc);
+    if ((uint64_t)(index + 1) * entry > len)
+        return -1;
+    reg += (uint32_t)index * entry;
+    uint64_t a = 0, s = 0;
+    for (uint32_t i = 0; i < ac; i++)
+        a = a << 32 | fdt_be32(reg + 4 * i);
+    for (uint32_t i = 0; i < sc; i++)
+        s = s << 32 | fdt_be32(reg + 4 * (ac + i));
+    *addr = a;
+    if (size)
+        *size = s;
+    return 0;
+}
+
+uint64_t bootarg_uint(const char *args, const char *key, uint64_t dflt)
+{
+    for (const char *p = args; p && *p; p++) {
+        if (p != args && p[-1] != ' ')
+            continue;
+        uint32_t n = 0;
+        while (key[n] && p[n] == key[n])
+            n++;
+        if (key[n] || p[n] != '=')
+            continue;
+        const char *s = p + n + 1;
+        unsigned base = 10;
+        if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+            base = 16;
+            s += 2;
+        }
+        uint64_t v = 0;
+        int digits = 0;
+        for (;; s++, digits++) {
+            unsigned d;
+            if (*s >= '0' && *s <= '9')
+                d = (unsigned)(*s - '0');
+            else if (base == 16 && *s >= 'a' && *s <= 'f')
+                d = (unsigned)(*s - 'a' + 10);
+            else if (base == 16 && *s >= 'A' && *s <= 'F')
+                d = (unsigned)(*s - 'A' + 10);
+            else
+                break;
+            v = v * base + d;
+        }
+        return digits && (*s == 0 || *s == ' ') ? v : dflt;
+    }
+    return dflt;
+}
+
+int bootarg_has(const char *args, const char *word)
+{
+    for (const char *p = args; p && *p; p++) {
+        if (p != args && p[-1] != ' ')
+            continue;
+        uint32_t n = 0;
+        while (word[n] && p[n] == word[n])
+            n++;
+        if (!word[n] && (p[n] == 0 || p[n] == ' '))
+            return 1;
+    }
+    return 0;
+}

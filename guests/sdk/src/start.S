@@ -1,4 +1,4 @@
-/* arm64 Image header (Documentation/arm64/booting.rst), entry points and exception vectors. */
+/* arm64 Image header (Documentation/arm64/booting.rst) and entry points; vectors are in vectors.S. */
 #include "asm.h"
         .section .text.head, "ax"
         .globl _head
@@ -16,6 +16,7 @@ _head:
         .globl  _start
 _start:                                 /* x0 = DTB, MMU off, EL1 */
         mov     x19, x0
+        msr     tpidr_el1, xzr          /* cpu_index() of the boot CPU */
         adr_l   x1, vectors
         msr     vbar_el1, x1
         isb
@@ -35,6 +36,7 @@ _start:                                 /* x0 = DTB, MMU off, EL1 */
         .balign 8
 secondary_entry:                        /* x0 = context id = CPU index */
         mov     x19, x0
+        msr     tpidr_el1, x0           /* cpu_index() */
         adr_l   x1, vectors
         msr     vbar_el1, x1
         isb
@@ -63,18 +65,3 @@ halt:   wfi
 read_mpidr:
         mrs     x0, mpidr_el1
         ret
-
-/* Every vector reports and halts: pvkit injects UNDEF and SVC into these. */
-        .balign 2048
-vectors:
-        .irp    n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15
-        .balign 128
-        mov     x0, #\n
-        b       vector_common
-        .endr
-vector_common:
-        mrs     x1, esr_el1
-        mrs     x2, elr_el1
-        mrs     x3, far_el1
-        bl      exception_report
-        b       halt

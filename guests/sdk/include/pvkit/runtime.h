@@ -8,5 +8,12 @@ void guest_secondary(uint64_t context);
 /* Physical entry point to hand to CPU_ON; sets the stack from the context (a CPU index). */
 void secondary_entry(void);
 uint64_t read_mpidr(void);
+/* This CPU's index: 0 on the boot CPU, the CPU_ON context on secondaries (kept in TPIDR_EL1). */
+static inline uint64_t cpu_index(void)
+{
+    uint64_t v;
+    __asm__ volatile("mrs %0, tpidr_el1" : "=r"(v));
+    return v;
+}
 void halt(void) __attribute__((noreturn));
 #endif
