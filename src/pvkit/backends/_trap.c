@@ -385,12 +385,12 @@ static void call_other(TrapObject *t, void *uc, uint32_t intno)
     PyGILState_Release(gil);
 }
 
-#define EXCP_PREFETCH_ABORT 3
+#define EXCP_SWI 2
 #define VECTORS_SIZE 0x800
 
 /* An exception the engine delivers needs Python only when tracing, or when the guest
- * has no vectors (VBAR_EL1 still 0, its reset value) or cannot fetch them (a prefetch
- * abort inside the vector table), which would otherwise loop or run into nothing. */
+ * has no vectors (VBAR_EL1 still 0, its reset value) or faults inside its vector table
+ * (the same exception again at every entry: a loop that never ends). */
 static int delivered_needs_python(TrapObject *t, void *uc, uint32_t intno)
 {
     if (t->report)
@@ -399,7 +399,9 @@ static int delivered_needs_python(TrapObject *t, void *uc, uint32_t intno)
     uint64_t pc = t->vector_vals[0], vbar = t->vector_vals[1];
     if (vbar == 0)
         return 1;
-    return intno == EXCP_PREFETCH_ABORT && pc - vbar < VECTORS_SIZE;
+    if (intno == EXCP_SWI)
+        pc -= 4; /* reported past the SVC */
+    return pc - vbar < VECTORS_SIZE;
 }
 
 /* Registers are read in two batches: x0, x1 and PC first (all the answer table needs),

@@ -77,7 +77,7 @@ class TrapLayout:
     vbar_reg: int = 0  # read with PC to tell whether a delivered exception has vectors
 
 
-PREFETCH_ABORT = 3  # the exception number whose PC may lie in the vector table itself
+SVC = 2  # the one delivered exception reported with PC past its instruction
 VECTORS_SIZE = 0x800
 
 
@@ -265,12 +265,14 @@ class CtypesTrap:
             uclib.uc_emu_stop(self._uch)
 
     def _needs_python(self, intno: int) -> bool:
-        """As the C trap: tracing, no vectors yet, or vectors that cannot be fetched."""
+        """As the C trap: tracing, no vectors yet, or a fault inside the vector table."""
         if self.report:
             return True
         uclib.uc_reg_read_batch(self._uch, self._vector_regs, self._vector_ptrs, 2)
         pc, vbar = self._vector_vals
-        return vbar == 0 or (intno == PREFETCH_ABORT and 0 <= pc - vbar < VECTORS_SIZE)
+        if intno == SVC:
+            pc -= 4  # reported past the SVC
+        return vbar == 0 or 0 <= pc - vbar < VECTORS_SIZE
 
     def _write(self, results: Sequence[int]) -> None:
         n = min(len(results), self._nres)

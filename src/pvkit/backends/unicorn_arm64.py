@@ -76,6 +76,7 @@ class Arm64Engine(UnicornVcpu):
         self._trace = trace
         self._kicked = threading.Event()
         self._exit: VcpuExit | None = None
+        self._recursive: str | None = None  # a fault inside the vectors, being taken
         self._unmapped: tuple[int, int, int] | None = None
         uc_controls.require_patched_engine()
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -169,6 +170,8 @@ class Arm64Engine(UnicornVcpu):
                 pc = uc.reg_read(r.UC_ARM64_REG_PC)
                 message = f"vCPU {self.vcpu}: internal error in the hypercall trap: {error!r}"
                 return VcpuExit(ExitKind.FAULT, message, pc=pc)
+            if self._recursive is not None:
+                return self._recursive_fault()
             if self._exit is not None:
                 return self._exit
             if self._kicked.is_set():
@@ -213,28 +216,40 @@ class Arm64Engine(UnicornVcpu):
             if what is None:
                 self._stop_with_fault(uc, f"unhandled exception {intno} at PC {pc:#x}")
                 return
+            at = pc - 4 if intno == a.EXCP_SWI else pc  # SVC is reported past itself
             vbar = uc.reg_read(r.UC_ARM64_REG_VBAR_EL1)
             if vbar == 0:
-                if intno == a.EXCP_SWI:
-                    pc -= 4  # reported past the SVC
-                word = self._word(pc)
+                word = self._word(at)
                 self._stop_with_fault(
                     uc,
-                    f"{what} {word:#010x} at PC {pc:#x} and the guest has no exception vectors",
-                    pc=pc,
+                    f"{what} {word:#010x} at PC {at:#x} and the guest has no exception vectors",
+                    pc=at,
                 )
                 return
-            if intno == a.EXCP_PREFETCH_ABORT and 0 <= pc - vbar < 0x800:
-                self._stop_with_fault(
-                    uc, f"instruction abort fetching the exception vectors at {pc:#x} "
-                    f"(VBAR_EL1 {vbar:#x})", pc=pc,
-                )  # fmt: skip
+            if 0 <= at - vbar < a.VECTORS_SIZE:
+                # Recursive: the vector itself faults. The engine still takes this one, so
+                # the run loop reports the syndrome it wrote (ESR/FAR/ELR_EL1).
+                self._recursive = what
+                uc.emu_stop()
                 return
             if self._trace.active:
-                fields: dict[str, object] = {"what": what, "pc": f"{pc:#x}"}
+                fields: dict[str, object] = {"what": what, "pc": f"{at:#x}"}
                 self._trace.event(VmEvent("exception", time.perf_counter_ns(), self.vcpu, fields))
         except Exception as exc:
             self._stop_with_fault(uc, f"internal error while handling exception {intno}: {exc}")
+
+    def _recursive_fault(self) -> VcpuExit:
+        uc = self._uc
+        what, self._recursive = self._recursive, None
+        esr = uc.reg_read(r.UC_ARM64_REG_ESR_EL1)
+        far = uc.reg_read(r.UC_ARM64_REG_FAR_EL1)
+        elr = uc.reg_read(r.UC_ARM64_REG_ELR_EL1)
+        vbar = uc.reg_read(r.UC_ARM64_REG_VBAR_EL1)
+        message = (
+            f"vCPU {self.vcpu}: {what} inside the exception vectors (VBAR_EL1 {vbar:#x}), "
+            f"which would repeat forever: ESR_EL1 {esr:#x} FAR_EL1 {far:#x} at PC {elr:#x}"
+        )
+        return VcpuExit(ExitKind.FAULT, message, pc=elr, address=far)
 
     def _word(self, address: int) -> int:
         if not self._memory.contains(address, 4):

@@ -257,6 +257,7 @@ class VirtArm64(BoardPlatform):
         )
         if index == 0:
             self.cpu_devices.set_cpu_id_registers(engine.read_sysreg(ID_AA64PFR0_EL1))
+        engine.set_report_exceptions(self.trace.active)  # sinks attach before vCPUs start
         self.cpu_devices.attach(index, engine)
         if self.on_engine is not None:
             self.on_engine(engine)
