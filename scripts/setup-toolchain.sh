@@ -14,6 +14,7 @@ if [ "${1:-all}" != engine ]; then
     command -v aarch64-linux-gnu-gcc >/dev/null || need+=(gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu)
     command -v dtc >/dev/null || need+=(device-tree-compiler)
     command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
+    command -v curl >/dev/null || need+=(curl ca-certificates)  # scripts/fetch-linux.sh
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""

@@ -118,16 +118,24 @@ class Arm64Engine(UnicornVcpu):
     @staticmethod
     def _configure_els(uc: Uc, mpidr: int, hypervisor: bool) -> None:
         """EL1 in AArch64 below an AArch64 EL2 (RW bits; without them an MMU turned on walks
-        AArch32 tables), non-secure so VMPIDR_EL2 is the MPIDR_EL1 the guest reads.
+        AArch32 tables), non-secure so VMPIDR_EL2 is the MPIDR_EL1 the guest reads, with SVE
+        and pointer authentication open to EL1 as firmware leaves them for a kernel (QEMU
+        does the same for a direct kernel boot); nothing runs at EL2 or EL3 to take traps.
 
         With a hypervisor, HCE makes HVC trap as itself with PC already advanced (the
         cheapest path); without one, HVC (HCE clear) and SMC (SMD set) are undefined
         instructions, as on a machine with neither EL2 nor EL3 firmware."""
-        scr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.SCR_EL3) | a.SCR_NS | a.SCR_RW
+        scr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.SCR_EL3)
+        scr |= a.SCR_NS | a.SCR_RW | a.SCR_API | a.SCR_APK
         scr = scr | a.SCR_HCE if hypervisor else (scr & ~a.SCR_HCE) | a.SCR_SMD
         uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.SCR_EL3, scr))
         hcr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.HCR_EL2)
-        uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.HCR_EL2, hcr | a.HCR_RW))
+        hcr |= a.HCR_RW | a.HCR_API | a.HCR_APK
+        uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.HCR_EL2, hcr))
+        cptr = uc.reg_read(r.UC_ARM64_REG_CP_REG, a.CPTR_EL3)
+        uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.CPTR_EL3, cptr | a.CPTR_EZ))
+        for zcr in (a.ZCR_EL3, a.ZCR_EL2):
+            uc.reg_write(r.UC_ARM64_REG_CP_REG, (*zcr, a.ZCR_LEN_MAX))
         uc.reg_write(r.UC_ARM64_REG_CP_REG, (*a.VMPIDR_EL2, a.MPIDR_RES1 | mpidr))
 
     def read_sysreg(self, key: tuple[int, int, int, int, int]) -> int:
@@ -162,7 +170,7 @@ class Arm64Engine(UnicornVcpu):
             try:
                 uc.emu_start(pc, 0)
             except UcError as err:
-                return self._fault_from(err)
+                return self._above_el1() or self._fault_from(err)
             error = self.trap.take_error()
             if error is None and self._sysreg_hook is not None:
                 error = self._sysreg_hook.take_error()
@@ -237,6 +245,25 @@ class Arm64Engine(UnicornVcpu):
                 self._trace.event(VmEvent("exception", time.perf_counter_ns(), self.vcpu, fields))
         except Exception as exc:
             self._stop_with_fault(uc, f"internal error while handling exception {intno}: {exc}")
+
+    def _above_el1(self) -> VcpuExit | None:
+        """An exception the CPU took to EL2 or EL3 (a trap of theirs): nothing runs there,
+        so its vector fetch failed; report the exception rather than the fetch."""
+        uc = self._uc
+        el = (uc.reg_read(r.UC_ARM64_REG_PSTATE) >> a.PSTATE_EL_SHIFT) & 3
+        if el < 2:
+            return None
+        esr_reg, elr_reg = (
+            (r.UC_ARM64_REG_ESR_EL2, r.UC_ARM64_REG_ELR_EL2)
+            if el == 2
+            else (r.UC_ARM64_REG_ESR_EL3, r.UC_ARM64_REG_ELR_EL3)
+        )
+        esr, elr = uc.reg_read(esr_reg), uc.reg_read(elr_reg)
+        message = (
+            f"vCPU {self.vcpu}: the guest trapped to EL{el}, where nothing runs: "
+            f"ESR_EL{el} {esr:#x} (EC {esr >> 26:#x}) at PC {elr:#x}"
+        )
+        return VcpuExit(ExitKind.FAULT, message, pc=elr)
 
     def _recursive_fault(self) -> VcpuExit:
         uc = self._uc
