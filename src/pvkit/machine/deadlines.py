@@ -13,6 +13,8 @@ import heapq
 import threading
 from collections.abc import Callable, Hashable
 
+_MAX_WAIT_S = 60.0
+
 
 class DeadlineThread:
     def __init__(self, now_ns: Callable[[], int]):
@@ -75,7 +77,8 @@ class DeadlineThread:
                         continue
                     left = at - self._now()
                     if left > 0:
-                        self._cond.wait(left / 1e9)
+                        # A guest may park a deadline near 2**64 ns; sleep in bounded steps.
+                        self._cond.wait(min(left / 1e9, _MAX_WAIT_S))
                         continue
                     heapq.heappop(self._heap)
                     del self._due[key]
