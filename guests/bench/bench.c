@@ -3,17 +3,32 @@
  *   call FID N [ARG1]   N round trips of `hvc #0` with w0 = FID, x1 = ARG1 (and x2, x3)
  *   alu N               N iterations of a 5-instruction register-only loop
  *   mem N               N iterations of a 7-instruction load/store loop
+ *   svc N               N round trips of `svc #0` to an EL1 vector that is only `eret`
+ *   irq N               N virtual-timer interrupts, each armed with CNTV_CVAL = now
  *
  * The host times the loop between the console lines "bench: begin" and "bench: end", so
- * boot and power-off cost nothing. The same Image runs under pvkit, on a bare Unicorn
- * engine and under qemu-system-aarch64 -M virt (-append "call 0x84000000 1000000"). */
+ * boot and power-off cost nothing. The irq loop times itself: its handler's first
+ * instruction reads CNTVCT, and the line "bench: irq n N ticks T hz F" (before "bench: end")
+ * gives the sum T over N interrupts of that count minus the deadline, at F = CNTFRQ ticks a
+ * second. The same Image runs under pvkit, on a bare Unicorn engine (call, alu, mem) and
+ * under qemu-system-aarch64 -M virt (-append "call 0x84000000 1000000"). */
 #include <pvkit/console.h>
 #include <pvkit/fdt.h>
+#include <pvkit/gic.h>
 #include <pvkit/psci.h>
 #include <pvkit/runtime.h>
+#include <pvkit/timer.h>
+
+#define FAR_AWAY (1ULL << 40) /* a deadline that never comes within a run, at any CNTFRQ */
+#define SPIN_LIMIT (1ULL << 30)
+
+extern const char vectors[], bench_vectors[]; /* the SDK's; bench/vectors.S */
+void bench_irq(uint64_t now);                  /* called by bench/vectors.S */
 
 static struct pv_env env;
 static uint64_t scratch[8];
+static uint32_t timer_intid;
+static volatile uint64_t irq_deadline, irq_ticks, irq_taken;
 
 static const char *skip_spaces(const char *s)
 {
@@ -110,11 +125,96 @@ static void mem_loop(uint64_t n)
                      : "x1", "x2", "cc", "memory");
 }
 
+static void set_vbar(const char *table)
+{
+    __asm__ volatile("msr vbar_el1, %0; isb" : : "r"(table) : "memory");
+}
+
+static void svc_loop(uint64_t n)
+{
+    if (!n)
+        return;
+    set_vbar(bench_vectors);
+    __asm__ volatile("1: svc #0\n"
+                     "subs %0, %0, #1\n"
+                     "b.ne 1b\n"
+                     : "+r"(n)
+                     :
+                     : "cc", "memory");
+    set_vbar(vectors);
+}
+
+/* `now` is CNTVCT as the first instruction of the IRQ vector read it. */
+void bench_irq(uint64_t now)
+{
+    uint32_t iar = gic_ack();
+    uint32_t intid = gic_intid(iar);
+    if (intid >= 1020)
+        return; /* spurious: nothing to end */
+    if (intid == timer_intid) {
+        irq_ticks += now - irq_deadline;
+        irq_taken++;
+        cntv_cval_set(now + FAR_AWAY); /* the line drops before the EOI */
+    }
+    gic_eoi(iar);
+}
+
+/* One interrupt: IRQs unmasked, then CVAL = the count just read (already due), then spin
+ * until the vector's first instruction has written the count into x9. */
+static int irq_once(void)
+{
+    uint64_t now, spins = SPIN_LIMIT;
+    __asm__ volatile("mov x9, #0\n"
+                     "msr daifclr, #2\n"
+                     "isb\n"
+                     "mrs %0, cntvct_el0\n"
+                     "str %0, [%2]\n"
+                     "msr cntv_cval_el0, %0\n"
+                     "isb\n"
+                     "1: cbnz x9, 2f\n"
+                     "subs %1, %1, #1\n"
+                     "b.ne 1b\n"
+                     "2: msr daifset, #2\n"
+                     : "=&r"(now), "+r"(spins)
+                     : "r"(&irq_deadline)
+                     : "x9", "cc", "memory");
+    return spins != 0;
+}
+
+static int irq_loop(const void *fdt, uint64_t n)
+{
+    struct timer_irqs irqs;
+    timer_irqs_from_fdt(fdt, &irqs);
+    if (gic_init(fdt) < 0 || gic_init_cpu() < 0) {
+        kprintf("bench: no usable GIC in the device tree\n");
+        return -1;
+    }
+    timer_intid = irqs.virt;
+    cntv_cval_set(cntvct() + FAR_AWAY);
+    cntv_ctl_set(CNT_CTL_ENABLE);
+    gic_enable_irq(irqs.virt);
+    kprintf("bench: begin irq x %lu\n", n);
+    set_vbar(bench_vectors);
+    uint64_t i = 0;
+    while (i < n && irq_once())
+        i++;
+    set_vbar(vectors);
+    cntv_ctl_set(0);
+    gic_disable_irq(irqs.virt);
+    if (i < n || irq_taken != n) {
+        kprintf("bench: %lu of %lu timer interrupts arrived\n", irq_taken, n);
+        return -1;
+    }
+    kprintf("bench: irq n %lu ticks %lu hz %lu\n", irq_taken, irq_ticks, cnt_freq());
+    return 0;
+}
+
 void guest_main(const void *fdt)
 {
     const char *args = fdt_bootargs(fdt);
     if (!args) {
-        kprintf("bench: no bootargs; expected 'call FID N [ARG1]', 'alu N' or 'mem N'\n");
+        kprintf("bench: no bootargs; expected 'call FID N [ARG1]', 'alu N', 'mem N', "
+                "'svc N' or 'irq N'\n");
         return;
     }
     args = skip_spaces(args);
@@ -136,6 +236,14 @@ void guest_main(const void *fdt)
         parse_number(args + 3, &b);
         kprintf("bench: begin mem x %lu\n", b);
         mem_loop(b);
+    } else if (starts_with(args, "svc")) {
+        parse_number(args + 3, &b);
+        kprintf("bench: begin svc x %lu\n", b);
+        svc_loop(b);
+    } else if (starts_with(args, "irq")) {
+        parse_number(args + 3, &b);
+        if (irq_loop(fdt, b) < 0)
+            return;
     } else {
         kprintf("bench: unknown mode '%s'\n", args);
         return;

@@ -1,7 +1,8 @@
 """One timed run each: the bench guest on pvkit, on a bare Unicorn engine, under QEMU.
 
 Every probe times the guest's loop between the console lines "bench: begin" and
-"bench: end" (guests/bench/bench.c), so boot and power-off are never in the figure.
+"bench: end" (guests/bench/bench.c), so boot and power-off are never in the figure; the
+`irq` loop times itself with the guest's counter and reports it in a "bench: irq" line.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ GUESTS = Path(__file__).resolve().parents[3] / "guests" / "prebuilt"
 BENCH_IMAGE = GUESTS / "bench.Image"
 SMP_HELLO = GUESTS / "smp-hello.Image"
 QEMU = "qemu-system-aarch64"
+QEMU_CPU = "cortex-a57"  # the hypercall and speed probes' CPU, as they were first measured
+# The exception probes run under the CPU and GIC pvkit's virt board gives the guest.
+QEMU_EXCEPTION_CPU = "max"
+QEMU_EXCEPTION_GIC = 3
 _TCG_BUFFER = 32 << 20  # the same translation cache pvkit's engines get
 
 
@@ -67,6 +72,17 @@ class MarkerClock:
             elif line.startswith(b"bench: end"):
                 self.end = now
 
+    def irq_latency_us(self, what: str) -> float:
+        """Mean µs from deadline to IRQ vector, from "bench: irq n N ticks T hz F"."""
+        for line in self.text.decode(errors="replace").splitlines():
+            words = line.split()
+            if words[:3] == ["bench:", "irq", "n"] and len(words) == 8:
+                n, ticks, hz = int(words[3]), int(words[5]), int(words[7])
+                if n > 0 and hz > 0:
+                    return ticks / n / hz * 1e6
+        shown = self.text.decode(errors="replace").strip() or "(nothing)"
+        raise BenchError(f"{what}: the bench guest reported no interrupt latency: {shown}")
+
     def seconds(self, what: str) -> float:
         if self.begin is None or self.end is None:
             shown = self.text.decode(errors="replace").strip() or "(nothing)"
@@ -87,6 +103,19 @@ def pvkit_loop(
     bootargs: str, *, trap: str = "auto", floor: bool = False, timeout: float = 120
 ) -> tuple[float, PvkitCounts]:
     """Seconds the bench loop took inside a pvkit VM (every pvkit hook installed)."""
+    clock, counts = _pvkit_run(bootargs, trap, floor, timeout)
+    return clock.seconds(f"pvkit {bootargs!r}"), counts
+
+
+def pvkit_irq(n: int, timeout: float = 120) -> float:
+    """Mean µs from timer deadline to IRQ vector over `n` interrupts inside a pvkit VM."""
+    clock, _ = _pvkit_run(f"irq {n}", "auto", False, timeout)
+    return clock.irq_latency_us(f"pvkit 'irq {n}'")
+
+
+def _pvkit_run(
+    bootargs: str, trap: str, floor: bool, timeout: float
+) -> tuple[MarkerClock, PvkitCounts]:
     clock = MarkerClock()
     config = VirtConfig(
         console=clock.feed, bootargs=bootargs, trap=trap, extra_services=[BenchService()]
@@ -100,11 +129,10 @@ def pvkit_loop(
 
     machine.on_engine = attach
     machine.run(timeout)
-    seconds = clock.seconds(f"pvkit {bootargs!r}")
     counts = PvkitCounts(
         sum(e.trap.table_hits for e in engines), sum(e.trap.python_calls for e in engines)
     )
-    return seconds, counts
+    return clock, counts
 
 
 def bare_loop(bootargs: str, timeout: float = 120) -> float:
@@ -146,18 +174,42 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def qemu_command(image: Path, smp: int = 1, bootargs: str | None = None) -> list[str]:
-    cmd = [QEMU, "-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-smp", str(smp)]
+def qemu_command(
+    image: Path,
+    smp: int = 1,
+    bootargs: str | None = None,
+    *,
+    cpu: str = QEMU_CPU,
+    gic: int | None = None,
+) -> list[str]:
+    """`gic` None: the board's default GIC (version 2)."""
+    board = "virt" if gic is None else f"virt,gic-version={gic}"
+    cmd = [QEMU, "-M", board, "-cpu", cpu, "-accel", "tcg", "-smp", str(smp)]
     cmd += ["-m", "256M", "-nographic", "-monitor", "none", "-serial", "stdio"]
     cmd += ["-nic", "none", "-kernel", str(image)]  # no NIC: its option ROM may be absent
     return cmd + (["-append", bootargs] if bootargs is not None else [])
 
 
-def qemu_loop(bootargs: str, timeout: float = 120) -> float:
-    """Seconds the same loop took under QEMU's own TCG and PSCI."""
+def qemu_loop(bootargs: str, timeout: float = 120, *, exceptions: bool = False) -> float:
+    """Seconds the same loop took under QEMU's own TCG and PSCI (`exceptions`: under the
+    CPU and GIC of the exception probes)."""
+    return _qemu_run(bootargs, timeout, exceptions).seconds(f"QEMU {bootargs!r}")
+
+
+def qemu_irq(n: int, timeout: float = 120) -> float:
+    """Mean µs from timer deadline to IRQ vector over `n` interrupts under QEMU."""
+    return _qemu_run(f"irq {n}", timeout, True).irq_latency_us(f"QEMU 'irq {n}'")
+
+
+def _qemu_run(bootargs: str, timeout: float, exceptions: bool) -> MarkerClock:
     clock = MarkerClock()
+    cmd = (
+        qemu_command(BENCH_IMAGE, bootargs=bootargs, cpu=QEMU_EXCEPTION_CPU, gic=QEMU_EXCEPTION_GIC)
+        if exceptions
+        else qemu_command(BENCH_IMAGE, bootargs=bootargs)
+    )
     proc = subprocess.Popen(
-        qemu_command(BENCH_IMAGE, bootargs=bootargs),
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
@@ -174,7 +226,7 @@ def qemu_loop(bootargs: str, timeout: float = 120) -> float:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    return clock.seconds(f"QEMU {bootargs!r}")
+    return clock
 
 
 def wall_time(cmd: list[str], timeout: float) -> float | None:

@@ -30,6 +30,8 @@ class Sizes:
     python_calls: int = 300_000
     alu: int = 200_000_000
     mem: int = 3_000_000
+    svc: int = 500_000
+    irq: int = 5_000
     reps: int = 5
     vcpu_steps: tuple[int, ...] = VCPU_STEPS
 
@@ -37,7 +39,14 @@ class Sizes:
 # Still long enough (tens of ms) for a pipe reader on a loaded machine to see the markers
 # apart; shorter loops end before QEMU's output can be timed.
 QUICK = Sizes(
-    calls=1_000_000, python_calls=20_000, alu=20_000_000, mem=300_000, reps=2, vcpu_steps=(1, 8)
+    calls=1_000_000,
+    python_calls=20_000,
+    alu=20_000_000,
+    mem=300_000,
+    svc=100_000,
+    irq=500,
+    reps=2,
+    vcpu_steps=(1, 8),
 )
 
 
@@ -73,7 +82,7 @@ def _per_call_us(run: Callable[[], tuple[float, probes.PvkitCounts]], n: int, pa
 
 
 def _samplers(sizes: Sizes, qemu: bool) -> dict[str, Sample]:
-    n, np_ = sizes.calls, sizes.python_calls
+    n, np_, ns = sizes.calls, sizes.python_calls, sizes.svc
     s: dict[str, Sample] = {
         "trap_floor_us": lambda: (
             probes.pvkit_loop(f"call {VENDOR_CALL:#x} {n}", floor=True)[0] / n * 1e6
@@ -97,12 +106,18 @@ def _samplers(sizes: Sizes, qemu: bool) -> dict[str, Sample]:
             probes.pvkit_loop(f"mem {sizes.mem}")[0], sizes.mem, MEM_INSTRUCTIONS
         ),
         "boot_to_off_s": lambda: _must(probes.wall_time(_pvkit_run(4), 120), "pvkit boot"),
+        "svc_roundtrip_us": lambda: probes.pvkit_loop(f"svc {ns}")[0] / ns * 1e6,
+        "irq_latency_us": lambda: probes.pvkit_irq(sizes.irq),
     }
     if qemu:
         s["qemu_psci_us"] = lambda: probes.qemu_loop(f"call {PSCI_VERSION:#x} {n}") / n * 1e6
         s["boot_to_off_qemu_s"] = lambda: _must(
             probes.wall_time(probes.qemu_command(probes.SMP_HELLO, smp=4), 120), "QEMU boot"
         )
+        s["svc_roundtrip_qemu_us"] = lambda: (
+            probes.qemu_loop(f"svc {ns}", exceptions=True) / ns * 1e6
+        )
+        s["irq_latency_qemu_us"] = lambda: probes.qemu_irq(sizes.irq)
     return s
 
 
@@ -158,10 +173,13 @@ def run_suite(sizes: Sizes, progress: Progress = lambda _m: None) -> Report:
     report: Report = {k: v.as_dict() for k, v in spreads.items()}
     report.setdefault("qemu_psci_us", None)
     report.setdefault("boot_to_off_qemu_s", None)
+    report.setdefault("svc_roundtrip_qemu_us", None)
+    report.setdefault("irq_latency_qemu_us", None)
     report["table_vs_qemu"] = _ratio(spreads, "table_call_us", "qemu_psci_us")
     report["python_vs_qemu"] = _ratio(spreads, "python_call_us", "qemu_psci_us")
     report["mips_ratio"] = _ratio(spreads, "mips_pvkit", "mips_bare")
     report["mips_mem_ratio"] = _ratio(spreads, "mips_mem_pvkit", "mips_mem_bare")
+    report["svc_roundtrip_ratio"] = _ratio(spreads, "svc_roundtrip_us", "svc_roundtrip_qemu_us")
     report["vcpus_max"] = vcpus_max(sizes.vcpu_steps)
     return report
 
@@ -179,6 +197,7 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("mips_ratio", ">=", 0.95),
     ("mips_mem_ratio", ">=", 0.95),
     ("vcpus_max", ">=", 256),
+    ("svc_roundtrip_ratio", "<=", 3.0),  # the vCPU issue: SVC within 3x QEMU's
 )
 
 
