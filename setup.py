@@ -12,8 +12,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "pvkit.backends._sysreg",
-            ["src/pvkit/backends/_sysreg.c"],
+            "pvkit.backends.arm64._sysreg",
+            ["src/pvkit/backends/arm64/_sysreg.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER
 from pvkit.backends import trap as trap_module
+from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.trap import TrapPath, compile_table, resolve_path
-from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.hypercall.answer_table import AnswerTable, Entry, EntryKind, build_answer_table
 from pvkit.hypercall.call import Call, Conduit
 from pvkit.hypercall.namespace import IdRange

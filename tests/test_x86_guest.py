@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from pvkit.abi.x86_kvm import KvmHypercall
-from pvkit.backends.x86_regs import VMCALL, VMMCALL
+from pvkit.backends.x86.regs import VMCALL, VMMCALL
 from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import IdRange
 from pvkit.hypercall.policy import Action, Rule

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pvkit.backends.x86_patch import HypercallPatcher
-from pvkit.backends.x86_regs import VMCALL, VMMCALL
+from pvkit.backends.x86.patch import HypercallPatcher
+from pvkit.backends.x86.regs import VMCALL, VMMCALL
 from pvkit.devices.isa_debug_exit import exit_status
 from pvkit.devices.local_apic import DeliveryMode, Ipi, LocalApic, Shorthand
 from pvkit.devices.uart16550 import Uart16550

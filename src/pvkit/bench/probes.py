@@ -18,8 +18,8 @@ from pathlib import Path
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc  # type: ignore[attr-defined]
 from unicorn import arm64_const as r
 
+from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.bench.service import BenchService
 from pvkit.devices.pl011 import Pl011
 from pvkit.loader.image import load_image

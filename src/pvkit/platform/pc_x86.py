@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
-from pvkit.backends import x86_regs as x
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.backends.unicorn_x86 import X86Engine
-from pvkit.backends.x86_interfaces import Firmware
-from pvkit.backends.x86_patch import HypercallPatcher
+from pvkit.backends.x86 import regs as x
+from pvkit.backends.x86.engine import X86Engine
+from pvkit.backends.x86.interfaces import Firmware
+from pvkit.backends.x86.patch import HypercallPatcher
 from pvkit.devices.acpi_pm import AcpiPowerOff
 from pvkit.devices.base import PortDevice
 from pvkit.devices.isa_debug_exit import IsaDebugExit

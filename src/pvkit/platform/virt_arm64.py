@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
+from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
-from pvkit.backends.unicorn_arm64 import Arm64Engine
 from pvkit.devices.pl011 import Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
 from pvkit.discovery.dtb import DeviceTreeSpec, GicNode, build_dtb

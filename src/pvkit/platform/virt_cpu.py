@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Protocol
 
-from pvkit.backends.sysreg_hook import SysregKey, pack, unpack
+from pvkit.backends.arm64.sysreg_hook import SysregKey, pack, unpack
 from pvkit.devices.arm64.generic_timer import GenericTimer
 from pvkit.devices.arm64.gicv2 import Gicv2
 from pvkit.devices.arm64.gicv3 import Gicv3

@@ -26,11 +26,11 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
 )
 from unicorn import arm64_const as r
 
-from pvkit.backends import arm64_regs as a
 from pvkit.backends import uc_controls
+from pvkit.backends.arm64 import regs as a
+from pvkit.backends.arm64.sysreg_hook import SysregHook, make_sysreg_hook
 from pvkit.backends.base import ExitKind, HypercallPort, SysregPort, VcpuExit
 from pvkit.backends.budget import InsnBudget, make_budget
-from pvkit.backends.sysreg_hook import SysregHook, make_sysreg_hook
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.devices.base import MmioDevice

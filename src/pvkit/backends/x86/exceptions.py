@@ -13,8 +13,8 @@ import struct
 from unicorn import Uc  # type: ignore[attr-defined]  # re-exported name
 from unicorn import x86_const as r
 
-from pvkit.backends import x86_regs as x
-from pvkit.backends.x86_paging import TranslationFault, translate
+from pvkit.backends.x86 import regs as x
+from pvkit.backends.x86.paging import TranslationFault, translate
 from pvkit.machine.memory import GuestMemory
 
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF

@@ -17,7 +17,7 @@ from unicorn import arm64_const as r
 from pvkit.backends.trap import TrapPath, uc_function_addresses
 
 try:
-    from pvkit.backends import _sysreg  # type: ignore[attr-defined]
+    from pvkit.backends.arm64 import _sysreg  # type: ignore[attr-defined]
 except ImportError:  # the optional extension was not built on this machine
     _sysreg = None
 

@@ -235,7 +235,7 @@ static PyMemberDef hook_members[] = {
     {NULL}};
 
 static PyTypeObject HookType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends._sysreg.SysregHook",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends.arm64._sysreg.SysregHook",
     .tp_basicsize = sizeof(HookObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "SysregHook(uc, functions, keys, on_access): MRS/MSR of chosen registers",

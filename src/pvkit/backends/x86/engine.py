@@ -2,7 +2,7 @@
 
 VMCALL, VMMCALL and UD2 reach the host only as invalid instructions (RIP at the
 instruction); CPU exceptions and INT n arrive as interrupts and are delivered to the
-guest's IDT by x86_exceptions. Hypercalls are decoded in Python through the binding: the
+guest's IDT by backends.x86.exceptions. Hypercalls are decoded in Python through the binding: the
 x86 path has no answer table yet (see docs/hot-path.md).
 """
 
@@ -28,13 +28,13 @@ from unicorn import (  # type: ignore[attr-defined]  # re-exported names
 from unicorn import x86_const as r
 
 from pvkit.backends import uc_controls
-from pvkit.backends import x86_regs as x
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
-from pvkit.backends.x86_exceptions import Delivery, DeliveryFailed
-from pvkit.backends.x86_interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
-from pvkit.backends.x86_patch import HypercallPatcher
+from pvkit.backends.x86 import regs as x
+from pvkit.backends.x86.exceptions import Delivery, DeliveryFailed
+from pvkit.backends.x86.interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
+from pvkit.backends.x86.patch import HypercallPatcher
 from pvkit.devices.base import MmioDevice, PortDevice
 from pvkit.discovery.cpuid import CpuidTable
 from pvkit.hypercall.call import Conduit, Outcome

@@ -1,0 +1,1 @@
+"""The arm64 engine: Unicorn glue, system registers, the architecture's constants."""
