@@ -156,7 +156,10 @@ def run(
         if isinstance(machine, virt_arm64.VirtArm64):
             # The guest's console reads the host's stdin (raw mode on a terminal, restored
             # on every way out); input arrives as PL011 receive interrupts.
-            stack.enter_context(HostInput(machine.uart.feed).start())
+            vm = machine.vm
+            host_input = HostInput(machine.uart.feed, on_end=vm.check_idle)
+            machine.uart.more_input = lambda: not host_input.wait(0)
+            stack.enter_context(host_input.start())
         reason = machine.run(timeout)
         hub.close()
     sys.stdout.flush()

@@ -124,8 +124,15 @@ def raw_attributes(attrs: list[Any]) -> list[Any]:
 class HostInput:
     """Feeds `callback` with what arrives on `fd` (default: the host's stdin)."""
 
-    def __init__(self, callback: Callable[[bytes], None], fd: int | None = None) -> None:
+    def __init__(
+        self,
+        callback: Callable[[bytes], None],
+        fd: int | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_end()` runs on the reader thread once no more input can come."""
         self._callback = callback
+        self._on_end = on_end
         self._fd = _stdin_fd() if fd is None else fd
         self._lock = threading.Lock()
         self._saved: list[Any] | None = None
@@ -229,3 +236,5 @@ class HostInput:
             self.error = exc
         finally:
             self._done.set()
+            if self._on_end is not None:
+                self._on_end()

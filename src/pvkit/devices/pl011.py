@@ -97,6 +97,14 @@ class Pl011:
         self._regs = dict.fromkeys(_STORED, 0)
         self._regs[UARTCR] = CR_RESET
         self._regs[UARTIFLS] = IFLS_RESET
+        # Whoever feeds the UART says whether more input may still come (a host terminal
+        # or pipe not at its end): then a guest waiting for a receive interrupt is not idle.
+        self.more_input: Callable[[], bool] | None = None
+
+    def may_interrupt_on_input(self) -> bool:
+        """Input may still arrive and the guest enabled a receive interrupt for it."""
+        more = self.more_input
+        return more is not None and bool(self._imsc & (INT_RX | INT_RT)) and more()
 
     @property
     def dropped(self) -> int:

@@ -72,6 +72,7 @@ class VirtualMachine:
         self._wakeups = [threading.Event() for _ in range(vcpu_count)]
         self.interrupts = [InterruptQueue() for _ in range(vcpu_count)]
         self._stop = threading.Event()
+        self._booted = threading.Event()  # between the boot vCPU's power-on and the stop
         self._reason: StopReason | None = None
         self.scheduler = scheduler or WallScheduler(vcpu_count, vcpu_count, DEFAULT_SLICE_NS)
         self._on_entry = on_entry
@@ -118,11 +119,13 @@ class VirtualMachine:
         ticker = threading.Thread(target=self._preempt, name="slices", daemon=True)
         ticker.start()
         self.power_on(0, boot)
+        self._booted.set()
         try:
             if not self._stop.wait(timeout):
                 self.request_stop(StopReason(StopKind.TIMEOUT, "the run hit its time limit"))
         except KeyboardInterrupt:
             self.request_stop(StopReason(StopKind.INTERRUPTED, "interrupted by the host user"))
+        self._booted.clear()
         self.scheduler.stop()
         self._halt_all([*threads, ticker])
         self.scheduler.finish()
@@ -300,6 +303,11 @@ class VirtualMachine:
     def _fault(self, index: int, exit_: VcpuExit) -> None:
         self._note("fault", index, message=exit_.message)
         self.request_stop(StopReason(StopKind.FAULT, exit_.message, index))
+
+    def check_idle(self) -> None:
+        """Thread-safe: a wake-up source went away (host input ended); maybe the VM is done."""
+        if self._booted.is_set() and not self._stop.is_set():
+            self._check_idle()
 
     def _check_idle(self) -> None:
         """A VM whose vCPUs are all off or halted with no wake-up on the way has ended."""

@@ -200,7 +200,7 @@ class VirtArm64(BoardPlatform):
             self.trace,
             self.scheduler,
             self._entry_hook(),
-            can_wake=self.cpu_devices.can_wake,
+            can_wake=self._can_wake,
             next_deadline=self.cpu_devices.next_deadline if config.deterministic else None,
         )
 
@@ -217,6 +217,10 @@ class VirtArm64(BoardPlatform):
             return self.vm.run(timeout)
         finally:
             self.cpu_devices.stop()
+
+    def _can_wake(self, vcpu: int) -> bool:
+        """A timer, a pending interrupt or console input may still end `vcpu`'s WFI."""
+        return self.cpu_devices.can_wake(vcpu) or self.uart.may_interrupt_on_input()
 
     def _arm_rtc(self) -> None:
         """The RTC's match interrupt comes from the wall-clock deadline thread (with
