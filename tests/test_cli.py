@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -42,14 +43,26 @@ def test_guest_fault_exits_nonzero_with_the_reason(tmp_path: Path) -> None:
     assert "fault: vCPU 0: undefined instruction 0x00000000 at PC 0x40200004" in r.stderr
 
 
+def test_a_raw_binary_runs_as_arm64_without_arch(tmp_path: Path) -> None:
+    """Neither ELF nor Image: a raw binary, which only arm64 boots (as qemu-system-aarch64
+    -kernel does), so no --arch is needed."""
+    flat = tmp_path / "off.flat"
+    # mov w0, #8; movk w0, #0x8400, lsl #16; hvc #0 (PSCI SYSTEM_OFF); b .
+    flat.write_bytes(struct.pack("<4I", 0x52800100, 0x72B08000, 0xD4000002, 0x14000000))
+    r = pvkit("run", str(flat), "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+
+
 def test_bad_image_is_one_sentence_and_nonzero(tmp_path: Path) -> None:
-    bad = tmp_path / "x.bin"
-    bad.write_bytes(b"hello")
+    bad = tmp_path / "x.elf"
+    bad.write_bytes(b"\x7fELF" + bytes(14) + (243).to_bytes(2, "little") + bytes(44))
     r = pvkit("run", str(bad))
     assert r.returncode == 2
-    assert (
-        r.stderr.strip() == f"pvkit: {bad} is neither an ELF file nor an arm64 Image; give --arch"
-    )
+    assert r.stderr.strip() == f"pvkit: {bad} is an ELF file for machine 243, not arm64 or x86_64"
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    r = pvkit("run", str(empty))
+    assert r.returncode == 2 and "is empty" in r.stderr and "Traceback" not in r.stderr
     missing = pvkit("run", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cannot read guest image" in missing.stderr

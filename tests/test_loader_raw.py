@@ -9,6 +9,9 @@ import pytest
 
 from pvkit.loader.image import IMAGE_MAGIC, ImageError, load_image
 from pvkit.machine.memory import Region
+from pvkit.machine.vm import StopKind
+
+from .conftest import boot
 
 RAM = Region(0x4000_0000, 16 << 20, "ram")
 WFI_LOOP = struct.pack("<II", 0xD503207F, 0x17FFFFFF)  # wfi; b .-4
@@ -24,7 +27,53 @@ def test_a_raw_blob_is_placed_at_ram_plus_0x80000_and_entered_at_its_first_byte(
     assert image.entry == 0x4008_0000
     (seg,) = image.segments
     assert seg.address == 0x4008_0000 and seg.data == WFI_LOOP and seg.memsize == 8
-    assert image.end == 0x4008_0008
+    assert image.end == 0x4080_0000  # RAM / 2: its bss is not in the file (see below)
+
+
+@pytest.mark.parametrize(
+    ("ram_size", "end"),
+    [(16 << 20, 0x4080_0000), (256 << 20, 0x4800_0000), (1 << 30, 0x4800_0000)],
+)
+def test_a_raw_blob_owns_ram_up_to_where_qemu_puts_the_initrd(
+    tmp_path: Path, ram_size: int, end: int
+) -> None:
+    """QEMU (hw/arm/boot.c) puts the initrd at RAM + min(RAM / 2, 128 MiB) and the DTB
+    after it; a raw binary's bss and stack lie beyond its file, so `end` (where the board
+    puts the DTB) must not be the end of the file."""
+    flat = tmp_path / "k.flat"
+    flat.write_bytes(WFI_LOOP)
+    assert load_image(flat, Region(0x4000_0000, ram_size, "ram")).end == end
+    big = tmp_path / "big.flat"
+    big.write_bytes(bytes(9 << 20) + b"x")  # past RAM / 2: the next page after the file
+    assert load_image(big, RAM).end == 0x4008_0000 + (9 << 20) + 0x1000
+
+
+def test_the_dtb_of_a_raw_guest_survives_it_clearing_its_bss(tmp_path: Path) -> None:
+    """kvm-unit-tests' .flat files end where .data ends; the guest clears bss and stack
+    after that (selftest: 0xd3a0 + 64 KiB) and then reads the DTB. This guest zeroes the
+    64 KiB after its file, then checks the FDT magic at x0 and powers off (else: UNDEF)."""
+    code = [
+        0xAA0003E1,  # mov x1, x0
+        0x100001C2,  # adr x2, end
+        0x91404043,  # add x3, x2, #0x10, lsl #12
+        0xF800845F,  # 1: str xzr, [x2], #8
+        0xEB03005F,  # cmp x2, x3
+        0x54FFFFC3,  # b.lo 1b
+        0xB9400024,  # ldr w4, [x1]
+        0x5281BA05,  # mov w5, #0xdd0
+        0x72BDBFC5,  # movk w5, #0xedfe, lsl #16 (d00dfeed read little-endian)
+        0x6B05009F,  # cmp w4, w5
+        0x54000081,  # b.ne 2f
+        0x52800100,  # mov w0, #0x8
+        0x72B08000,  # movk w0, #0x8400, lsl #16: PSCI SYSTEM_OFF
+        0xD4000002,  # hvc #0
+        0x00000000,  # 2: udf #0
+    ]
+    flat = tmp_path / "bss.flat"
+    flat.write_bytes(struct.pack(f"<{len(code)}I", *code))
+    result = boot(flat, timeout=30)
+    assert result.reason.kind is StopKind.SHUTDOWN, result.reason
+    assert result.machine.dtb_address == 0x4800_0000  # where QEMU's virt puts it (256 MiB)
 
 
 def test_raw_placement_follows_the_ram_base(tmp_path: Path) -> None:

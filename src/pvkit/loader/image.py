@@ -4,7 +4,10 @@ An Image goes to a 2 MiB-aligned base plus its text_offset; like QEMU's virt boa
 use RAM + 2 MiB as the base, so the same file lands at the same address on both.
 A file that is neither an ELF file nor an Image (kvm-unit-tests' `.flat`, bare-metal
 `objcopy -O binary` output) is a raw binary: like QEMU (hw/arm/boot.c, KERNEL64_LOAD_ADDR)
-it is copied to RAM + 0x80000 and entered at its first byte.
+it is copied to RAM + 0x80000 and entered at its first byte. Its bss and stack are not in
+the file, so nothing says how far it reaches: like QEMU, which puts the initrd at
+RAM + min(RAM / 2, 128 MiB) and the DTB after it, we treat RAM up to there as the image's,
+so the board's DTB goes where QEMU's does (0x48000000 with 256 MiB) and not onto the bss.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ _FLAG_BIG_ENDIAN = 1
 _LEGACY_TEXT_OFFSET = 0x80000
 IMAGE_BASE_OFFSET = 2 << 20
 RAW_LOAD_OFFSET = 0x80000  # QEMU's KERNEL64_LOAD_ADDR: where a headerless kernel goes
+RAW_RESERVE_MAX = 128 << 20  # QEMU (hw/arm/boot.c): initrd at RAM + min(RAM / 2, 128 MiB)
+_PAGE = 0x1000
 
 
 class ImageError(ValueError):
@@ -39,10 +44,13 @@ class BootImage:
     kind: str  # "image", "elf" or "raw"
     entry: int
     segments: tuple[Segment, ...]
+    # RAM below this is the image's even beyond its segments (a raw binary's bss and stack).
+    reserved_to: int = 0
 
     @property
     def end(self) -> int:
-        return max(s.address + s.memsize for s in self.segments)
+        """The first address free for what the board adds (the DTB)."""
+        return max(self.reserved_to, *(s.address + s.memsize for s in self.segments))
 
 
 def load_image(path: Path, ram: Region) -> BootImage:
@@ -81,6 +89,10 @@ def parse_arm64_image(blob: bytes, ram: Region, path: Path) -> BootImage:
 
 
 def parse_raw(blob: bytes, ram: Region) -> BootImage:
-    """A headerless binary: its bytes at RAM + 0x80000, entered at the first of them."""
+    """A headerless binary: its bytes at RAM + 0x80000, entered at the first of them; RAM up
+    to where QEMU would put an initrd counts as its own (its bss is not in the file)."""
     load = ram.base + RAW_LOAD_OFFSET
-    return BootImage("raw", load, (Segment(load, blob, len(blob)),))
+    reserved = ram.base + min(ram.size // 2, RAW_RESERVE_MAX)
+    reserved = max(reserved, load + len(blob))
+    reserved = min(-(-reserved // _PAGE) * _PAGE, ram.end)
+    return BootImage("raw", load, (Segment(load, blob, len(blob)),), reserved_to=reserved)

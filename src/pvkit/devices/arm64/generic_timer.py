@@ -80,20 +80,28 @@ class GenericTimer:
         self.on_reprogram: Callable[[], None] | None = None
 
     def read(self, key: SysregKey) -> int | None:
+        """A register's value. A read that shows the count at or past an unmasked CVAL (the
+        count, ISTATUS, a TVAL <= 0) also raises the output then: the guest has seen the
+        condition, so its interrupt cannot wait for the board's deadline thread."""
         if key == CNTFRQ_EL0:
             return COUNTER_HZ
-        if key in (CNTPCT_EL0, CNTVCT_EL0):
-            return self._count() & _MASK64
         channel = self._by_key.get(key)
-        if channel is None:
+        if channel is None and key not in (CNTPCT_EL0, CNTVCT_EL0):
             return None
         with self._lock:
             count = self._count()
-            if key[4] == 0:  # TVAL: CVAL - count, as a signed 32-bit value
-                return (channel.cval - count) & 0xFFFF_FFFF
-            if key[4] == 2:
-                return channel.cval
-            return channel.ctl | (CTL_ISTATUS if channel.met(count) else 0)
+            if channel is None:
+                value = count & _MASK64
+            elif key[4] == 0:  # TVAL: CVAL - count, as a signed 32-bit value
+                value = (channel.cval - count) & 0xFFFF_FFFF
+            elif key[4] == 2:
+                value = channel.cval
+            else:
+                value = channel.ctl | (CTL_ISTATUS if channel.met(count) else 0)
+            changes = self._changes(count)
+        for intid, level in changes:
+            self._output(intid, level)
+        return value
 
     def write(self, key: SysregKey, value: int) -> bool:
         channel = self._by_key.get(key)
@@ -115,16 +123,20 @@ class GenericTimer:
 
     def update(self) -> None:
         """Drive each output to its level at the current count (after time passed)."""
-        changes = []
         with self._lock:
-            count = self._count()
-            for channel in (self._physical, self._virtual):
-                level = channel.output(count)
-                if level != channel.level:
-                    channel.level = level
-                    changes.append((channel.intid, level))
+            changes = self._changes(self._count())
         for intid, level in changes:
             self._output(intid, level)
+
+    def _changes(self, count: int) -> list[tuple[int, bool]]:
+        """The outputs whose level differs at `count`, now recorded (called locked)."""
+        changes = []
+        for channel in (self._physical, self._virtual):
+            level = channel.output(count)
+            if level != channel.level:
+                channel.level = level
+                changes.append((channel.intid, level))
+        return changes
 
     def next_deadline(self) -> int | None:
         """The earliest count at which an output will rise, None if none will by itself."""
