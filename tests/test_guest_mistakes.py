@@ -22,10 +22,30 @@ SYSTEM_OFF = "ldr x0, =0x84000008\nhvc #0\n"
 def test_vectors_in_unmapped_memory_are_a_fault_at_the_vector(asm) -> None:  # type: ignore[no-untyped-def]
     b = boot(asm("ldr x1, =0x20000000\nmsr vbar_el1, x1\nisb\n.inst 0\nb ."))
     assert b.reason.kind is StopKind.FAULT
-    # UNDEF at the current EL with SP_ELx: the vector at VBAR_EL1 + 0x200
+    # UNDEF at the current EL with SP_ELx goes to VBAR_EL1 + 0x200, where nothing is
+    # mapped: the fetch is a synchronous external abort (EC 0x21, IFSC 0x10), taken at
+    # the same vector again, and again.
     assert b.reason.message == (
-        "vCPU 0: instruction fetch from unmapped address 0x20000200 at PC 0x20000200"
+        "vCPU 0: instruction abort inside the exception vectors (VBAR_EL1 0x20000000), "
+        "which would repeat forever: ESR_EL1 0x86000010 FAR_EL1 0x20000200 at PC 0x20000200"
     )
+
+
+def test_an_access_to_unmapped_memory_is_an_external_abort_the_guest_handles(asm) -> None:  # type: ignore[no-untyped-def]
+    """As on QEMU's virt board, nothing mapped at an address means a bus error the guest
+    takes: a data abort with DFSC 0x10 (synchronous external abort), FAR the address."""
+    elf = asm(
+        UART + "adr x1, vec\nmsr vbar_el1, x1\nisb\n"
+        "ldr x1, =0x20000000\nldr x2, [x1]\n" + SYSTEM_OFF + "b .\n"
+        ".balign 2048\nvec:\n.rept 4\nb .\n.balign 128\n.endr\n"
+        "mrs x3, esr_el1\nmrs x4, far_el1\nldr x5, =0x96000010\ncmp x3, x5\nb.ne 1f\n"
+        "cmp x4, x1\nb.ne 1f\nmov w6, #'Y'\nstrb w6, [x20]\n"
+        "mrs x3, elr_el1\nadd x3, x3, #4\nmsr elr_el1, x3\neret\n"
+        "1: mov w6, #'N'\nstrb w6, [x20]\n" + SYSTEM_OFF
+    )
+    b = boot(elf)
+    assert b.reason.kind is StopKind.SHUTDOWN, b.reason
+    assert b.console == "Y"
 
 
 def test_a_fault_inside_the_vectors_is_reported_with_its_syndrome(asm) -> None:  # type: ignore[no-untyped-def]

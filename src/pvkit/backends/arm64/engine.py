@@ -31,6 +31,7 @@ from pvkit.backends.arm64 import regs as a
 from pvkit.backends.arm64.sysreg_hook import SysregHook, make_sysreg_hook
 from pvkit.backends.base import ExitKind, HypercallPort, SysregPort, VcpuExit
 from pvkit.backends.budget import InsnBudget, make_budget
+from pvkit.backends.faults import unmapped_fault
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.devices.base import MmioDevice
@@ -166,6 +167,7 @@ class Arm64Engine(UnicornVcpu):
                 self._kicked.clear()
                 return VcpuExit(ExitKind.KICKED)
             self._exit = None
+            self._unmapped = None  # set by the hook of an access that becomes a bus error
             pc = uc.reg_read(r.UC_ARM64_REG_PC)
             try:
                 uc.emu_start(pc, 0)
@@ -226,6 +228,13 @@ class Arm64Engine(UnicornVcpu):
                 return
             at = pc - 4 if intno == a.EXCP_SWI else pc  # SVC is reported past itself
             vbar = uc.reg_read(r.UC_ARM64_REG_VBAR_EL1)
+            unmapped, self._unmapped = self._unmapped, None
+            if vbar == 0 and unmapped is not None:
+                # A bus error (an access to unmapped memory) with nowhere to take it: name
+                # the access, as a stop on an unmapped address does.
+                self._exit = unmapped_fault(self.vcpu, unmapped, RuntimeError(what), at, "PC")
+                uc.emu_stop()
+                return
             if vbar == 0:
                 word = self._word(at)
                 self._stop_with_fault(
