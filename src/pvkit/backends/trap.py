@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from unicorn import UC_HOOK_INTR, Uc  # type: ignore[attr-defined]  # re-exported names
 from unicorn.unicorn_py3.unicorn import uclib
 
+from pvkit.backends.arm64.regs import EXCP_SWI, VECTORS_SIZE
 from pvkit.hypercall.answer_table import MASK32, AnswerTable, table_key
 from pvkit.machine.memory import GuestMemory
 
@@ -75,10 +76,6 @@ class TrapLayout:
     smc_intno: int
     delivered: int = 0  # exceptions the engine takes itself (bit n = exception n)
     vbar_reg: int = 0  # read with PC to tell whether a delivered exception has vectors
-
-
-SVC = 2  # the one delivered exception reported with PC past its instruction
-VECTORS_SIZE = 0x800
 
 
 class CompiledTable(Protocol):
@@ -270,7 +267,7 @@ class CtypesTrap:
             return True
         uclib.uc_reg_read_batch(self._uch, self._vector_regs, self._vector_ptrs, 2)
         pc, vbar = self._vector_vals
-        if intno == SVC:
+        if intno == EXCP_SWI:
             pc -= 4  # reported past the SVC
         return vbar == 0 or 0 <= pc - vbar < VECTORS_SIZE
 

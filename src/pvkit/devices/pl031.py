@@ -71,6 +71,9 @@ class Pl031:
         self._ris = 0
         self._level = False
         self._match_ns: int | None = None  # armed by the first write to RTCMR or RTCLR
+        # Called after a write moved the match time (the board re-arms its timer), as
+        # GenericTimer.on_reprogram; outside the lock.
+        self.on_reprogram: Callable[[], None] | None = None
 
     # -- the board's timer service ----------------------------------------------------------
     def next_event_ns(self) -> int | None:
@@ -131,6 +134,8 @@ class Pl031:
             elif offset == RTCICR:
                 self._ris &= ~value & INT_RTC
             self._drive()
+        if offset in (RTCMR, RTCLR) and self.on_reprogram is not None:
+            self.on_reprogram()
 
     # -- internals (callers hold the lock) ----------------------------------------------------
     def _count(self, now: int) -> int:

@@ -40,13 +40,7 @@ class VirtualScheduler(Scheduler):
         """When the next other vCPU is ready to run (runnable, or asleep until a deadline):
         `vcpu` may run until then without getting ahead of anyone."""
         with self._cond:
-            times = [
-                self._ready_at[v]
-                for v in range(self.vcpu_count)
-                if v != vcpu and self._activity[v] is Activity.RUNNABLE
-            ]
-            times += [at for v, at in enumerate(self._wake_at) if at is not None and v != vcpu]
-            return min(times, default=None)
+            return min((t for v, t in self._ready_times().items() if v != vcpu), default=None)
 
     def now_ns(self, vcpu: int) -> int:
         if self._activity[vcpu] is Activity.RUNNING:
@@ -115,26 +109,26 @@ class VirtualScheduler(Scheduler):
         self._clock[vcpu] = at
         self._ready_at[vcpu] = at
 
+    def _ready_times(self) -> dict[int, int]:
+        """When each vCPU that wants to run may: a runnable one since it became ready, a
+        timed sleeper from its wake-up time (so both compete, earliest first)."""
+        times = {}
+        for v, activity in enumerate(self._activity):
+            if activity is Activity.RUNNABLE:
+                times[v] = self._ready_at[v]
+            elif activity is Activity.IDLE and (at := self._wake_at[v]) is not None:
+                times[v] = at
+        return times
+
     def _decide(self) -> None:
         if self._running is not None or self._chosen is not None or self._stopping:
             return
-        # Timed sleepers compete as if runnable from their wake-up time (earliest first).
-        for v, at in enumerate(self._wake_at):
-            if at is not None and self._activity[v] is Activity.IDLE:
-                self._ready_at[v] = at
-        ready = [
-            v
-            for v in range(self.vcpu_count)
-            if self._activity[v] is Activity.RUNNABLE
-            or (self._activity[v] is Activity.IDLE and self._wake_at[v] is not None)
-        ]
+        ready = self._ready_times()
         if not ready:
             return
-        vcpu = min(ready, key=lambda v: (self._ready_at[v], v))
+        vcpu = min(ready, key=lambda v: (ready[v], v))
         if self._activity[vcpu] is Activity.IDLE:
-            at = self._ready_at[vcpu]
-            self._make_runnable(vcpu, at)  # its idle time ends at the deadline
-            self._ready_at[vcpu] = at
+            self._make_runnable(vcpu, ready[vcpu])  # its idle time ends at the deadline
         host = min(range(self.host_cpus), key=lambda h: (self._free_at[h], h))
         start = max(self._ready_at[vcpu], self._free_at[host])
         self._switch(vcpu, Activity.RUNNING, start)  # accounts the wait as stolen time

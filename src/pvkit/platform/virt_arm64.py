@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
 from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
+from pvkit.devices.arm64.gicv2 import MAX_CPUS as GICV2_MAX_CPUS
+from pvkit.devices.arm64.gicv2 import Gicv2
+from pvkit.devices.arm64.gicv3 import Gicv3
 from pvkit.devices.pl011 import Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
 from pvkit.discovery.dtb import DeviceTreeSpec, GicNode, build_dtb
@@ -33,7 +37,7 @@ from pvkit.platform.board import (
     stdout_console,
 )
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
-from pvkit.platform.virt_cpu import GIC_VERSIONS, GICV2_MAX_CPUS, ID_AA64PFR0_EL1, VirtCpuDevices
+from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.smccc_arch import ARCH_RANGES
@@ -106,9 +110,6 @@ def virt_device_tree(
 
 
 def gic_node(config: VirtConfig) -> GicNode:
-    from pvkit.devices.arm64.gicv2 import Gicv2
-    from pvkit.devices.arm64.gicv3 import Gicv3
-
     cls = Gicv3 if config.gic == 3 else Gicv2
     regions = cls.regions_for(config.smp)
     return GicNode(cls.dt_compatible, regions, len(regions) - 1 if config.gic == 3 else 0)
@@ -163,13 +164,13 @@ class VirtArm64(BoardPlatform):
         self.uart = Pl011(
             UART_BASE, config.console, irq=lambda level: gic.set_spi(SPI_BASE + UART_SPI, level)
         )
-        now = self.scheduler.now_ns
         self.rtc = Pl031(
             PL031_BASE,
-            lambda: now(0),
+            partial(self.scheduler.now_ns, 0),
             lambda level: gic.set_spi(SPI_BASE + RTC_SPI, level),
             epoch_s=0 if config.deterministic else None,  # the same run, the same date
         )
+        self.rtc.on_reprogram = self._arm_rtc
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -247,11 +248,7 @@ class VirtArm64(BoardPlatform):
             index,
             self.mpidrs[index],
             self.memory,
-            [
-                self.uart,
-                _RearmAfterWrite(self.rtc, self._arm_rtc),
-                *self.cpu_devices.mmio_for(index),
-            ],
+            [self.uart, self.rtc, *self.cpu_devices.mmio_for(index)],
             self._abi,
             self.trace,
             self.trap_path,
@@ -301,19 +298,3 @@ class VirtArm64(BoardPlatform):
             return None
         fn = self.namespace.lookup(function_id)
         return fn.feature if fn is not None else 0
-
-
-class _RearmAfterWrite:
-    """An MMIO device whose writes may move a deadline the board must re-arm."""
-
-    def __init__(self, device: Pl031, rearm: Callable[[], None]):
-        self.region = device.region
-        self._device = device
-        self._rearm = rearm
-
-    def read(self, offset: int, size: int) -> int:
-        return self._device.read(offset, size)
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self._device.write(offset, size, value)
-        self._rearm()

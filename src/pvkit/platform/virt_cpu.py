@@ -21,7 +21,6 @@ from pvkit.machine.deadlines import DeadlineThread
 from pvkit.machine.scheduling import Scheduler
 
 GIC_VERSIONS = (2, 3)
-GICV2_MAX_CPUS = 8
 ID_AA64PFR0_EL1: SysregKey = (3, 0, 0, 4, 0)
 PFR0_GIC_SYSREGS = 1 << 24  # ID_AA64PFR0_EL1.GIC = 1: GICv3 CPU interface system registers
 
@@ -51,7 +50,7 @@ class VcpuSysregs:
                 return None
             return self._timer.read(reg)
         if reg == ID_AA64PFR0_EL1:
-            return None if write else self._devices.pfr0(self._vcpu)
+            return None if write else self._devices.pfr0()
         gic = self._devices.gic
         if write:
             gic.sysreg_write(self._vcpu, reg, value)
@@ -70,11 +69,8 @@ class VirtCpuDevices:
         wake: Callable[[int], object],
         redistributor_regions: Sequence[tuple[int, int]] | None = None,
     ):
-        """`wake(vcpu)` ends a WFI of that vCPU (VirtualMachine.wake)."""
-        if gic_version not in GIC_VERSIONS:
-            raise ValueError(f"--gic {gic_version} is not 2 or 3")
-        if gic_version == 2 and len(mpidrs) > GICV2_MAX_CPUS:
-            raise ValueError(f"GICv2 serves at most {GICV2_MAX_CPUS} vCPUs; use --gic 3")
+        """`wake(vcpu)` ends a WFI of that vCPU (VirtualMachine.wake); `gic_version` is one
+        of GIC_VERSIONS (the board checks its configuration)."""
         self.gic_version = gic_version
         self.gic: Gicv2 | Gicv3 = (
             Gicv3(mpidrs, self._signal, redistributor_regions=redistributor_regions)
@@ -109,15 +105,11 @@ class VirtCpuDevices:
             self._lines[vcpu] = line
             line.set_irq(self._levels[vcpu])
 
-    def detach(self, vcpu: int) -> None:
-        with self._lock:
-            self._lines[vcpu] = None
-
     def can_wake(self, vcpu: int) -> bool:
         """Something other than a vCPU may still interrupt `vcpu` (for the idle check)."""
         return self.gic.irq_pending(vcpu) or self.timers[vcpu].armed()
 
-    def pfr0(self, vcpu: int) -> int:
+    def pfr0(self) -> int:
         """ID_AA64PFR0_EL1 as the CPU model has it, with the GIC field set (GICv3 only)."""
         assert self._pfr0 is not None, "set_cpu_id_registers runs before any vCPU"
         return self._pfr0 | PFR0_GIC_SYSREGS

@@ -232,7 +232,9 @@ class Arm64Engine(UnicornVcpu):
             if vbar == 0 and unmapped is not None:
                 # A bus error (an access to unmapped memory) with nowhere to take it: name
                 # the access, as a stop on an unmapped address does.
-                self._exit = unmapped_fault(self.vcpu, unmapped, RuntimeError(what), at, "PC")
+                self._exit = unmapped_fault(
+                    self.vcpu, unmapped, RuntimeError(what), at, self.PC_NAME
+                )
                 uc.emu_stop()
                 return
             if vbar == 0:
