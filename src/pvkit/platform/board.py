@@ -8,6 +8,7 @@ below (power, system events, wake-ups, time, guest RAM) and the configuration st
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterable
 
 from pvkit.backends.budget import BudgetUnavailable
@@ -21,12 +22,21 @@ from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import HostProfile
 from pvkit.services.registry import services_for
 
+# Real time at counter 0 when time is deterministic: the Unix epoch, the date the virt
+# board's RTC and kvmclock's wall clock give then too (the same run, the same date).
+DETERMINISTIC_EPOCH_NS = 0
+
 
 def stdout_console(data: bytes) -> None:
     """The default UART sink: the host's stdout, flushed at each line end."""
     sys.stdout.buffer.write(data)
     if data == b"\n":
         sys.stdout.buffer.flush()
+
+
+def stderr_notice(message: str) -> None:
+    """The default sink for what the VM reports while it runs (not a stop reason)."""
+    print(f"pvkit: {message}", file=sys.stderr, flush=True)
 
 
 class ConfigError(ValueError):
@@ -79,6 +89,16 @@ class BoardPlatform:
 
     def now_ns(self, vcpu: int) -> int:
         return self.scheduler.now_ns(vcpu)
+
+    def wall_clock_ns(self, vcpu: int) -> tuple[int, int]:
+        now_ns = self.scheduler.now_ns
+        if self.scheduler.deterministic:
+            counter = now_ns(vcpu)
+            return DETERMINISTIC_EPOCH_NS + counter, counter
+        before = now_ns(vcpu)
+        wall = time.time_ns()
+        after = now_ns(vcpu)
+        return wall, (before + after) // 2  # the counter at the middle of the read
 
     def store_u64(self, address: int, value: int) -> bool:
         if address % 8 or not self.memory.contains(address, 8):

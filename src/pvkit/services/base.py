@@ -53,6 +53,9 @@ class Platform(Protocol):
     def now_ns(self, vcpu: int) -> int:
         """The hypervisor clock as `vcpu` sees it (its guest counter, in ns)."""
 
+    def wall_clock_ns(self, vcpu: int) -> tuple[int, int]:
+        """(real time in ns since the Unix epoch, `now_ns(vcpu)`), sampled at one instant."""
+
     def store_u64(self, address: int, value: int) -> bool:
         """One aligned 64-bit store into guest RAM; False if `address` is not RAM."""
 

@@ -9,11 +9,13 @@ from pvkit.services.base import Service
 from pvkit.services.kvmclock import KvmClockService
 from pvkit.services.profiles import HostProfile
 from pvkit.services.psci import PsciService
+from pvkit.services.ptp_kvm import KvmPtpService
 from pvkit.services.pv_ipi import PvIpiService
 from pvkit.services.pv_unhalt import PvUnhaltService
 from pvkit.services.sched_yield import SchedYieldService
 from pvkit.services.smccc_arch import SmcccArchService
 from pvkit.services.stolen_time import StolenTimeService
+from pvkit.services.trng import TrngService
 from pvkit.services.vendor_hyp import VendorHypService
 
 
@@ -26,7 +28,9 @@ def _vendor(profile: HostProfile) -> Service | None:
 SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: SmcccArchService() if p.has_hypervisor else None,
     lambda p: PsciService() if p.has_hypervisor else None,
+    lambda p: TrngService() if p.has_hypervisor else None,
     _vendor,
+    lambda p: KvmPtpService() if p.vendor_uid is not None else None,
     lambda p: PvUnhaltService() if p.has_hypervisor else None,
     lambda p: PvIpiService() if p.has_hypervisor else None,
     lambda p: SchedYieldService() if p.has_hypervisor else None,

@@ -2,6 +2,12 @@
 
 The bitmap is computed from what this VM serves in the vendor range (bit n <=> function
 number n, four 32-bit words for numbers 0..127), so it can never disagree with dispatch.
+
+This service owns only the numbers whose meaning the range owner defines: function 0 (the
+bitmap, whose own bit is 0) and the general-query block 0xFF00..0xFFFF (SMCCC's call count,
+Call UID and revision), in both conventions; it serves the SMC32 bitmap and Call UID. Every
+other vendor number is free: a service claims its own (KVM_FUNC_PTP claims function 1), the
+namespace checks clashes function by function, and an unclaimed ID answers NOT_SUPPORTED.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ VENDOR_SMC32 = 0x8600_0000
 VENDOR_SMC64 = 0xC600_0000
 FEATURES = VENDOR_SMC32 + 0
 UID = VENDOR_SMC32 + CALL_UID
-VENDOR_RANGES = (
-    IdRange(VENDOR_SMC32, VENDOR_SMC32 + 0xFFFF),
-    IdRange(VENDOR_SMC64, VENDOR_SMC64 + 0xFFFF),
+GENERAL_QUERIES = 0xFF00  # first number of the block SMCCC reserves in every owner range
+VENDOR_CLAIMS = tuple(
+    r
+    for base in (VENDOR_SMC32, VENDOR_SMC64)
+    for r in (IdRange(base, base), IdRange(base + GENERAL_QUERIES, base + 0xFFFF))
 )
 BITMAP_FUNCTIONS = 128
 
@@ -31,7 +39,7 @@ class VendorHypService(Service):
         self._features_name = features_name
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
-        return list(VENDOR_RANGES)
+        return list(VENDOR_CLAIMS)
 
     def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         return [
