@@ -30,6 +30,7 @@ EXIT_CODES = {
     StopKind.SHUTDOWN: 0,
     StopKind.RESET: 0,
     StopKind.FAULT: 1,
+    StopKind.PANIC: 5,
     StopKind.IDLE: 3,
     StopKind.TIMEOUT: 4,
     StopKind.INTERRUPTED: 130,
@@ -44,19 +45,42 @@ class Machine(Protocol):
 
 
 def run(
-    image: Annotated[Path, typer.Argument(help="arm64 Image/ELF, or x86_64 PVH/multiboot ELF")],
+    image: Annotated[
+        Path | None, typer.Argument(help="arm64 Image/ELF, or x86_64 PVH/multiboot ELF")
+    ] = None,
+    kernel: Annotated[
+        Path | None, typer.Option("--kernel", "-kernel", help="the kernel (same as IMAGE)")
+    ] = None,
+    initrd: Annotated[
+        Path | None, typer.Option("--initrd", "-initrd", help="arm64: initial ramdisk")
+    ] = None,
+    dtb: Annotated[
+        Path | None,
+        typer.Option("--dtb", "-dtb", help="arm64: boot with this DTB (pvkit patches RAM, chosen)"),
+    ] = None,
+    dump_dtb: Annotated[
+        Path | None, typer.Option(help="arm64: also write the generated DTB here")
+    ] = None,
+    bios: Annotated[
+        Path | None, typer.Option("--bios", "-bios", help="arm64: firmware for flash bank 0")
+    ] = None,
+    no_reboot: Annotated[
+        bool,
+        typer.Option("--no-reboot", "-no-reboot", help="a guest reset ends the run (exit 0)"),
+    ] = False,
     arch: Annotated[
         str | None, typer.Option(help="arm64 or x86_64 (default: from the image)")
     ] = None,
-    smp: Annotated[int, typer.Option(help="number of vCPUs")] = 1,
-    mem: Annotated[str, typer.Option(help="guest RAM, e.g. 256M or 1G")] = "256M",
+    smp: Annotated[int, typer.Option("--smp", "-smp", help="number of vCPUs")] = 1,
+    mem: Annotated[
+        str, typer.Option("--mem", "-m", help="guest RAM, e.g. 256M or 1G (bare number: MiB)")
+    ] = "256M",
     profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
     trace: Annotated[Path | None, typer.Option(help="write JSON-lines trace here")] = None,
     stats: Annotated[bool, typer.Option(help="print per-function call statistics")] = False,
     timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
-    append: Annotated[str, typer.Option(help="kernel command line")] = "",
+    append: Annotated[str, typer.Option("--append", "-append", help="kernel command line")] = "",
     conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
-    dtb: Annotated[Path | None, typer.Option(help="arm64: also write the DTB here")] = None,
     trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
     gic: Annotated[int, typer.Option(help="arm64: GIC version 3, or 2 (at most 8 vCPUs)")] = 3,
     cpu_vendor: Annotated[str, typer.Option(help="x86_64: intel or amd")] = "intel",
@@ -80,6 +104,11 @@ def run(
     ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
+    if image is not None and kernel is not None:
+        raise fail("give the kernel once: as IMAGE or as --kernel, not both")
+    image = image if image is not None else kernel
+    if image is None and bios is None:
+        raise fail("nothing to boot: give IMAGE (or --kernel FILE) or --bios FILE")
     hub = TraceHub()
     call_stats = CallStats()
     console = BufferedConsole()
@@ -94,13 +123,19 @@ def run(
         "record_slices": timeline is not None,
     }
     try:
-        chosen = arch or detect_arch(image)
+        chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
         machine: Machine
         if chosen == "x86_64":
-            if dtb is not None or conduit != "hvc" or trap != "auto" or gic != 3:
-                raise fail("--dtb, --conduit, --trap and --gic apply to arm64 guests only")
+            arm_only = (initrd, dtb, dump_dtb, bios)
+            if any(arm_only) or conduit != "hvc" or trap != "auto" or gic != 3:
+                raise fail(
+                    "--initrd, --dtb, --dump-dtb, --bios, --conduit, --trap and --gic apply "
+                    "to arm64 guests only"
+                )
+            if image is None:
+                raise fail("an x86_64 VM boots a kernel: give IMAGE or --kernel FILE")
             machine = pc_x86.PcX86(
                 pc_x86.PcConfig(
                     smp=smp,
@@ -112,6 +147,7 @@ def run(
                     boot=boot,
                     bootargs=append,
                     disabled=frozenset(disable or ()),
+                    reboot=not no_reboot,
                     **timing,  # type: ignore[arg-type]
                 ),
                 image,
@@ -131,13 +167,22 @@ def run(
                     gic=gic,
                     console=console,
                     disabled=frozenset(disable or ()),
+                    initrd=initrd,
+                    dtb=dtb,
+                    bios=bios,
+                    reboot=not no_reboot,
                     **timing,  # type: ignore[arg-type]
                 ),
                 image,
                 hub,
             )
-            if dtb is not None:
-                write_file(dtb, arm.dtb)
+            if dump_dtb is not None:
+                write_file(dump_dtb, arm.dtb)
+            if arm.plan.dtb_changes:
+                typer.echo(
+                    f"pvkit: booting with {dtb}; pvkit set {', '.join(arm.plan.dtb_changes)}",
+                    err=True,
+                )
             machine = arm
     except (ImageError, ConfigError, NamespaceClash) as exc:
         raise fail(str(exc)) from None

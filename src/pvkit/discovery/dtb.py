@@ -54,6 +54,10 @@ class DeviceTreeSpec:
     uart_spi: int | None = None
     rtc: Region | None = None
     rtc_spi: int | None = None
+    initrd: Region | None = None  # announced in /chosen as linux,initrd-start/end
+    pvpanic: Region | None = None  # a qemu,pvpanic-mmio device
+    flash: Sequence[Region] = field(default_factory=tuple)  # CFI flash banks, one node
+    flash_bank_width: int = 4
 
 
 def _strings(values: Sequence[str]) -> bytes:
@@ -84,7 +88,18 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
     sw.property_string("stdout-path", f"/{uart_name}")
     if spec.bootargs:
         sw.property_string("bootargs", spec.bootargs)
+    if spec.initrd is not None:
+        sw.property_u64("linux,initrd-start", spec.initrd.base)
+        sw.property_u64("linux,initrd-end", spec.initrd.end)
     sw.end_node()
+
+    if spec.flash:
+        # One node for both banks, as QEMU's virt writes it (the cfi-flash binding).
+        sw.begin_node(f"flash@{spec.flash[0].base:x}")
+        sw.property_string("compatible", "cfi-flash")
+        sw.property("reg", b"".join(_reg64(r.base, r.size) for r in spec.flash))
+        sw.property_u32("bank-width", spec.flash_bank_width)
+        sw.end_node()
 
     sw.begin_node(f"memory@{spec.ram.base:x}")
     sw.property_string("device_type", "memory")
@@ -157,6 +172,13 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
             sw.property("interrupts", _cells(IRQ_TYPE_SPI, spec.rtc_spi, IRQ_LEVEL_HIGH))
         sw.property_string("clock-names", "apb_pclk")
         sw.property("clocks", _cells(_CLOCK_PHANDLE))
+        sw.end_node()
+
+    if spec.pvpanic is not None:
+        # Linux Documentation/devicetree/bindings/misc/qemu,pvpanic-mmio.yaml
+        sw.begin_node(f"pvpanic-mmio@{spec.pvpanic.base:x}")
+        sw.property_string("compatible", "qemu,pvpanic-mmio")
+        sw.property("reg", _reg64(spec.pvpanic.base, spec.pvpanic.size))
         sw.end_node()
 
     if spec.gic is not None:

@@ -23,6 +23,7 @@ class StopKind(Enum):
     SHUTDOWN = "shutdown"  # the guest asked to power off
     RESET = "reset"  # the guest asked to restart; the run loop restarts it
     FAULT = "fault"
+    PANIC = "panic"  # the guest reported a panic (pvpanic PANICKED)
     IDLE = "idle"  # every vCPU is off or waits for an interrupt nothing can raise
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
@@ -53,12 +54,14 @@ class VirtualMachine:
         on_entry: Callable[[int], None] | None = None,
         can_wake: Callable[[int], bool] | None = None,
         next_deadline: Callable[[int], int | None] | None = None,
+        reboot: bool = True,
     ):
         """`scheduler` places vCPUs on host CPUs (default: one each, wall clock);
         `on_entry(vcpu)` runs each time a vCPU is about to enter guest code;
         `can_wake(vcpu)` says a device (a timer) may still end that vCPU's halt;
         `next_deadline(vcpu)` is when that vCPU's timer fires, in its own ns: with
-        deterministic time, slices end there and a halted vCPU sleeps until then."""
+        deterministic time, slices end there and a halted vCPU sleeps until then;
+        `reboot` False makes a guest reset end the run (QEMU's -no-reboot)."""
         if vcpu_count < 1:
             raise ValueError("a VM needs at least one vCPU")
         self.power = [VcpuPower() for _ in range(vcpu_count)]
@@ -78,6 +81,7 @@ class VirtualMachine:
         self._on_entry = on_entry
         self._can_wake = can_wake
         self._next_deadline = next_deadline
+        self.reboot = reboot
 
     @property
     def vcpu_count(self) -> int:
@@ -96,7 +100,7 @@ class VirtualMachine:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             reason = self._run_once(left)
-            if reason.kind is not StopKind.RESET:
+            if reason.kind is not StopKind.RESET or not self.reboot:
                 return reason
             self.resets += 1
 

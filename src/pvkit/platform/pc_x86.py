@@ -84,6 +84,7 @@ class PcConfig:
     deterministic: bool = False  # time from guest instructions, reproducible schedules
     slice_ns: int = DEFAULT_SLICE_NS
     record_slices: bool = False  # keep every slice (for --timeline)
+    reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
 
 
 def _check(config: PcConfig) -> None:
@@ -191,6 +192,7 @@ class PcX86(BoardPlatform):
             self.trace,
             self.scheduler,
             entry_hooks(self.services),
+            reboot=config.reboot,
         )
         self.gate = ExecutionGate(config.smp, self.vm.kick)
         native, foreign = _instructions(self.vendor)

@@ -5,6 +5,7 @@ This is the one place that knows every layer; each layer below knows only its ow
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -17,31 +18,44 @@ from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, r
 from pvkit.devices.arm64.gicv2 import MAX_CPUS as GICV2_MAX_CPUS
 from pvkit.devices.arm64.gicv2 import Gicv2
 from pvkit.devices.arm64.gicv3 import Gicv3
+from pvkit.devices.cfi_flash import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, CfiFlash
 from pvkit.devices.pl011 import Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
+from pvkit.devices.pvpanic import (
+    PVPANIC_CRASH_LOADED,
+    PVPANIC_MMIO_BASE,
+    PVPANIC_MMIO_SIZE,
+    PVPANIC_PANICKED,
+    PVPANIC_SHUTDOWN,
+    PvpanicMmio,
+    event_names,
+)
 from pvkit.discovery.dtb import DeviceTreeSpec, GicNode, build_dtb
+from pvkit.discovery.dtb_patch import patch_user_dtb
 from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
-from pvkit.loader.image import BootImage, ImageError, load_image
+from pvkit.loader.image import BootImage, ImageError
 from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import StartRequest
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
-from pvkit.machine.vm import StopReason, VirtualMachine
+from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.board import (
     BoardPlatform,
     ConfigError,
     scheduler_for,
     select_services,
+    stderr_notice,
     stdout_console,
 )
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
+from pvkit.platform.virt_boot import plan_boot
 from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.services.smccc_arch import ARCH_RANGES
-from pvkit.trace.events import TraceHub
+from pvkit.trace.events import TraceHub, VmEvent
 
 RAM_BASE = 0x4000_0000
 UART_BASE = 0x0900_0000
@@ -52,8 +66,12 @@ SPI_BASE = 32  # SPI n is INTID 32 + n
 MAX_VCPUS = 4096
 MAX_RAM = 255 << 30  # QEMU virt's low RAM window ends at 256 GiB
 CPUS_PER_CLUSTER = 16  # Aff0 range per Aff1 cluster, as QEMU virt with GICv3
-DTB_ALIGN = 0x1_0000
-DTB_MAX = 2 << 20
+# Flash banks exist only with --bios (QEMU's virt always has them; here they would cost
+# 128 MiB of erased buffers in every VM for nothing a direct kernel boot uses).
+FLASH_BANKS = (
+    Region(FLASH0_BASE, FLASH_BANK_SIZE, "flash0"),
+    Region(FLASH1_BASE, FLASH_BANK_SIZE, "flash1"),
+)
 
 
 def mpidr_for(index: int) -> int:
@@ -77,6 +95,11 @@ class VirtConfig:
     slice_ns: int = DEFAULT_SLICE_NS
     record_slices: bool = False  # keep every slice (for --timeline)
     gic: int = 3  # GIC version; 3 serves any --smp, 2 at most 8 vCPUs
+    initrd: Path | None = None  # placed as QEMU's virt places it, named in /chosen
+    dtb: Path | None = None  # the user's own DTB, loaded and patched (virt_boot.py)
+    bios: Path | None = None  # firmware in flash bank 0, started at 0x0
+    reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
+    notice: Callable[[str], None] = stderr_notice  # what the VM reports while it runs
 
 
 def virt_device_tree(
@@ -84,6 +107,7 @@ def virt_device_tree(
     services: list[Service] | None = None,
     ram: Region | None = None,
     reserved: list[Region] | None = None,
+    initrd: Region | None = None,
 ) -> bytes:
     """The DTB a VM with `config` gets; its nodes follow from the services it serves."""
     _check(config)
@@ -105,6 +129,9 @@ def virt_device_tree(
             uart_spi=UART_SPI,
             rtc=Region(PL031_BASE, PL031_SIZE, "pl031"),
             rtc_spi=RTC_SPI,
+            initrd=initrd,
+            pvpanic=Region(PVPANIC_MMIO_BASE, PVPANIC_MMIO_SIZE, "pvpanic-mmio"),
+            flash=FLASH_BANKS if config.bios is not None else (),
         )
     )
 
@@ -139,15 +166,17 @@ def _check(config: VirtConfig) -> None:
 class VirtArm64(BoardPlatform):
     """Builds a VM from a config and an image; implements the services' Platform view."""
 
-    def __init__(self, config: VirtConfig, image: Path | BootImage, trace: TraceHub | None = None):
+    def __init__(
+        self,
+        config: VirtConfig,
+        image: Path | BootImage | None,
+        trace: TraceHub | None = None,
+    ):
         _check(config)
         use_one_malloc_arena()  # before any vCPU thread exists (see host_heap.py)
         self.config = config
         self.trace = trace or TraceHub()
         self.memory = GuestMemory(RAM_BASE, config.memory)
-        self.image = (
-            image if isinstance(image, BootImage) else load_image(image, self.memory.region)
-        )
         self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
         self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
 
@@ -171,6 +200,7 @@ class VirtArm64(BoardPlatform):
             epoch_s=0 if config.deterministic else None,  # the same run, the same date
         )
         self.rtc.on_reprogram = self._arm_rtc
+        self.pvpanic = PvpanicMmio(self._on_pvpanic, on_unknown=self._on_pvpanic_unknown)
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -184,16 +214,32 @@ class VirtArm64(BoardPlatform):
         # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
         self.on_engine: Callable[[Arm64Engine], None] | None = None
 
-        self.dtb = virt_device_tree(config, self.services, self.memory.region, self.reserved)
-        self.dtb_address = -(-self.image.end // DTB_ALIGN) * DTB_ALIGN
-        used = [Region(g.address, g.memsize, "image") for g in self.image.segments]
-        used.append(Region(self.dtb_address, len(self.dtb), "dtb"))
-        if (
-            len(self.dtb) > DTB_MAX
-            or not self.memory.contains(self.dtb_address, len(self.dtb))
-            or any(r.overlaps(u) for r in self.reserved for u in used)
-        ):
+        self.plan = plan_boot(
+            self.memory.region,
+            image,
+            config.bios,
+            config.initrd,
+            config.dtb,
+            lambda rd: virt_device_tree(
+                config, self.services, self.memory.region, self.reserved, rd
+            ),
+            lambda blob, source, rd: patch_user_dtb(
+                blob, source, self.memory.region, config.bootargs, rd, self.reserved
+            ),
+        )
+        if any(r.overlaps(u) for r in self.reserved for u in self.plan.used()):
             raise ImageError("the guest image leaves no room for the device tree; add --mem")
+        self.image = self.plan.image
+        self.flash: list[CfiFlash] = []
+        if self.plan.firmware is not None:
+            # Bank 0 holds the firmware and is read-only (it must survive a reset), bank 1
+            # starts erased for the firmware's own use (U-Boot's environment).
+            self.flash = [
+                CfiFlash(FLASH0_BASE, self.plan.firmware, writable=False, name="flash0"),
+                CfiFlash(FLASH1_BASE, name="flash1"),
+            ]
+        self.dtb = self.plan.dtb
+        self.dtb_address = self.plan.layout.dtb
         self.vm = VirtualMachine(
             config.smp,
             self._engine,
@@ -203,6 +249,7 @@ class VirtArm64(BoardPlatform):
             self._entry_hook(),
             can_wake=self._can_wake,
             next_deadline=self.cpu_devices.next_deadline if config.deterministic else None,
+            reboot=config.reboot,
         )
 
     # -- VM plumbing ---------------------------------------------------------------------
@@ -229,6 +276,24 @@ class VirtArm64(BoardPlatform):
         if not self.config.deterministic:
             self.cpu_devices.deadlines.arm("rtc", self.rtc.next_event_ns(), self.rtc.update)
 
+    def _on_pvpanic(self, events: int) -> None:
+        """What QEMU does with each event (docs/specs/pvpanic.rst): PANICKED stops the VM,
+        CRASH_LOADED is reported while a crash kernel takes over, SHUTDOWN powers off."""
+        if self.trace.active:
+            fields: dict[str, object] = {"events": event_names(events)}
+            self.trace.event(VmEvent("pvpanic", time.perf_counter_ns(), None, fields))
+        if events & PVPANIC_PANICKED:
+            self.vm.request_stop(StopReason(StopKind.PANIC, "guest panicked (pvpanic PANICKED)"))
+        elif events & PVPANIC_CRASH_LOADED:
+            self.config.notice("guest panicked; its crash kernel takes over (pvpanic CRASH_LOADED)")
+        elif events & PVPANIC_SHUTDOWN:
+            self.vm.request_stop(
+                StopReason(StopKind.SHUTDOWN, "the guest announced its shutdown (pvpanic SHUTDOWN)")
+            )
+
+    def _on_pvpanic_unknown(self, bits: int) -> None:
+        self.config.notice(f"pvpanic: the guest wrote unknown event bits {bits:#x}; ignored")
+
     def _entry_hook(self) -> Callable[[int], None] | None:
         """The services' per-entry updates, and with deterministic time the timers' check."""
         services = entry_hooks(self.services)
@@ -248,13 +313,14 @@ class VirtArm64(BoardPlatform):
             index,
             self.mpidrs[index],
             self.memory,
-            [self.uart, self.rtc, *self.cpu_devices.mmio_for(index)],
+            [self.uart, self.rtc, self.pvpanic, *self.cpu_devices.mmio_for(index)],
             self._abi,
             self.trace,
             self.trap_path,
             self.answers,
             sysregs=self.cpu_devices.sysregs(index),
             counting=self.scheduler.deterministic,
+            flash=self.flash,
         )
         if index == 0:
             self.cpu_devices.set_cpu_id_registers(engine.read_sysreg(ID_AA64PFR0_EL1))
@@ -267,11 +333,11 @@ class VirtArm64(BoardPlatform):
     def _prepare(self) -> StartRequest:
         """Lay out RAM exactly as at first boot (also used by SYSTEM_RESET)."""
         self.memory.clear()
-        for seg in self.image.segments:
-            self.memory.write(seg.address, seg.data)
-        self.memory.write(self.dtb_address, self.dtb)
+        self.plan.load(self.memory)
+        for bank in self.flash:
+            bank.reset()
         self.cpu_devices.start()
-        return StartRequest(self.image.entry, self.dtb_address)
+        return StartRequest(self.plan.entry, self.plan.x0)
 
     def name_of(self, function_id: int) -> str:
         fn = self.namespace.lookup(function_id)

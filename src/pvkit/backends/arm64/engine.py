@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
+    UC_ERR_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
     UC_HOOK_MEM_WRITE_UNMAPPED,
@@ -32,6 +33,7 @@ from pvkit.backends.arm64.sysreg_hook import SysregHook, make_sysreg_hook
 from pvkit.backends.base import ExitKind, HypercallPort, SysregPort, VcpuExit
 from pvkit.backends.budget import InsnBudget, make_budget
 from pvkit.backends.faults import unmapped_fault
+from pvkit.backends.flash_windows import FlashBank, FlashWindows
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.devices.base import MmioDevice
@@ -52,6 +54,11 @@ _EXCEPTION_NAMES = {
 }
 
 
+# emu_start's `until`: an address no A64 instruction has (they are 4-byte aligned), so the
+# engine never stops at it; 0, the usual choice, is the reset vector of firmware in flash.
+_NO_EXIT = 1
+
+
 class Arm64Engine(UnicornVcpu):
     PC_REG = r.UC_ARM64_REG_PC
     PC_NAME = "PC"
@@ -68,9 +75,11 @@ class Arm64Engine(UnicornVcpu):
         answers: CompiledTable | None = None,
         sysregs: SysregPort | None = None,
         counting: bool = False,
+        flash: Sequence[FlashBank] = (),
     ):
         """`sysregs` are the system registers the board emulates for this vCPU (None:
-        the engine's own); `counting` installs the instruction budget."""
+        the engine's own); `counting` installs the instruction budget; `flash` banks are
+        memory or a device as their mode says (flash_windows.py)."""
         self.vcpu = vcpu
         self._memory = memory
         self._port = port
@@ -88,6 +97,7 @@ class Arm64Engine(UnicornVcpu):
             uc.mmio_map(
                 dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
             )
+        self._flash = FlashWindows(uc, flash, self._mmio_read, self._mmio_write) if flash else None
         self._configure_els(uc, mpidr, hypervisor=port is not None)
         uc_controls.set_parallel(uc, True)  # LDXR/STXR and LSE atomics across vCPU threads
         uc_controls.set_stop_at_block(uc, True)  # MMIO accesses happen exactly once
@@ -168,10 +178,15 @@ class Arm64Engine(UnicornVcpu):
                 return VcpuExit(ExitKind.KICKED)
             self._exit = None
             self._unmapped = None  # set by the hook of an access that becomes a bus error
+            if self._flash is not None:
+                self._flash.refresh()
             pc = uc.reg_read(r.UC_ARM64_REG_PC)
             try:
-                uc.emu_start(pc, 0)
+                uc.emu_start(pc, _NO_EXIT)
             except UcError as err:
+                flash = self._flash
+                if err.errno == UC_ERR_FETCH_PROT and flash and flash.fetch_back(pc):
+                    continue
                 return self._above_el1() or self._fault_from(err)
             error = self.trap.take_error()
             if error is None and self._sysreg_hook is not None:
