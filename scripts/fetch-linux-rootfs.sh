@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Build the initramfs that pvkit's Linux tests boot with Debian's kernel, and print its path:
+#
+#   fetch-linux-rootfs.sh [-o OUT]     (default OUT: <linux cache>/<version>/rootfs.cpio.gz)
+#
+# Its parts are pinned and cached (outside git) by version, beside the kernel:
+#
+#   ${PVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvkit}/
+#       busybox/<version>/busybox     Debian 12's busybox-static for arm64 (below)
+#       linux/<version>/modules/<abi> the kernel package's modules (scripts/fetch-linux.sh)
+#
+# and the archive is made from them and guests/linux/init by scripts/make-initramfs.py,
+# afresh on every run (well under a second; the same inputs give the same bytes). Needs
+# what fetch-linux.sh needs, and python3. No root needed. On failure: one sentence on
+# stderr, exit 1.
+#
+# busybox-static is taken straight from the archive's pool by a pinned URL and sha256,
+# which is the same file `apt-get download busybox-static:arm64` would fetch, without the
+# root and `dpkg --add-architecture arm64` that apt needs for a foreign architecture. To move
+# on, take Filename and SHA256 of busybox-static from the bookworm main binary-arm64
+# Packages index (apt-cache show on an arm64 apt, or the Packages.xz file itself).
+set -euo pipefail
+
+BUSYBOX_VERSION=1:1.35.0-4+deb12u1+b1
+BUSYBOX_URL="https://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1.35.0-4+deb12u1+b1_arm64.deb"
+BUSYBOX_SHA256=732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+
+fail() {
+    echo "fetch-linux-rootfs: $*" >&2
+    exit 1
+}
+
+out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+    -o)
+        [ $# -ge 2 ] || fail "-o needs a path."
+        out="$2"
+        shift 2
+        ;;
+    *) fail "unknown argument '$1'; the only option is -o OUT." ;;
+    esac
+done
+
+cache="${PVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvkit}"
+busybox="${cache}/busybox/${BUSYBOX_VERSION#*:}/busybox"
+if [ ! -s "$busybox" ]; then
+    command -v curl >/dev/null || fail "curl is not installed; install it (apt-get install curl) and run this again."
+    dir="${busybox%/*}"
+    mkdir -p "$dir" || fail "cannot create the cache directory ${dir}."
+    work="$(mktemp -d "${dir}/.fetch.XXXXXX")" || fail "cannot create a temporary directory in ${dir}."
+    trap 'rm -rf "$work"' EXIT
+    deb="${work}/busybox.deb"
+    curl -fsSL --retry 2 --connect-timeout 30 --max-time 300 -o "$deb" "$BUSYBOX_URL" 2>"${work}/curl.err" ||
+        fail "could not download ${BUSYBOX_URL} ($(tr '\n' ' ' <"${work}/curl.err" | sed 's/ *$//'))."
+    got="$(sha256sum "$deb" | cut -d' ' -f1)"
+    [ "$got" = "$BUSYBOX_SHA256" ] || fail "${BUSYBOX_URL} has sha256 ${got}, not the pinned ${BUSYBOX_SHA256}; refusing it."
+    mkdir "${work}/tree"
+    if command -v dpkg-deb >/dev/null; then
+        dpkg-deb --fsys-tarfile "$deb" 2>"${work}/x.err" | tar -x -C "${work}/tree" ./bin/busybox 2>>"${work}/x.err" ||
+            fail "could not unpack bin/busybox from ${deb##*/}: $(head -n1 "${work}/x.err")."
+    else
+        command -v ar >/dev/null || fail "neither dpkg-deb nor ar is installed; install dpkg or binutils."
+        (cd "$work" && ar x "$deb") 2>"${work}/x.err" || fail "ar could not unpack the package: $(head -n1 "${work}/x.err")."
+        data="$(find "$work" -maxdepth 1 -name 'data.tar.*' -print -quit)"
+        [ -n "$data" ] || fail "the package has no data.tar member."
+        tar -xf "$data" -C "${work}/tree" ./bin/busybox 2>"${work}/x.err" ||
+            fail "could not unpack bin/busybox from ${data##*/}: $(head -n1 "${work}/x.err")."
+    fi
+    [ -s "${work}/tree/bin/busybox" ] || fail "the package holds no bin/busybox."
+    # The temporary tree is inside the cache directory, so this rename is atomic.
+    mv -f "${work}/tree/bin/busybox" "$busybox" || fail "cannot move busybox into ${busybox}."
+fi
+
+# fetch-linux.sh says what went wrong itself, on stderr.
+modules="$(bash "${here}/fetch-linux.sh" modules)" || exit 1
+[ -n "$out" ] || out="$(dirname "$(dirname "$modules")")/rootfs.cpio.gz"
+command -v python3 >/dev/null || fail "python3 is not installed; install it (apt-get install python3) and run this again."
+# make-initramfs.py prints the path it wrote, and says what went wrong itself.
+python3 "${here}/make-initramfs.py" --busybox "$busybox" --modules "$modules" \
+    --init "${root}/guests/linux/init" -o "$out" || exit 1
