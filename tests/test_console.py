@@ -9,6 +9,7 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class Collector:
 # -- BufferedConsole ---------------------------------------------------------------------------
 def test_buffered_console_writes_nothing_until_a_newline_then_the_whole_line() -> None:
     s = Stream()
-    con = BufferedConsole(s)
+    con = BufferedConsole(s, linger_s=None)
     for b in b"hello":
         con(bytes((b,)))
     assert s.writes == []
@@ -63,7 +64,7 @@ def test_buffered_console_writes_nothing_until_a_newline_then_the_whole_line() -
 
 def test_buffered_console_keeps_the_text_after_the_last_newline() -> None:
     s = Stream()
-    con = BufferedConsole(s)
+    con = BufferedConsole(s, linger_s=None)
     con(b"a\nb\nc")
     assert s.writes == [b"a\nb\n"]
     con.flush()
@@ -72,7 +73,7 @@ def test_buffered_console_keeps_the_text_after_the_last_newline() -> None:
 
 def test_buffered_console_close_flushes_and_then_writes_through() -> None:
     s = Stream()
-    con = BufferedConsole(s)
+    con = BufferedConsole(s, linger_s=None)
     con(b"prompt# ")
     con.close()
     assert s.getvalue() == b"prompt# "
@@ -82,7 +83,7 @@ def test_buffered_console_close_flushes_and_then_writes_through() -> None:
 
 def test_buffered_console_writes_out_when_the_limit_is_reached() -> None:
     s = Stream()
-    con = BufferedConsole(s, limit=4)
+    con = BufferedConsole(s, limit=4, linger_s=None)
     con(b"abc")
     assert s.writes == []
     con(b"d")
@@ -91,7 +92,7 @@ def test_buffered_console_writes_out_when_the_limit_is_reached() -> None:
 
 def test_buffered_console_from_many_threads_keeps_every_line_whole() -> None:
     s = Stream()
-    con = BufferedConsole(s)
+    con = BufferedConsole(s, linger_s=None)
 
     def writer(tag: bytes) -> None:
         for _ in range(200):
@@ -109,7 +110,7 @@ def test_buffered_console_from_many_threads_keeps_every_line_whole() -> None:
 def test_buffered_console_survives_a_closed_stream() -> None:
     s = Stream()
     s.close()
-    con = BufferedConsole(s)
+    con = BufferedConsole(s, linger_s=None)
     con(b"lost\n")
     assert isinstance(con.error, ValueError)
     con(b"more\n")  # no exception reaches the UART
@@ -243,3 +244,16 @@ def test_a_terminal_is_restored_at_normal_exit_without_close(pty: tuple[int, int
         child.kill()
         child.stdout.close()
     assert termios.tcgetattr(slave) == original
+
+
+def test_a_prompt_without_a_newline_appears_once_the_guest_goes_quiet() -> None:
+    # A shell's "# " or U-Boot's "=> " must reach the user, as on a terminal.
+    sink = io.BytesIO()
+    console = BufferedConsole(sink, linger_s=0.01)
+    console(b"line\n")
+    console(b"=> ")
+    deadline = time.monotonic() + 5
+    while sink.getvalue() != b"line\n=> " and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.getvalue() == b"line\n=> "
+    console.close()

@@ -3,8 +3,8 @@
 `BufferedConsole` is a UART's `output` callable. The UART hands it one byte at a time;
 writing each to the host stream would cost a system call per byte, so it keeps them and
 writes whole lines (at each b"\\n"), when `limit` bytes are waiting, and on `flush()` and
-`close()`. A guest prompt that ends without a newline appears at the next flush, so a board
-that runs an interactive guest should flush when its vCPUs go idle or from a timer.
+`close()`. A partial line (a shell's or U-Boot's prompt) is written once no byte has come
+for `linger_s`, by a flusher thread of its own, as a terminal shows a prompt at once.
 
 `HostInput` reads the host's stdin (or any file descriptor) on a daemon thread and hands
 what it reads to a callback, typically a UART's `feed`. When the descriptor is a terminal
@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 DEFAULT_LIMIT = 4096
+DEFAULT_LINGER_S = 0.02
 READ_CHUNK = 4096
 _JOIN_TIMEOUT_S = 1.0
 
@@ -42,21 +43,51 @@ class BinarySink(Protocol):
 class BufferedConsole:
     """Collects guest output and writes it to `stream` a line at a time; thread-safe."""
 
-    def __init__(self, stream: BinarySink | None = None, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(
+        self,
+        stream: BinarySink | None = None,
+        limit: int = DEFAULT_LIMIT,
+        linger_s: float | None = DEFAULT_LINGER_S,
+    ) -> None:
         self._stream: BinarySink = stream if stream is not None else sys.stdout.buffer
         self._limit = max(1, limit)
+        self._linger_s = linger_s
         self._buf = bytearray()
         self._lock = threading.Lock()
+        self._partial = threading.Condition(self._lock)
+        self._flusher: threading.Thread | None = None
+        self._stamp = 0  # bumped by every write: the flusher waits for it to stay put
         self._closed = False
         self.error: Exception | None = None  # the first write error; output is dropped after
+        # linger_s None: partial lines wait for flush() (for callers that flush themselves)
 
     def __call__(self, data: bytes) -> None:
         with self._lock:
+            was_empty = not self._buf
             self._buf += data
+            self._stamp += 1
             if self._closed or len(self._buf) >= self._limit:
                 self._emit(len(self._buf))
             elif b"\n" in data:
                 self._emit(self._buf.rindex(b"\n") + 1)
+            if was_empty and self._buf and not self._closed and self._linger_s is not None:
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_partial, name="console", daemon=True
+                    )
+                    self._flusher.start()
+                self._partial.notify()  # only on empty -> partial: not a wake-up per byte
+
+    def _flush_partial(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._buf:
+                    self._partial.wait()
+                    continue
+                stamp = self._stamp
+                self._partial.wait(self._linger_s)  # set: see __call__
+                if stamp == self._stamp:  # quiet for linger_s: show the partial line
+                    self._emit(len(self._buf))
 
     def write(self, data: bytes) -> None:
         self(data)
@@ -71,6 +102,7 @@ class BufferedConsole:
         with self._lock:
             self._emit(len(self._buf))
             self._closed = True
+            self._partial.notify()
 
     def __enter__(self) -> BufferedConsole:
         return self
