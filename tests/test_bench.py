@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pvkit.bench.linux import seconds_to_marker
 from pvkit.bench.probes import BenchError, MarkerClock
 
 from .test_cli import pvkit
@@ -88,3 +89,10 @@ def test_the_guests_interrupt_latency_line_is_read_in_microseconds() -> None:
     silent.feed(b"bench: 3 of 4 timer interrupts arrived\n")
     with pytest.raises(BenchError, match="reported no interrupt latency"):
         silent.irq_latency_us("QEMU")
+
+
+def test_a_linux_boot_is_timed_to_the_initramfs_marker_and_a_silent_one_is_infinite() -> None:
+    # linux_boot_s and linux_boot_qemu_s are the seconds until /init says it is ready.
+    fast = seconds_to_marker(["sh", "-c", "sleep 0.2; echo 'x pvkit-init: ready'; sleep 30"])
+    assert 0.2 <= fast < 10
+    assert seconds_to_marker(["sh", "-c", "echo nothing"], limit=5) == float("inf")
