@@ -17,6 +17,8 @@ from pvkit.loader.image import ImageError
 from pvkit.machine.memory import Region
 
 _SLACK = 4096  # room for the properties added below
+_FDT_MAGIC = bytes.fromhex("d00dfeed")
+_HEADER_SIZE = 40  # Devicetree Specification 5.2: ten big-endian 32-bit words
 
 
 def _cells(value: int, count: int) -> bytes:
@@ -57,6 +59,18 @@ def patch_user_dtb(
     reserved: Sequence[Region],
 ) -> tuple[bytes, list[str]]:
     """The patched blob and what was changed; ImageError if `blob` is not a usable DTB."""
+    # libfdt trusts the header's sizes and offsets: check them against the file first, or
+    # a truncated or crafted file makes it read past the buffer.
+    if len(blob) < _HEADER_SIZE or blob[:4] != _FDT_MAGIC:
+        raise ImageError(f"{source} is not a flattened device tree (no FDT header)")
+    total, struct_off, strings_off, rsv_off = (
+        int.from_bytes(blob[i : i + 4], "big") for i in (4, 8, 12, 16)
+    )
+    if total > len(blob) or max(struct_off, strings_off, rsv_off) >= total:
+        raise ImageError(
+            f"{source} is not a flattened device tree (its header claims {total} bytes "
+            f"and offsets beyond what the {len(blob)}-byte file holds)"
+        )
     try:
         fdt = libfdt.Fdt(bytearray(blob))
         fdt.resize(fdt.totalsize() + _SLACK + 64 * len(reserved) + len(bootargs))

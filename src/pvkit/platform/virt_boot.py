@@ -135,7 +135,7 @@ def plan_boot(
         fw = read_file(firmware, "firmware")
         if not fw or len(fw) > FLASH_BANK_SIZE:
             raise ImageError(
-                f"the firmware {firmware} is {len(fw)} bytes; flash bank 0 holds 1 to "
+                f"the firmware {firmware} is {len(fw)} bytes; flash bank 0 holds 1 byte to "
                 f"{FLASH_BANK_SIZE >> 20} MiB"
             )
         layout = firmware_layout(ram)
