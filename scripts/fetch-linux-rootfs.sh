@@ -10,9 +10,9 @@
 #       linux/<version>/modules/<abi> the kernel package's modules (scripts/fetch-linux.sh)
 #
 # and the archive is made from them and guests/linux/init by scripts/make-initramfs.py,
-# afresh on every run (well under a second; the same inputs give the same bytes). Needs
-# what fetch-linux.sh needs, and python3. No root needed. On failure: one sentence on
-# stderr, exit 1.
+# afresh on every run (well under a second; the same inputs give the same bytes). Downloads,
+# checks and unpacks with scripts/fetch-deb.sh, as fetch-linux.sh does; needs what that
+# needs, and python3. No root needed. On failure: one sentence on stderr, exit 1.
 #
 # busybox-static is taken straight from the archive's pool by a pinned URL and sha256,
 # which is the same file `apt-get download busybox-static:arm64` would fetch, without the
@@ -28,10 +28,8 @@ BUSYBOX_SHA256=732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 
-fail() {
-    echo "fetch-linux-rootfs: $*" >&2
-    exit 1
-}
+# shellcheck source-path=SCRIPTDIR source=fetch-deb.sh
+. "${here}/fetch-deb.sh"
 
 out=""
 while [ $# -gt 0 ]; do
@@ -45,34 +43,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cache="${PVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvkit}"
-busybox="${cache}/busybox/${BUSYBOX_VERSION#*:}/busybox"
+busybox="${pvkit_cache}/busybox/${BUSYBOX_VERSION#*:}/busybox"
 if [ ! -s "$busybox" ]; then
-    command -v curl >/dev/null || fail "curl is not installed; install it (apt-get install curl) and run this again."
-    dir="${busybox%/*}"
-    mkdir -p "$dir" || fail "cannot create the cache directory ${dir}."
-    work="$(mktemp -d "${dir}/.fetch.XXXXXX")" || fail "cannot create a temporary directory in ${dir}."
-    trap 'rm -rf "$work"' EXIT
-    deb="${work}/busybox.deb"
-    curl -fsSL --retry 2 --connect-timeout 30 --max-time 300 -o "$deb" "$BUSYBOX_URL" 2>"${work}/curl.err" ||
-        fail "could not download ${BUSYBOX_URL} ($(tr '\n' ' ' <"${work}/curl.err" | sed 's/ *$//'))."
-    got="$(sha256sum "$deb" | cut -d' ' -f1)"
-    [ "$got" = "$BUSYBOX_SHA256" ] || fail "${BUSYBOX_URL} has sha256 ${got}, not the pinned ${BUSYBOX_SHA256}; refusing it."
-    mkdir "${work}/tree"
-    if command -v dpkg-deb >/dev/null; then
-        dpkg-deb --fsys-tarfile "$deb" 2>"${work}/x.err" | tar -x -C "${work}/tree" ./bin/busybox 2>>"${work}/x.err" ||
-            fail "could not unpack bin/busybox from ${deb##*/}: $(head -n1 "${work}/x.err")."
-    else
-        command -v ar >/dev/null || fail "neither dpkg-deb nor ar is installed; install dpkg or binutils."
-        (cd "$work" && ar x "$deb") 2>"${work}/x.err" || fail "ar could not unpack the package: $(head -n1 "${work}/x.err")."
-        data="$(find "$work" -maxdepth 1 -name 'data.tar.*' -print -quit)"
-        [ -n "$data" ] || fail "the package has no data.tar member."
-        tar -xf "$data" -C "${work}/tree" ./bin/busybox 2>"${work}/x.err" ||
-            fail "could not unpack bin/busybox from ${data##*/}: $(head -n1 "${work}/x.err")."
-    fi
-    [ -s "${work}/tree/bin/busybox" ] || fail "the package holds no bin/busybox."
-    # The temporary tree is inside the cache directory, so this rename is atomic.
-    mv -f "${work}/tree/bin/busybox" "$busybox" || fail "cannot move busybox into ${busybox}."
+    fetch_deb "${busybox%/*}" "$BUSYBOX_URL" "$BUSYBOX_SHA256" busybox.deb 300
+    deb_unpack ./bin/busybox
+    deb_take bin/busybox "$busybox"
 fi
 
 # fetch-linux.sh says what went wrong itself, on stderr.

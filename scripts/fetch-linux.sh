@@ -16,8 +16,9 @@
 #
 # Used by tests/test_linux_boot.py and scripts/fetch-linux-rootfs.sh. Does nothing but print
 # the path when every part is there (a cache that lacks one, or one of MODULES, is filled in
-# from a fresh download). Needs curl, and dpkg-deb or else ar, tar and xz. No root needed.
-# On failure: one sentence on stderr, exit 1.
+# from a fresh download). Downloads, checks and unpacks with scripts/fetch-deb.sh: needs
+# curl, and dpkg-deb or else ar, tar and xz. No root needed. On failure: one sentence on
+# stderr, exit 1.
 #
 # The pin is a point-release package in the main archive (it stays in the pool until the
 # next point release replaces it; security updates leave theirs sooner). To move on, take
@@ -37,10 +38,9 @@ SHA256=914f75b57a8e165d85fb910c3e2dcc7000a05a9fea3f42f90b26e8dd590d5f06
 # so there is nothing to load for them (modules.builtin lists them).
 MODULES=(arm_smccc_trng)
 
-fail() {
-    echo "fetch-linux: $*" >&2
-    exit 1
-}
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=fetch-deb.sh
+. "${here}/fetch-deb.sh"
 
 part="${1:-kernel}"
 case "$part" in
@@ -48,7 +48,7 @@ kernel | modules | config) ;;
 *) fail "unknown part '${part}'; say kernel, modules or config." ;;
 esac
 
-cache="${PVKIT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pvkit}/linux/${VERSION}"
+cache="${pvkit_cache}/linux/${VERSION}"
 kernel="${cache}/vmlinuz"
 config="${cache}/config"
 modules="${cache}/modules/${ABI}"
@@ -71,39 +71,12 @@ if [ -s "$kernel" ] && [ -s "$config" ] && have_modules; then
     exit 0
 fi
 
-command -v curl >/dev/null || fail "curl is not installed; install it (apt-get install curl) and run this again."
-mkdir -p "${cache}/modules" || fail "cannot create the cache directory ${cache}."
-work="$(mktemp -d "${cache}/.fetch.XXXXXX")" || fail "cannot create a temporary directory in ${cache}."
-trap 'rm -rf "$work"' EXIT
-
-deb="${work}/kernel.deb"
-curl -fsSL --retry 2 --connect-timeout 30 --max-time 600 -o "$deb" "$URL" 2>"${work}/curl.err" ||
-    fail "could not download ${URL} ($(tr '\n' ' ' <"${work}/curl.err" | sed 's/ *$//'))."
-got="$(sha256sum "$deb" | cut -d' ' -f1)"
-[ "$got" = "$SHA256" ] || fail "${URL} has sha256 ${got}, not the pinned ${SHA256}; refusing it."
-
-# The package's data.tar, decompressed on the fly each time: a pass costs ~2 s.
-if ! command -v dpkg-deb >/dev/null; then
-    command -v ar >/dev/null || fail "neither dpkg-deb nor ar is installed; install dpkg or binutils."
-    (cd "$work" && ar x "$deb") 2>"${work}/x.err" || fail "ar could not unpack the package: $(head -n1 "${work}/x.err")."
-    data="$(find "$work" -maxdepth 1 -name 'data.tar.*' -print -quit)"
-    [ -n "$data" ] || fail "the package has no data.tar member."
-fi
-tree="${work}/tree"
-mkdir "$tree"
-# unpack MEMBER...: extract just these members (GNU tar wildcards) into $tree. Only these:
-# `dpkg-deb -x` would write ~350 MB, nearly all of it modules that nothing here loads.
-# A member that is not there is left for the checks after (they say what it was).
-unpack() {
-    if command -v dpkg-deb >/dev/null; then
-        dpkg-deb --fsys-tarfile "$deb" 2>"${work}/x.err" |
-            tar -x -C "$tree" --wildcards "$@" 2>>"${work}/x.err"
-    else
-        tar -xf "$data" -C "$tree" --wildcards "$@" 2>"${work}/x.err"
-    fi && return 0
-    grep -v -e 'Not found in archive' -e 'Exiting with failure status' "${work}/x.err" >"${work}/x.other" || true
-    [ ! -s "${work}/x.other" ] || fail "could not unpack from ${deb##*/}: $(head -n1 "${work}/x.other")."
-}
+fetch_deb "$cache" "$URL" "$SHA256" kernel.deb 600
+mkdir -p "${cache}/modules" || fail "cannot create the cache directory ${cache}/modules."
+work="$deb_work"
+tree="$deb_tree"
+# Only the members named: `dpkg-deb -x` would write ~350 MB, nearly all of it modules that
+# nothing here loads. One that is not there is left for the checks after (they say what).
 
 mods="lib/modules/${ABI}"
 # file_pattern NAME: the package path of module NAME, as a wildcard ('-' and '_' are the
@@ -115,7 +88,7 @@ patterns=()
 for name in "${MODULES[@]}"; do
     patterns+=("$(file_pattern "$name")")
 done
-unpack "./boot/vmlinuz-${ABI}" "./boot/config-${ABI}" "./${mods}/modules.builtin" "${patterns[@]}"
+deb_unpack "./boot/vmlinuz-${ABI}" "./boot/config-${ABI}" "./${mods}/modules.builtin" "${patterns[@]}"
 
 # Close MODULES over their dependencies, deepest first: `order` is a valid insmod order.
 declare -A path_of=()
@@ -128,7 +101,7 @@ ko_of() {
     if [ -z "$found" ]; then
         grep -q "/${1//[-_]/[-_]}\.ko\$" "${tree}/${mods}/modules.builtin" 2>/dev/null &&
             fail "module $1 is built into this kernel (modules.builtin): there is nothing to load, take it out of MODULES."
-        fail "module $1 is not in ${deb##*/}."
+        fail "module $1 is not in ${deb_file##*/}."
     fi
     if [ "${found%.xz}" != "$found" ]; then
         xz -d "$found" 2>"${work}/xz.err" || fail "xz could not decompress ${found##*/}: $(head -n1 "${work}/xz.err")."
@@ -147,7 +120,7 @@ visit() {
     [ -z "${visiting[$name]:-}" ] || fail "module ${name} depends on itself through its dependencies."
     visiting[$name]=1
     ko="$(ko_of "$name" 2>/dev/null)" || {
-        unpack "$(file_pattern "$name")"
+        deb_unpack "$(file_pattern "$name")"
         ko="$(ko_of "$name")"
     }
     for dep in $(depends_of "$ko"); do
@@ -187,13 +160,11 @@ for rel in "${order[@]}"; do
     echo "$line"
 done >"${stage}/modules.dep"
 
-src="${tree}/boot/vmlinuz-${ABI}"
-[ -s "$src" ] || fail "the package holds no boot/vmlinuz-${ABI}."
-[ -s "${tree}/boot/config-${ABI}" ] || fail "the package holds no boot/config-${ABI}."
+deb_need "boot/vmlinuz-${ABI}" "boot/config-${ABI}"
 # The temporary tree is inside the cache directory, so these renames are atomic; the
 # modules directory goes last, since its modules.load is what marks the cache complete.
-mv -f "${tree}/boot/config-${ABI}" "$config" || fail "cannot move the config into ${config}."
-mv -f "$src" "$kernel" || fail "cannot move the kernel into ${kernel}."
+deb_take "boot/config-${ABI}" "$config" "the config"
+deb_take "boot/vmlinuz-${ABI}" "$kernel" "the kernel"
 if [ -e "$modules" ]; then
     mv "$modules" "${work}/old-modules" || fail "cannot move the old ${modules} aside."
 fi
