@@ -36,7 +36,7 @@ from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
-from pvkit.loader.image import BootImage, ImageError
+from pvkit.loader.image import BootImage
 from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import StartRequest
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
@@ -50,7 +50,7 @@ from pvkit.platform.board import (
     stdout_console,
 )
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
-from pvkit.platform.virt_boot import plan_boot
+from pvkit.platform.virt_boot import plan_boot, read_file
 from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
 from pvkit.services.profiles import KVM, HostProfile
@@ -214,22 +214,15 @@ class VirtArm64(BoardPlatform):
         # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
         self.on_engine: Callable[[Arm64Engine], None] | None = None
 
+        user_dtb = read_file(config.dtb, "device tree") if config.dtb is not None else None
         self.plan = plan_boot(
             self.memory.region,
             image,
             config.bios,
             config.initrd,
-            config.dtb,
-            lambda rd: virt_device_tree(
-                config, self.services, self.memory.region, self.reserved, rd
-            ),
-            lambda blob, source, rd: patch_user_dtb(
-                blob, source, self.memory.region, config.bootargs, rd, self.reserved
-            ),
+            partial(self._device_tree, user_dtb),
+            self.reserved,
         )
-        if any(r.overlaps(u) for r in self.reserved for u in self.plan.used()):
-            raise ImageError("the guest image leaves no room for the device tree; add --mem")
-        self.image = self.plan.image
         self.flash: list[CfiFlash] = []
         if self.plan.firmware is not None:
             # Bank 0 holds the firmware and is read-only (it must survive a reset), bank 1
@@ -238,8 +231,6 @@ class VirtArm64(BoardPlatform):
                 CfiFlash(FLASH0_BASE, self.plan.firmware, writable=False, name="flash0"),
                 CfiFlash(FLASH1_BASE, name="flash1"),
             ]
-        self.dtb = self.plan.dtb
-        self.dtb_address = self.plan.layout.dtb
         self.vm = VirtualMachine(
             config.smp,
             self._engine,
@@ -251,6 +242,29 @@ class VirtArm64(BoardPlatform):
             next_deadline=self.cpu_devices.next_deadline if config.deterministic else None,
             reboot=config.reboot,
         )
+
+    def _device_tree(
+        self, user_dtb: bytes | None, initrd: Region | None
+    ) -> tuple[bytes, list[str]]:
+        """The board's own DTB, or the user's `--dtb` patched where the VM must have its
+        say; with what was changed in it."""
+        ram = self.memory.region
+        if user_dtb is None:
+            return virt_device_tree(self.config, self.services, ram, self.reserved, initrd), []
+        source = str(self.config.dtb)
+        return patch_user_dtb(user_dtb, source, ram, self.config.bootargs, initrd, self.reserved)
+
+    @property
+    def image(self) -> BootImage | None:
+        return self.plan.image
+
+    @property
+    def dtb(self) -> bytes:
+        return self.plan.dtb
+
+    @property
+    def dtb_address(self) -> int:
+        return self.plan.layout.dtb
 
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:

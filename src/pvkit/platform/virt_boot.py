@@ -11,7 +11,7 @@ sits at the start of RAM, where firmware built for QEMU's virt looks for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ PAGE = 0x1000
 DTB_ALIGN = 2 << 20
 ELF_DTB_ALIGN = 0x1_0000
 DTB_MAX = 2 << 20  # booting.rst: the DTB must not exceed 2 MiB
+NO_ROOM = "the guest image leaves no room for the device tree; add --mem"
 FIRMWARE_ENTRY = 0x0  # the reset vector: the start of flash bank 0
 
 
@@ -41,7 +42,7 @@ class BootLayout:
         if size > DTB_MAX:
             raise ImageError(f"the device tree is {size} bytes; the boot protocol allows 2 MiB")
         if not ram.contains(self.dtb, size):
-            raise ImageError("the guest image leaves no room for the device tree; add --mem")
+            raise ImageError(NO_ROOM)
 
 
 def kernel_layout(ram: Region, image: BootImage, initrd_size: int = 0) -> BootLayout:
@@ -109,19 +110,21 @@ def read_file(path: Path, what: str) -> bytes:
         raise ImageError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+DtbBuilder = Callable[[Region | None], tuple[bytes, list[str]]]
+
+
 def plan_boot(
     ram: Region,
     kernel: Path | BootImage | None,
     firmware: Path | None,
     initrd: Path | None,
-    user_dtb: Path | None,
-    make_dtb: Callable[[Region | None], bytes],
-    patch_dtb: Callable[[bytes, str, Region | None], tuple[bytes, list[str]]],
+    dtb_for: DtbBuilder,
+    reserved: Sequence[Region] = (),
 ) -> BootPlan:
     """Read the boot files and decide the layout; ImageError says what does not fit.
 
-    `make_dtb(initrd)` builds the board's own tree; `patch_dtb(blob, source, initrd)`
-    patches a user's."""
+    `dtb_for(initrd)` is the DTB naming that initrd and what it changed in a user's DTB;
+    nothing the plan writes may overlap the `reserved` regions services carve from RAM."""
     if firmware is not None and (kernel is not None or initrd is not None):
         raise ImageError(
             "--bios with --kernel or --initrd needs firmware to fetch them (QEMU's fw_cfg), "
@@ -130,7 +133,8 @@ def plan_boot(
     if firmware is None and kernel is None:
         raise ImageError("nothing to boot: give a kernel (IMAGE or --kernel) or --bios FILE")
     rd = read_file(initrd, "initrd") if initrd is not None else b""
-    blob = None if user_dtb is None else read_file(user_dtb, "device tree")
+    image: BootImage | None = None
+    fw: bytes | None = None
     if firmware is not None:
         fw = read_file(firmware, "firmware")
         if not fw or len(fw) > FLASH_BANK_SIZE:
@@ -139,24 +143,13 @@ def plan_boot(
                 f"{FLASH_BANK_SIZE >> 20} MiB"
             )
         layout = firmware_layout(ram)
-        dtb, changes = _dtb(blob, user_dtb, None, make_dtb, patch_dtb)
-        layout.check_dtb(ram, len(dtb))
-        return BootPlan(None, dtb, layout, firmware=fw, dtb_changes=tuple(changes))
-    assert kernel is not None
-    image = kernel if isinstance(kernel, BootImage) else load_image(kernel, ram)
-    layout = kernel_layout(ram, image, len(rd))
-    dtb, changes = _dtb(blob, user_dtb, layout.initrd, make_dtb, patch_dtb)
+    else:
+        assert kernel is not None
+        image = kernel if isinstance(kernel, BootImage) else load_image(kernel, ram)
+        layout = kernel_layout(ram, image, len(rd))
+    dtb, changes = dtb_for(layout.initrd)
     layout.check_dtb(ram, len(dtb))
-    return BootPlan(image, dtb, layout, rd, dtb_changes=tuple(changes))
-
-
-def _dtb(
-    blob: bytes | None,
-    source: Path | None,
-    initrd: Region | None,
-    make_dtb: Callable[[Region | None], bytes],
-    patch_dtb: Callable[[bytes, str, Region | None], tuple[bytes, list[str]]],
-) -> tuple[bytes, list[str]]:
-    if blob is None:
-        return make_dtb(initrd), []
-    return patch_dtb(blob, str(source), initrd)
+    plan = BootPlan(image, dtb, layout, rd, fw, tuple(changes))
+    if any(r.overlaps(u) for r in reserved for u in plan.used()):
+        raise ImageError(NO_ROOM)
+    return plan
