@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,17 @@ PREBUILT = ROOT / "guests" / "prebuilt"
 SMP_HELLO = PREBUILT / "smp-hello.Image"
 PSCI_WALK = PREBUILT / "psci-walk.Image"
 X86_HELLO = PREBUILT / "x86-hello.elf"
+
+
+def pvkit(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess, as a user runs it (no input: the guest console reads EOF)."""
+    return subprocess.run(
+        [sys.executable, "-m", "pvkit", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 class Recorder:

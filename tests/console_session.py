@@ -8,6 +8,7 @@ Every failure names the pattern and shows the end of the console.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import subprocess
@@ -17,6 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
+
+from pvkit.bench.linux import FetchError, fetch
+
+
+def fetched(script: str, limit: float) -> Path:
+    """The path scripts/`script` fetched (and cached); the test fails with its reason."""
+    try:
+        return fetch(script, limit)
+    except FetchError as exc:
+        pytest.fail(str(exc))
 
 
 class ConsoleSession:
@@ -38,12 +49,15 @@ class ConsoleSession:
 
     def _read(self) -> None:
         assert self._proc.stdout is not None
+        # Incremental: a character split between two reads still decodes as itself.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         fd = self._proc.stdout.fileno()
         while chunk := os.read(fd, 65536):
             with self._changed:
-                self._text += chunk.decode("utf-8", "replace").replace("\r", "")
+                self._text += decoder.decode(chunk).replace("\r", "")
                 self._changed.notify_all()
         with self._changed:
+            self._text += decoder.decode(b"", final=True)
             self._closed = True
             self._changed.notify_all()
 
@@ -52,8 +66,23 @@ class ConsoleSession:
         with self._changed:
             return self._text
 
+    @property
+    def position(self) -> int:
+        """Where the next `expect` starts looking."""
+        with self._changed:
+            return self._pos
+
+    def since(self, start: int) -> str:
+        """The console from `start` (a `position`) to the end of the last match."""
+        with self._changed:
+            return self._text[start : self._pos]
+
     def tail(self, lines: int = 25) -> str:
-        return "\n".join(self.text.splitlines()[-lines:])
+        with self._changed:
+            return self._tail(lines)
+
+    def _tail(self, lines: int = 25) -> str:
+        return "\n".join(self._text.splitlines()[-lines:])
 
     def expect(self, pattern: str, timeout: float) -> re.Match[str]:
         """The first match of `pattern` after the previous match; fails at the deadline
@@ -69,11 +98,12 @@ class ConsoleSession:
                 left = deadline - time.monotonic()
                 if self._closed or left <= 0:
                     why = "pvkit exited" if self._closed else f"{timeout:.0f} s passed"
-                    pytest.fail(f"{why} before {pattern!r} appeared; the console ended:\n"
-                                f"{self.tail()}")  # fmt: skip
+                    pytest.fail(f"{why} before {pattern!r} appeared ({self.seconds():.1f} s "
+                                f"into the run); the console ended:\n{self._tail()}")  # fmt: skip
                 self._changed.wait(min(left, 1.0))
 
     def send(self, line: str) -> None:
+        """Type `line` and Enter."""
         assert self._proc.stdin is not None
         self._proc.stdin.write(line.encode() + b"\n")
         self._proc.stdin.flush()
@@ -93,6 +123,8 @@ class ConsoleSession:
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait(10)
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
         self._reader.join(5)
 
     def seconds(self) -> float:

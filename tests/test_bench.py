@@ -14,7 +14,7 @@ import pytest
 from pvkit.bench.linux import seconds_to_marker
 from pvkit.bench.probes import BenchError, MarkerClock
 
-from .test_cli import pvkit
+from .conftest import pvkit
 
 # Asked for by the vCPU issue (SVC round trip and timer-IRQ latency, pvkit and QEMU).
 EXCEPTION_SPREADS = ("svc_roundtrip_us", "svc_roundtrip_qemu_us")

@@ -11,7 +11,6 @@ import random
 import shutil
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import libfdt
@@ -21,7 +20,7 @@ from pvkit.machine.memory import Region
 from pvkit.machine.vm import StopKind
 from pvkit.platform.virt_arm64 import RAM_BASE, VirtArm64, VirtConfig
 
-from .conftest import SMP_HELLO, assemble, boot
+from .conftest import SMP_HELLO, assemble, boot, pvkit
 
 QEMU = shutil.which("qemu-system-aarch64")
 MiB = 1 << 20
@@ -31,16 +30,6 @@ UART = "ldr x20, =0x09000000\n"
 
 
 # -- helpers ---------------------------------------------------------------------------
-def pvkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pvkit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def one_sentence(r: subprocess.CompletedProcess[str]) -> str:
     """A usage error: exit 2 and a single `pvkit: ...` line, no traceback."""
     assert r.returncode == 2, (r.returncode, r.stderr)

@@ -5,20 +5,13 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import SMP_HELLO
+from .conftest import SMP_HELLO, pvkit
 
 pytestmark = pytest.mark.usefixtures("trap")  # every test runs on both traps
-
-
-def pvkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pvkit", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def test_run_streams_the_console_and_exits_zero_on_system_off(tmp_path: Path) -> None:

@@ -6,8 +6,7 @@ import re
 
 import pytest
 
-from .conftest import PREBUILT
-from .test_cli import pvkit
+from .conftest import PREBUILT, pvkit
 
 STEAL = PREBUILT / "steal.Image"
 

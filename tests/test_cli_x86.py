@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SMP_HELLO, X86_HELLO
-from .test_cli import pvkit
+from .conftest import SMP_HELLO, X86_HELLO, pvkit
 
 
 @pytest.mark.parametrize("vendor", ["intel", "amd"])

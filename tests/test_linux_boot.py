@@ -12,51 +12,25 @@ in a subprocess, as a user would: `pvkit run --kernel vmlinuz --initrd rootfs.cp
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT
-from .console_session import ConsoleSession
+from pvkit.bench.linux import LinuxFiles
 
-SCRIPTS = ROOT / "scripts"
+from .console_session import ConsoleSession, fetched
+
 APPEND = "console=ttyAMA0 panic=-1"
 BOOT_S = 300.0  # to the shell: ~40 s with 4 vCPUs on 2 host cores, more on a busy machine
 FETCH_S = 300.0  # ~35 MB kernel package and busybox from Debian's mirror, then unpacking
 PROMPT = r"pvkit-sh# "
-USER_HZ = 100  # /proc/stat counts ticks of 1/100 s
 
 pytestmark = [pytest.mark.linux, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
-def fetch(script: str) -> Path:
-    try:
-        done = subprocess.run(
-            ["bash", str(SCRIPTS / script)],
-            capture_output=True,
-            text=True,
-            timeout=FETCH_S,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"scripts/{script} did not finish in {FETCH_S:.0f} s")
-    if done.returncode != 0:
-        pytest.fail(done.stderr.strip() or f"scripts/{script} exited {done.returncode}")
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
-@dataclass(frozen=True)
-class LinuxFiles:
-    kernel: Path
-    initrd: Path
-
-
 @pytest.fixture(scope="module")
 def files() -> LinuxFiles:
-    return LinuxFiles(fetch("fetch-linux.sh"), fetch("fetch-linux-rootfs.sh"))
+    return LinuxFiles(fetched("fetch-linux.sh", FETCH_S), fetched("fetch-linux-rootfs.sh", FETCH_S))
 
 
 def start(files: LinuxFiles, *args: str, words: str) -> ConsoleSession:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -20,7 +19,7 @@ import pytest
 from pvkit.devices.pvpanic import PVPANIC_MMIO_BASE
 from pvkit.machine.vm import StopKind
 
-from .conftest import PREBUILT, boot
+from .conftest import PREBUILT, boot, pvkit
 
 PVPANIC = PREBUILT / "pvpanic.Image"
 SCHEMA = json.loads((Path(__file__).parent / "trace_event_schema.json").read_text())
@@ -43,16 +42,6 @@ PVPANIC_RECORD = {
         },
     },
 }
-
-
-def pvkit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pvkit", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def run_pvpanic(*args: str) -> subprocess.CompletedProcess[str]:

@@ -34,26 +34,37 @@ class LinuxFiles:
     initrd: Path
 
 
+class FetchError(RuntimeError):
+    """A fetch script failed; the message is its own sentence."""
+
+
+def fetch(script: str, limit: float = _FETCH_LIMIT_S) -> Path:
+    """Run scripts/`script` (one of the project's pinned, cached fetches) and return the
+    path it printed."""
+    path = SCRIPTS / script
+    if not path.is_file():
+        raise FetchError(f"{path} is not there (the fetch scripts live in pvkit's source tree)")
+    try:
+        done = subprocess.run(
+            ["bash", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise FetchError(f"scripts/{script} did not finish in {limit:.0f} s") from None
+    if done.returncode != 0 or not done.stdout.strip():
+        raise FetchError(done.stderr.strip() or f"scripts/{script} exited {done.returncode}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
 def fetch_files() -> LinuxFiles | None:
     """The kernel and initramfs the Linux tests boot, or None if they cannot be had."""
-    paths = []
-    for script in ("fetch-linux.sh", "fetch-linux-rootfs.sh"):
-        if not (SCRIPTS / script).is_file():
-            return None
-        try:
-            done = subprocess.run(
-                ["bash", str(SCRIPTS / script)],
-                capture_output=True,
-                text=True,
-                timeout=_FETCH_LIMIT_S,
-                stdin=subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            return None
-        if done.returncode != 0 or not done.stdout.strip():
-            return None
-        paths.append(Path(done.stdout.strip().splitlines()[-1]))
-    return LinuxFiles(paths[0], paths[1])
+    try:
+        return LinuxFiles(fetch("fetch-linux.sh"), fetch("fetch-linux-rootfs.sh"))
+    except FetchError:
+        return None
 
 
 def pvkit_command(files: LinuxFiles) -> list[str]:
