@@ -99,7 +99,7 @@ def patch_user_dtb(
             changes.append("/chosen/bootargs")
         if initrd is not None:
             fdt.setprop_u64(chosen, "linux,initrd-start", initrd.base)
-            fdt.setprop_u64(fdt.path_offset("/chosen"), "linux,initrd-end", initrd.end)
+            fdt.setprop_u64(chosen, "linux,initrd-end", initrd.end)
             changes.append("/chosen/linux,initrd-start and -end")
 
         if reserved:
