@@ -555,6 +555,55 @@ def test_bios_runs_from_flash_at_0_with_the_dtb_at_the_ram_base(tmp_path: Path) 
     assert (m.dtb_address, m.plan.entry, m.plan.x0) == (RAM_BASE, 0, 0)
 
 
+# Firmware that copies a routine to RAM and calls it; the routine puts flash bank 0 into
+# CFI query mode, reads the "Q" of the query table, puts the bank back into read-array
+# mode and returns into the flash, which must run in place again.
+FLASH_QUERY = (
+    r"""
+    ldr x20, =0x09000000
+    adr x4, routine
+    adr x5, routine_end
+    ldr x6, =0x40100000
+1:  ldr w7, [x4], #4
+    str w7, [x6], #4
+    cmp x4, x5
+    b.lo 1b
+    ldr x6, =0x40100000
+    blr x6
+    adr x1, msg_q
+    bl puts
+    mov x0, x3
+    bl puthex
+"""
+    + OFF
+    + ROUTINES
+    + r"""
+routine:
+    mov x1, #0
+    mov w2, #0x98
+    str w2, [x1, #0x55 * 4]
+    ldr w3, [x1, #0x10 * 4]
+    mov w2, #0xff
+    str w2, [x1]
+    ret
+routine_end:
+msg_q: .asciz "fw: query Q="
+"""
+)
+FLASH_QUERY_SAYS = "fw: query Q=0000000000510051"  # "Q" in each 16-bit device lane
+
+
+def test_firmware_queries_its_flash_and_runs_from_it_again_in_read_array_mode(
+    tmp_path: Path,
+) -> None:
+    """A write to the bank makes it a device (the query answers, not the array); back in
+    read-array mode, the vCPU executes from it again."""
+    fw = flat_binary(tmp_path, FLASH_QUERY, "query")
+    r = pvkit("run", "-bios", str(fw), "--timeout", "30")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [FLASH_QUERY_SAYS]
+
+
 @pytest.mark.qemu
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-aarch64 is not installed")
 def test_the_firmware_sees_the_same_board_under_qemu(tmp_path: Path) -> None:

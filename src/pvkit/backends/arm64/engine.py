@@ -184,8 +184,11 @@ class Arm64Engine(UnicornVcpu):
             try:
                 uc.emu_start(pc, _NO_EXIT)
             except UcError as err:
+                # A fetch from a flash window mapped as a device: the failed fetch is at
+                # the PC now (not where this run began); resume there once it is memory.
                 flash = self._flash
-                if err.errno == UC_ERR_FETCH_PROT and flash and flash.fetch_back(pc):
+                at = uc.reg_read(r.UC_ARM64_REG_PC)
+                if err.errno == UC_ERR_FETCH_PROT and flash and flash.fetch_back(at):
                     continue
                 return self._above_el1() or self._fault_from(err)
             error = self.trap.take_error()
