@@ -9,7 +9,8 @@
 #       busybox/<version>/busybox     Debian 12's busybox-static for arm64 (below)
 #       linux/<version>/modules/<abi> the kernel package's modules (scripts/fetch-linux.sh)
 #
-# and the archive is made from them and guests/linux/init by scripts/make-initramfs.py,
+# and the archive is made from them, guests/linux/init and guests/prebuilt/phc-read.elf
+# (a /dev/ptp0 reader built from guests/linux/phc-read.c) by scripts/make-initramfs.py,
 # afresh on every run (well under a second; the same inputs give the same bytes). Downloads,
 # checks and unpacks with scripts/fetch-deb.sh, as fetch-linux.sh does; needs what that
 # needs, and python3. No root needed. On failure: one sentence on stderr, exit 1.
@@ -55,5 +56,7 @@ modules="$(bash "${here}/fetch-linux.sh" modules)" || exit 1
 [ -n "$out" ] || out="$(dirname "$(dirname "$modules")")/rootfs.cpio.gz"
 command -v python3 >/dev/null || fail "python3 is not installed; install it (apt-get install python3) and run this again."
 # make-initramfs.py prints the path it wrote, and says what went wrong itself.
+# guests/prebuilt/phc-read.elf (from guests/linux/phc-read.c) reads /dev/ptp0 for the tests.
 python3 "${here}/make-initramfs.py" --busybox "$busybox" --modules "$modules" \
-    --init "${root}/guests/linux/init" -o "$out" || exit 1
+    --init "${root}/guests/linux/init" --program "${root}/guests/prebuilt/phc-read.elf" \
+    -o "$out" || exit 1

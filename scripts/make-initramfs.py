@@ -92,15 +92,27 @@ def _regular(path: Path, name: str, mode: int | None = None) -> Entry:
     return Entry(name, stat.S_IFREG | mode, path.read_bytes())
 
 
-def busybox_entries(busybox: Path, applets: tuple[str, ...]) -> list[Entry]:
-    head = busybox.read_bytes()[:20] if busybox.is_file() else b""
+def _check_arm64_executable(path: Path, what: str) -> None:
+    head = path.read_bytes()[:20] if path.is_file() else b""
     if len(head) < 20 or head[:4] != b"\x7fELF":
-        raise InputError(f"{busybox} is not an ELF executable (it should be busybox-static).")
+        raise InputError(f"{path} is not an ELF executable (it should be {what}).")
     if head[4] != 2 or head[5] != 1 or int.from_bytes(head[18:20], "little") != EM_AARCH64:
-        raise InputError(f"{busybox} is not a 64-bit arm64 executable.")
+        raise InputError(f"{path} is not a 64-bit arm64 executable.")
+
+
+def busybox_entries(busybox: Path, applets: tuple[str, ...]) -> list[Entry]:
+    _check_arm64_executable(busybox, "busybox-static")
     entries = [_regular(busybox, "bin/busybox", 0o755)]
     entries += [Entry(f"bin/{a}", stat.S_IFLNK | 0o777, b"busybox") for a in applets]
     return entries
+
+
+def program_entries(programs: list[Path]) -> list[Entry]:
+    """Static arm64 programs of the project's own (guests/linux), as /bin/<name without
+    .elf>."""
+    for path in programs:
+        _check_arm64_executable(path, "a static arm64 program")
+    return [_regular(path, f"bin/{path.name.removesuffix('.elf')}", 0o755) for path in programs]
 
 
 def module_entries(modules: Path) -> list[Entry]:
@@ -130,9 +142,16 @@ def init_entry(init: Path) -> Entry:
     return Entry("init", stat.S_IFREG | 0o755, data)
 
 
-def initramfs(busybox: Path, modules: Path, init: Path, applets: tuple[str, ...]) -> bytes:
+def initramfs(
+    busybox: Path,
+    modules: Path,
+    init: Path,
+    applets: tuple[str, ...],
+    programs: list[Path] | None = None,
+) -> bytes:
     """The gzip'ed archive: deterministic, so the same inputs give the same bytes."""
     entries = busybox_entries(busybox, applets) + module_entries(modules) + [init_entry(init)]
+    entries += program_entries(programs or [])
     entries += [Entry(d, stat.S_IFDIR | (0o1777 if d == "tmp" else 0o755)) for d in MOUNT_POINTS]
     entries.append(Entry("dev/console", stat.S_IFCHR | 0o600, rdev=CONSOLE))
     return gzip.compress(newc_archive(entries), compresslevel=9, mtime=0)
@@ -162,13 +181,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--applet", action="append", default=[], help="link one more busybox applet in /bin"
     )
+    parser.add_argument(
+        "--program",
+        type=Path,
+        action="append",
+        default=[],
+        help="a static arm64 program to put in /bin (its name without .elf)",
+    )
     args = parser.parse_args(argv)
     applets = tuple(sorted(set(APPLETS) | set(args.applet)))
     try:
         for a in args.applet:
             if not a or "/" in a or a in (".", "..", "busybox"):
                 raise InputError(f"{a!r} cannot be an applet's name in /bin.")
-        data = initramfs(args.busybox, args.modules, args.init, applets)
+        names = [p.name.removesuffix(".elf") for p in args.program]
+        if set(names) & (set(applets) | {"busybox"}) or len(set(names)) != len(names):
+            raise InputError(f"the programs {names} clash with each other or with busybox.")
+        data = initramfs(args.busybox, args.modules, args.init, applets, args.program)
         write_atomically(args.output, data)
     except InputError as e:
         print(f"make-initramfs: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ in a subprocess, as a user would: `pvkit run --kernel vmlinuz --initrd rootfs.cp
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -120,6 +121,21 @@ def test_the_shell_runs_what_is_typed_and_hwrng_gives_fresh_bytes(
     first = re.findall(r"^[0-9a-f]{64}$", shell.run(read), re.MULTILINE)
     second = re.findall(r"^[0-9a-f]{64}$", shell.run(read), re.MULTILINE)
     assert first and second and first != second  # host randomness, never a constant
+
+
+def test_ptp0_reads_the_hosts_clock_through_kvm_ptp(smp4: tuple[ConsoleSession, Shell]) -> None:
+    # phc-read does what phc_ctl's "get" does: clock_gettime on /dev/ptp0, which ptp_kvm
+    # answers with a KVM PTP call, which pvkit answers with the host's real-time clock.
+    _, shell = smp4
+    before = time.time_ns()
+    out = shell.run("phc-read; sleep 2; phc-read")
+    after = time.time_ns()
+    readings = re.findall(r"^phc-read: ptp0 (\d+) realtime (\d+)$", out, re.MULTILINE)
+    assert len(readings) == 2, out
+    (ptp1, real1), (ptp2, real2) = ((int(p), int(r)) for p, r in readings)
+    assert before <= ptp1 < ptp2 <= after  # the host's clock, read while the guest ran
+    assert ptp2 - ptp1 >= 1.9e9  # it moved on with the guest's 2 s sleep, as the host's did
+    assert abs((ptp2 - ptp1) - (real2 - real1)) < 0.5e9  # and the guest's own clock agrees
 
 
 def test_a_cpu_goes_offline_and_back_through_psci(smp4: tuple[ConsoleSession, Shell]) -> None:
