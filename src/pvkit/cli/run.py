@@ -17,6 +17,7 @@ from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
+from pvkit.loader.symbols import SymbolTable
 from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform import pc_x86, virt_arm64
@@ -68,6 +69,10 @@ def run(
         bool,
         typer.Option("--no-reboot", "-no-reboot", help="a guest reset ends the run (exit 0)"),
     ] = False,
+    symbols: Annotated[
+        Path | None,
+        typer.Option(help="System.map or kallsyms: name a fault's PC as function+offset"),
+    ] = None,
     arch: Annotated[
         str | None, typer.Option(help="arm64 or x86_64 (default: from the image)")
     ] = None,
@@ -123,6 +128,7 @@ def run(
         "record_slices": timeline is not None,
     }
     try:
+        table = SymbolTable.load(symbols) if symbols is not None else None
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
@@ -220,7 +226,10 @@ def run(
     if machine.dispatcher.internal_errors:
         err.print(f"pvkit: {machine.dispatcher.internal_errors} hypercall handler error(s)")
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
-    err.print(f"pvkit: {reason.kind.value}{resets}: {reason.message}", markup=False)
+    message = reason.message
+    if table is not None and reason.pc is not None and (where := table.describe(reason.pc)):
+        message += f" ({where})"
+    err.print(f"pvkit: {reason.kind.value}{resets}: {message}", markup=False)
     raise typer.Exit(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
 
 

@@ -35,6 +35,7 @@ class StopReason:
     message: str = ""
     vcpu: int | None = None
     status: int | None = None  # an exit status the guest chose (x86 isa-debug-exit)
+    pc: int | None = None  # where a fault happened
 
 
 _KICK_INTERVAL_S = 0.001
@@ -306,7 +307,7 @@ class VirtualMachine:
 
     def _fault(self, index: int, exit_: VcpuExit) -> None:
         self._note("fault", index, message=exit_.message)
-        self.request_stop(StopReason(StopKind.FAULT, exit_.message, index))
+        self.request_stop(StopReason(StopKind.FAULT, exit_.message, index, pc=exit_.pc))
 
     def check_idle(self) -> None:
         """Thread-safe: a wake-up source went away (host input ended); maybe the VM is done."""
