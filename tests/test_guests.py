@@ -26,8 +26,9 @@ def test_smp_hello_says_hello_from_every_cpu_and_powers_off(smp: int) -> None:
 def test_kvm_profile_is_recognised_as_kvm() -> None:
     b = boot(SMP_HELLO, smp=2, profile=KVM)
     assert "hypervisor: KVM, uid b66fb428-e911c52e-564bcaa9-743a004d" in b.lines
-    # bit 0: FEATURES and the Call UID; bit 1: KVM_FUNC_PTP (services/ptp_kvm.py)
-    assert "vendor features: 00000003 00000000 00000000 00000000" in b.lines
+    # bit 0: FEATURES and the Call UID; bit 1: KVM_FUNC_PTP (services/ptp_kvm.py);
+    # bit 126: async page faults (services/async_pf.py)
+    assert "vendor features: 00000003 00000000 00000000 40000000" in b.lines
     assert "PSCI version 1.1" in b.lines and "SMCCC version 1.1" in b.lines
 
 

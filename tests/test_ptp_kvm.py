@@ -131,13 +131,14 @@ def test_linux_discovers_ptp_with_the_kvm_profile() -> None:
     assert hvc(UID) == KVM_UID_WORDS  # compared as whole registers by Linux
     words = [r & M32 for r in hvc(FEATURES)]
     bitmap = sum(w << 32 * i for i, w in enumerate(words))
-    assert bitmap == 0b11  # bit 0 FEATURES/UID, bit 1 KVM_FUNC_PTP (ARM_SMCCC_KVM_FUNC_PTP)
+    # bit 0 FEATURES/UID, bit 1 KVM_FUNC_PTP (ARM_SMCCC_KVM_FUNC_PTP), bit 126 async-pf
+    assert bitmap == 0b11 | 1 << 126
     assert (bitmap >> 1) & 1  # kvm_arm_hyp_service_available(1): ptp_kvm registers
     assert hvc(KVM_FUNC_PTP, PtpCounter.VIRTUAL)[0] != NOT_SUPPORTED
 
 
 def test_disable_ptp_kvm_clears_bit_1_and_the_call() -> None:
-    hvc = caller(vm(disabled=frozenset({"ptp-kvm"})))
+    hvc = caller(vm(disabled=frozenset({"ptp-kvm", "async-pf"})))
     assert hvc(FEATURES) == [0b01, 0, 0, 0]
     assert hvc(KVM_FUNC_PTP, 0) == list(NOT_SUPPORTED_ANSWER)
 
@@ -178,7 +179,8 @@ def test_another_service_claims_its_own_vendor_function_and_gets_its_bit() -> No
     m = vm(extra_services=[VendorCall()])
     hvc = caller(m)
     assert hvc(0xC600_0042)[0] == 42
-    assert hvc(FEATURES) == [0b11, 0, 1 << (66 - 64), 0]  # function 66: word 2, bit 2
+    # function 66: word 2, bit 2 (and async-pf, function 126: word 3, bit 30)
+    assert hvc(FEATURES) == [0b11, 0, 1 << (66 - 64), 1 << (126 - 96)]
 
 
 @pytest.mark.parametrize("fid", [KVM_FUNC_PTP, UID, FEATURES, 0xC600_0000, 0xC600_FF03])

@@ -18,6 +18,7 @@ class ExitKind(Enum):
     KICKED = "kicked"  # the host asked the engine to return
     SLICE_END = "slice_end"  # the instruction budget of the slice is spent
     FAULT = "fault"  # the guest did something it cannot recover from
+    PAGE_ABSENT = "page_absent"  # the guest touched a page the host does not hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class VcpuExit:
     message: str = ""
     pc: int | None = None
     address: int | None = None
+    user_mode: bool = False  # PAGE_ABSENT: the access came from EL0 / CPL 3
+    interrupts_masked: bool = False  # PAGE_ABSENT: PSTATE.I / RFLAGS.IF=0 at the access
 
 
 class VcpuEngine(Protocol):

@@ -1,7 +1,7 @@
 """The controls pvkit's engine patch adds to Unicorn 2.1.4 (engine/unicorn-2.1.4-pvkit.patch).
 
 They are `uc_ctl` calls the Python binding does not know, so they go through ctypes on the
-library the binding loaded. A stock engine answers UC_ERR_ARG to all three, which is how
+library the binding loaded. A stock engine answers UC_ERR_ARG to all of them, which is how
 `require_patched_engine` tells the two apart.
 """
 
@@ -19,6 +19,7 @@ UC_CTL_CPU_EXCEPTIONS = 15
 UC_CTL_CPU_IRQ_LINE = 16
 UC_CTL_TCG_PARALLEL = 17
 UC_CTL_STOP_AT_BLOCK = 18
+UC_CTL_ABSENT_PAGES = 19
 _IO_WRITE, _IO_READ = 1, 2
 LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
 
@@ -73,6 +74,22 @@ def set_irq_line(uc: Uc, line: int, level: bool) -> None:
         ctypes.c_int(level),
     )
     _check(err, "an interrupt line")
+
+
+def set_absent_pages(uc: Uc, page_map: ctypes.Array[ctypes.c_uint8] | None, base: int) -> None:
+    """Guest-physical pages from `base` the host does not have: one byte per 4 KiB page,
+    non-zero = absent, read by the engine at every access to such a page. A load, store or
+    fetch there calls the MEM_*_PROT hooks; unhandled, the run stops at the instruction.
+    The map must outlive the engine (the engine keeps only its address)."""
+    pages = len(page_map) if page_map is not None else 0
+    err = uclib.uc_ctl(
+        _handle(uc),
+        _ctl(UC_CTL_ABSENT_PAGES, 3, _IO_WRITE),
+        page_map,
+        ctypes.c_uint64(base),
+        ctypes.c_uint64(pages),
+    )
+    _check(err, "absent pages")
 
 
 @functools.cache

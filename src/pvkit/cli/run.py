@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pvkit.cli.options import fail, parse_profile, parse_size, write_file
+from pvkit.cli.swap import print_swap_stats, swap_spec
 from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
@@ -107,6 +108,13 @@ def run(
     timeline: Annotated[
         Path | None, typer.Option(help="write a Perfetto/Chrome trace-event JSON file here")
     ] = None,
+    swap_out: Annotated[
+        list[str] | None,
+        typer.Option(help="RAM absent on the host at boot: FRACTION, FIRST-LAST or FIRST+SIZE"),
+    ] = None,
+    swap_latency_ms: Annotated[
+        float, typer.Option(help="how long the host takes to bring back an absent page")
+    ] = 10.0,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -127,6 +135,7 @@ def run(
         "slice_ns": int(slice_ms * 1e6),
         "record_slices": timeline is not None,
     }
+    swap = swap_spec(swap_out or [], swap_latency_ms)
     try:
         table = SymbolTable.load(symbols) if symbols is not None else None
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
@@ -177,6 +186,7 @@ def run(
                     dtb=dtb,
                     bios=bios,
                     reboot=not no_reboot,
+                    swap=swap,
                     **timing,  # type: ignore[arg-type]
                 ),
                 image,
@@ -223,6 +233,7 @@ def run(
     if stats:
         _print_stats(err, call_stats)
         _print_vcpu_times(err, sched)
+        print_swap_stats(err, getattr(machine, "swap", None))
     if machine.dispatcher.internal_errors:
         err.print(f"pvkit: {machine.dispatcher.internal_errors} hypercall handler error(s)")
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""

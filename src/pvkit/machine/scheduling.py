@@ -82,6 +82,18 @@ class Scheduler(ABC):
     def become_runnable(self, vcpu: int) -> None:
         """`vcpu` was powered on or woken, by the running vCPU or by the host."""
 
+    def release_until(self, vcpu: int, at_ns: int) -> None:
+        """`vcpu` leaves its host CPU still wanting one, but cannot run before `at_ns` of
+        its own time: it waits for the host (a page being fetched), and that wait is
+        stolen time. Wall clock: returns at `at_ns` (or when the VM stops)."""
+        self.release(vcpu, Activity.RUNNABLE)
+        with self._cond:
+            while not self._stopping:
+                left = at_ns - self.now_ns(vcpu)
+                if left <= 0:
+                    return
+                self._cond.wait(left / 1e9)
+
     def wake_at(self, vcpu: int, at_ns: int) -> None:
         """An idle `vcpu` becomes runnable at `at_ns` of its own time (a timer deadline);
         only deterministic time needs this: a wall-clock deadline wakes it through a thread."""

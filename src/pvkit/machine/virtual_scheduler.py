@@ -65,6 +65,13 @@ class VirtualScheduler(Scheduler):
             return True
 
     def release(self, vcpu: int, then: Activity) -> None:
+        self._release(vcpu, then, None)
+
+    def release_until(self, vcpu: int, at_ns: int) -> None:
+        """Runnable from now (so the wait counts as stolen), chosen no earlier than `at_ns`."""
+        self._release(vcpu, Activity.RUNNABLE, at_ns)
+
+    def _release(self, vcpu: int, then: Activity, ready_at: int | None) -> None:
         with self._cond:
             if self._running != vcpu:
                 return
@@ -74,7 +81,7 @@ class VirtualScheduler(Scheduler):
             self._free_at[self._host[vcpu]] = end
             self._host[vcpu] = -1
             self._clock[vcpu] = end
-            self._ready_at[vcpu] = end
+            self._ready_at[vcpu] = end if ready_at is None else max(end, ready_at)
             self._running = None
             self._decide()
             self._cond.notify_all()

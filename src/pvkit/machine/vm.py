@@ -56,13 +56,16 @@ class VirtualMachine:
         can_wake: Callable[[int], bool] | None = None,
         next_deadline: Callable[[int], int | None] | None = None,
         reboot: bool = True,
+        on_absent: Callable[[int, VcpuExit], int | None] | None = None,
     ):
         """`scheduler` places vCPUs on host CPUs (default: one each, wall clock);
         `on_entry(vcpu)` runs each time a vCPU is about to enter guest code;
         `can_wake(vcpu)` says a device (a timer) may still end that vCPU's halt;
         `next_deadline(vcpu)` is when that vCPU's timer fires, in its own ns: with
         deterministic time, slices end there and a halted vCPU sleeps until then;
-        `reboot` False makes a guest reset end the run (QEMU's -no-reboot)."""
+        `reboot` False makes a guest reset end the run (QEMU's -no-reboot);
+        `on_absent(vcpu, exit)` decides about a touch of a page the host does not hold:
+        None (the guest was told; it runs on) or the time the vCPU must wait until."""
         if vcpu_count < 1:
             raise ValueError("a VM needs at least one vCPU")
         self.power = [VcpuPower() for _ in range(vcpu_count)]
@@ -83,6 +86,7 @@ class VirtualMachine:
         self._can_wake = can_wake
         self._next_deadline = next_deadline
         self.reboot = reboot
+        self._on_absent = on_absent
 
     @property
     def vcpu_count(self) -> int:
@@ -206,6 +210,9 @@ class VirtualMachine:
             if kind in (ExitKind.KICKED, ExitKind.SLICE_END):
                 sched.release(index, Activity.RUNNABLE)
                 continue
+            if kind is ExitKind.PAGE_ABSENT and self._on_absent is not None:
+                self._page_absent(index, exit_)
+                continue
             if kind is ExitKind.HALT:
                 with self._lock:
                     pending = self._wakeups[index].is_set()
@@ -234,6 +241,17 @@ class VirtualMachine:
                 self._fault(index, exit_)
             return True
         return True
+
+    def _page_absent(self, index: int, exit_: VcpuExit) -> None:
+        """The guest is told (it runs on at once) or the vCPU waits for the host's fetch,
+        runnable but off its host CPU: stolen time, as on a host that swaps."""
+        assert self._on_absent is not None
+        until = self._on_absent(index, exit_)
+        if until is None:
+            self.scheduler.release(index, Activity.RUNNABLE)
+            return
+        self._note("page_wait", index, address=f"{exit_.address or 0:#x}", until=until)
+        self.scheduler.release_until(index, until)
 
     def _slice_budget(self, index: int, budget: int) -> int:
         """A deterministic slice (1 ns = 1 instruction) ends at the vCPU's next timer

@@ -106,6 +106,9 @@ class BoardPlatform:
         self.memory.store_u64(address, value)
         return True
 
+    def is_ram(self, address: int, size: int) -> bool:
+        return self.memory.contains(address, size)
+
     def write_guest(self, address: int, data: bytes) -> bool:
         if not self.memory.contains(address, len(data)):
             return False

@@ -310,6 +310,9 @@ class PcX86(BoardPlatform):
         self.vm.post_interrupt(vcpu, vector)
         return True
 
+    def set_ppi(self, vcpu: int, intid: int, level: bool) -> bool:
+        return False  # Arm's private interrupts; x86 vectors go through post_interrupt
+
     def feature(self, function_id: int) -> int | None:
         return 0 if self.dispatcher.serves(function_id) else None
 

@@ -39,6 +39,7 @@ from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import BootImage
 from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import StartRequest
+from pvkit.machine.residency import HostResidency, SwapSpec
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.board import (
@@ -49,6 +50,7 @@ from pvkit.platform.board import (
     stderr_notice,
     stdout_console,
 )
+from pvkit.platform.swap import SwapController
 from pvkit.platform.timekeeping import entry_hooks, place_service_ram
 from pvkit.platform.virt_boot import plan_boot, read_file
 from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
@@ -100,6 +102,7 @@ class VirtConfig:
     bios: Path | None = None  # firmware in flash bank 0, started at 0x0
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
     notice: Callable[[str], None] = stderr_notice  # what the VM reports while it runs
+    swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
 
 
 def virt_device_tree(
@@ -201,6 +204,15 @@ class VirtArm64(BoardPlatform):
         )
         self.rtc.on_reprogram = self._arm_rtc
         self.pvpanic = PvpanicMmio(self._on_pvpanic, on_unknown=self._on_pvpanic_unknown)
+        self.swap: SwapController | None = None
+        if config.swap is not None and config.swap.active:
+            self.swap = SwapController(
+                HostResidency(RAM_BASE, config.memory, config.swap),
+                self.scheduler,
+                self.services,
+                self.trace,
+                None if config.deterministic else self.cpu_devices.deadlines,
+            )
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -239,8 +251,9 @@ class VirtArm64(BoardPlatform):
             self.scheduler,
             self._entry_hook(),
             can_wake=self._can_wake,
-            next_deadline=self.cpu_devices.next_deadline if config.deterministic else None,
+            next_deadline=self._next_deadline if config.deterministic else None,
             reboot=config.reboot,
+            on_absent=self.swap.on_absent if self.swap is not None else None,
         )
 
     def _device_tree(
@@ -281,8 +294,22 @@ class VirtArm64(BoardPlatform):
             self.cpu_devices.stop()
 
     def _can_wake(self, vcpu: int) -> bool:
-        """A timer, a pending interrupt or console input may still end `vcpu`'s WFI."""
-        return self.cpu_devices.can_wake(vcpu) or self.uart.may_interrupt_on_input()
+        """A timer, a pending interrupt, console input or a page the host is fetching
+        for an asynchronous page fault may still end `vcpu`'s WFI."""
+        swap = self.swap
+        return (
+            self.cpu_devices.can_wake(vcpu)
+            or self.uart.may_interrupt_on_input()
+            or (swap is not None and swap.can_wake(vcpu))
+        )
+
+    def _next_deadline(self, vcpu: int) -> int | None:
+        """Deterministic time: the vCPU's timer, or a page fetch it waits on."""
+        at = self.cpu_devices.next_deadline(vcpu)
+        swap = self.swap.next_deadline(vcpu) if self.swap is not None else None
+        if at is None or swap is None:
+            return swap if at is None else at
+        return min(at, swap)
 
     def _arm_rtc(self) -> None:
         """The RTC's match interrupt comes from the wall-clock deadline thread (with
@@ -311,12 +338,16 @@ class VirtArm64(BoardPlatform):
     def _entry_hook(self) -> Callable[[int], None] | None:
         """The services' per-entry updates, and with deterministic time the timers' check."""
         services = entry_hooks(self.services)
-        if not self.config.deterministic:
+        swap = self.swap.poll if self.swap is not None else None
+        if not self.config.deterministic and swap is None:
             return services
-        poll = self.cpu_devices.poll_timers
+        timers = self.cpu_devices.poll_timers if self.config.deterministic else None
 
         def on_entry(vcpu: int) -> None:
-            poll(vcpu)
+            if timers is not None:
+                timers(vcpu)
+            if swap is not None:
+                swap(vcpu)
             if services is not None:
                 services(vcpu)
 
@@ -335,6 +366,7 @@ class VirtArm64(BoardPlatform):
             sysregs=self.cpu_devices.sysregs(index),
             counting=self.scheduler.deterministic,
             flash=self.flash,
+            residency=self.swap.residency if self.swap is not None else None,
         )
         if index == 0:
             self.cpu_devices.set_cpu_id_registers(engine.read_sysreg(ID_AA64PFR0_EL1))
@@ -350,6 +382,10 @@ class VirtArm64(BoardPlatform):
         self.plan.load(self.memory)
         for bank in self.flash:
             bank.reset()
+        for service in self.services:
+            service.reset()
+        if self.swap is not None:
+            self.swap.boot()
         self.cpu_devices.start()
         return StartRequest(self.plan.entry, self.plan.x0)
 
@@ -372,6 +408,10 @@ class VirtArm64(BoardPlatform):
 
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         return False  # x86 vectors: SGIs and SPIs come from the GIC's own registers
+
+    def set_ppi(self, vcpu: int, intid: int, level: bool) -> bool:
+        self.cpu_devices.gic.set_ppi(vcpu, intid, level)
+        return True
 
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):

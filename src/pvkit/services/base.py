@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
@@ -47,6 +47,9 @@ class Platform(Protocol):
     def post_interrupt(self, vcpu: int, vector: int) -> bool:
         """Make `vector` pending on `vcpu` (and wake it); False if the VM has no such path."""
 
+    def set_ppi(self, vcpu: int, intid: int, level: bool) -> bool:
+        """arm64: drive a private interrupt of `vcpu` (level); False where there is none."""
+
     def stolen_ns(self, vcpu: int) -> int:
         """Nanoseconds `vcpu` was runnable but not running since it was powered on."""
 
@@ -62,9 +65,27 @@ class Platform(Protocol):
     def write_guest(self, address: int, data: bytes) -> bool:
         """Write guest RAM (a record the guest named); False if it is not all RAM."""
 
+    def is_ram(self, address: int, size: int) -> bool:
+        """Is [address, address + size) all guest RAM (for a block the guest names)?"""
+
     @property
     def deterministic(self) -> bool:
         """Is time virtual (derived from instructions) rather than the host's?"""
+
+
+@runtime_checkable
+class PageNotifier(Protocol):
+    """A service that tells the guest about pages the host does not hold (asynchronous
+    page faults), so the vCPU runs another task instead of waiting (platform/swap.py)."""
+
+    def page_not_present(
+        self, vcpu: int, page: int, user_mode: bool, interrupts_masked: bool
+    ) -> int | None:
+        """`vcpu` touched absent `page`: the token the guest was given, or None if this
+        vCPU cannot be told now (then it waits for the page)."""
+
+    def page_ready(self, page: int) -> list[tuple[int, int]]:
+        """`page` is present again: the (vcpu, token) notifications this queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,9 @@ class Service(ABC):
 
     def place(self, base: int) -> None:  # noqa: B027  # optional hook
         """Where the platform put the `reserved_bytes` (64 KiB aligned)."""
+
+    def reset(self) -> None:  # noqa: B027  # optional hook
+        """A system reset (and first boot): forget what the guest set up."""
 
     def on_vcpu_entry(self, vcpu: int) -> None:  # noqa: B027  # optional hook
         """Called each time `vcpu` is about to run guest code (keep it cheap)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pvkit.hypercall.namespace import Abi
+from pvkit.services.async_pf import AsyncPfService
 from pvkit.services.base import Service
 from pvkit.services.kvmclock import KvmClockService
 from pvkit.services.profiles import HostProfile
@@ -31,6 +32,7 @@ SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: TrngService() if p.has_hypervisor else None,
     _vendor,
     lambda p: KvmPtpService() if p.vendor_uid is not None else None,
+    lambda p: AsyncPfService() if p.vendor_uid is not None else None,
     lambda p: PvUnhaltService() if p.has_hypervisor else None,
     lambda p: PvIpiService() if p.has_hypervisor else None,
     lambda p: SchedYieldService() if p.has_hypervisor else None,

@@ -17,8 +17,11 @@ from collections.abc import Sequence
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
     UC_ERR_FETCH_PROT,
+    UC_HOOK_MEM_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
+    UC_HOOK_MEM_READ_PROT,
     UC_HOOK_MEM_READ_UNMAPPED,
+    UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
@@ -40,6 +43,7 @@ from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
+from pvkit.machine.residency import HostResidency
 from pvkit.trace.events import TraceHub, VmEvent
 
 _X = tuple(getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31))
@@ -76,10 +80,12 @@ class Arm64Engine(UnicornVcpu):
         sysregs: SysregPort | None = None,
         counting: bool = False,
         flash: Sequence[FlashBank] = (),
+        residency: HostResidency | None = None,
     ):
         """`sysregs` are the system registers the board emulates for this vCPU (None:
         the engine's own); `counting` installs the instruction budget; `flash` banks are
-        memory or a device as their mode says (flash_windows.py)."""
+        memory or a device as their mode says (flash_windows.py); `residency` says which
+        RAM pages the host does not hold (a touch is a PAGE_ABSENT exit)."""
         self.vcpu = vcpu
         self._memory = memory
         self._port = port
@@ -88,6 +94,8 @@ class Arm64Engine(UnicornVcpu):
         self._exit: VcpuExit | None = None
         self._recursive: str | None = None  # a fault inside the vectors, being taken
         self._unmapped: tuple[int, int, int] | None = None
+        self._residency = residency
+        self._absent: int | None = None  # the absent page an access just touched
         uc_controls.require_patched_engine()
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(r.UC_CPU_ARM64_MAX)  # v8.x features, LSE atomics among them
@@ -124,6 +132,14 @@ class Arm64Engine(UnicornVcpu):
             self._sysreg_hook = make_sysreg_hook(trap_path, uc, sysregs.keys, sysregs.access)
             self._sysreg_hook.install()
         self._budget: InsnBudget | None = make_budget(uc) if counting else None
+        if residency is not None:
+            uc_controls.set_absent_pages(uc, residency.map, residency.base)
+            uc.hook_add(
+                UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT,
+                self._on_absent_access,
+                begin=memory.base,
+                end=memory.base + memory.size - 1,
+            )
         self._uc = uc
 
     @staticmethod
@@ -184,6 +200,8 @@ class Arm64Engine(UnicornVcpu):
             try:
                 uc.emu_start(pc, _NO_EXIT)
             except UcError as err:
+                if self._absent is not None:
+                    return self._page_absent()
                 # A fetch from a flash window mapped as a device: the failed fetch is at
                 # the PC now (not where this run began); resume there once it is memory.
                 flash = self._flash
@@ -233,6 +251,29 @@ class Arm64Engine(UnicornVcpu):
             self._exit = VcpuExit(kind)
             self._uc.emu_stop()
         return call.results
+
+    def _on_absent_access(
+        self, uc: Uc, access: int, address: int, size: int, value: int, data: object
+    ) -> bool:
+        """A RAM access the engine saw as absent: stop before the instruction (False),
+        unless the page arrived since the engine looked (True: the access goes on)."""
+        residency = self._residency
+        if residency is None or not residency.is_absent(address):
+            return True
+        self._absent = address
+        return False
+
+    def _page_absent(self) -> VcpuExit:
+        uc = self._uc
+        address, self._absent = self._absent, None
+        pstate = uc.reg_read(r.UC_ARM64_REG_PSTATE)
+        return VcpuExit(
+            ExitKind.PAGE_ABSENT,
+            pc=uc.reg_read(r.UC_ARM64_REG_PC),
+            address=address,
+            user_mode=(pstate >> a.PSTATE_EL_SHIFT) & 3 == 0,
+            interrupts_masked=bool(pstate & a.PSTATE_I),
+        )
 
     def _on_exception(self, intno: int) -> None:
         """An exception the engine is about to take (only when tracing or something is

@@ -37,5 +37,6 @@ ZCR_EL3 = (1, 2, 3, 6, 0)
 ZCR_EL2 = (1, 2, 3, 4, 0)
 ZCR_LEN_MAX = 0xF  # the lower ELs may use every vector length the CPU has
 PSTATE_EL_SHIFT = 2
+PSTATE_I = 1 << 7  # IRQs masked
 VMPIDR_EL2 = (0, 0, 3, 4, 5)
 MPIDR_RES1 = 1 << 31
