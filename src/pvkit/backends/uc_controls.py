@@ -20,6 +20,7 @@ UC_CTL_CPU_IRQ_LINE = 16
 UC_CTL_TCG_PARALLEL = 17
 UC_CTL_STOP_AT_BLOCK = 18
 UC_CTL_ABSENT_PAGES = 19
+UC_CTL_CPU_RAISE_EXCEPTION = 20
 _IO_WRITE, _IO_READ = 1, 2
 LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
 
@@ -90,6 +91,20 @@ def set_absent_pages(uc: Uc, page_map: ctypes.Array[ctypes.c_uint8] | None, base
         ctypes.c_uint64(pages),
     )
     _check(err, "absent pages")
+
+
+def raise_exception(uc: Uc, vector: int, error_code: int = 0, software: bool = False) -> None:
+    """x86: the CPU takes `vector` through its own entry code (privilege and stack
+    switch from the TSS included) when emulation next starts; `software`: as INT n
+    returning to the current RIP. The INTR hooks see it first."""
+    err = uclib.uc_ctl(
+        _handle(uc),
+        _ctl(UC_CTL_CPU_RAISE_EXCEPTION, 3, _IO_WRITE),
+        ctypes.c_int(vector),
+        ctypes.c_uint64(error_code),
+        ctypes.c_int(software),
+    )
+    _check(err, f"raising exception {vector}")
 
 
 @functools.cache

@@ -5,12 +5,21 @@ from __future__ import annotations
 import threading
 from typing import ClassVar
 
-from unicorn import Uc, UcError  # type: ignore[attr-defined]  # re-exported names
+from unicorn import (  # type: ignore[attr-defined]  # re-exported names
+    UC_HOOK_MEM_FETCH_PROT,
+    UC_HOOK_MEM_READ_PROT,
+    UC_HOOK_MEM_WRITE_PROT,
+    Uc,
+    UcError,
+)
 
+from pvkit.backends import uc_controls
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import InsnBudget
 from pvkit.backends.faults import unmapped_fault
 from pvkit.devices.base import MmioDevice
+from pvkit.machine.memory import GuestMemory
+from pvkit.machine.residency import HostResidency
 
 
 class UnicornVcpu:
@@ -25,6 +34,8 @@ class UnicornVcpu:
     _kicked: threading.Event
     _exit: VcpuExit | None
     _unmapped: tuple[int, int, int] | None
+    _residency: HostResidency | None = None
+    _absent: int | None = None  # the absent page an access just touched
 
     def kick(self) -> None:
         self._kicked.set()
@@ -39,6 +50,29 @@ class UnicornVcpu:
 
     def executed(self) -> int:
         return self._budget.executed if self._budget is not None else 0
+
+    def _watch_residency(self, uc: Uc, memory: GuestMemory, residency: HostResidency) -> None:
+        """Accesses to RAM pages the host does not hold stop the engine before the
+        instruction (the engine checks only those pages: UC_CTL_ABSENT_PAGES)."""
+        self._residency = residency
+        uc_controls.set_absent_pages(uc, residency.map, residency.base)
+        uc.hook_add(
+            UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT,
+            self._on_absent_access,
+            begin=memory.base,
+            end=memory.base + memory.size - 1,
+        )
+
+    def _on_absent_access(
+        self, uc: Uc, access: int, address: int, size: int, value: int, data: object
+    ) -> bool:
+        """Stop before the instruction (False), unless the page arrived since the engine
+        looked (True: the access goes on)."""
+        residency = self._residency
+        if residency is None or not residency.is_absent(address):
+            return True
+        self._absent = address
+        return False
 
     # -- hooks -------------------------------------------------------------------------
     def _on_unmapped(

@@ -163,6 +163,7 @@ def run(
                     bootargs=append,
                     disabled=frozenset(disable or ()),
                     reboot=not no_reboot,
+                    swap=swap,
                     **timing,  # type: ignore[arg-type]
                 ),
                 image,

@@ -109,6 +109,9 @@ class BoardPlatform:
     def is_ram(self, address: int, size: int) -> bool:
         return self.memory.contains(address, size)
 
+    def read_guest_u32(self, address: int) -> int | None:
+        return self.memory.read_u32(address) if self.memory.contains(address, 4) else None
+
     def write_guest(self, address: int, data: bytes) -> bool:
         if not self.memory.contains(address, len(data)):
             return False

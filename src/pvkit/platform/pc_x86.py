@@ -42,9 +42,11 @@ from pvkit.loader.x86_boot import (
     boot_data,
     parse_x86_elf,
 )
+from pvkit.machine.deadlines import DeadlineThread
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import PowerState, StartRequest
 from pvkit.machine.quiesce import ExecutionGate
+from pvkit.machine.residency import HostResidency, SwapSpec
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.board import (
@@ -54,6 +56,7 @@ from pvkit.platform.board import (
     select_services,
     stdout_console,
 )
+from pvkit.platform.swap import SwapController
 from pvkit.platform.timekeeping import entry_hooks
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.profiles import KVM, HostProfile
@@ -85,6 +88,7 @@ class PcConfig:
     slice_ns: int = DEFAULT_SLICE_NS
     record_slices: bool = False  # keep every slice (for --timeline)
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
+    swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
 
 
 def _check(config: PcConfig) -> None:
@@ -185,14 +189,31 @@ class PcX86(BoardPlatform):
             IsaDebugExit(self._debug_exit),
             AcpiPowerOff(lambda: self.system_event(SystemEvent.SHUTDOWN, "ACPI S5 (port 0x604)")),
         ]
+        self.swap: SwapController | None = None
+        self._deadlines: DeadlineThread | None = None
+        if config.swap is not None and config.swap.active:
+            if not config.deterministic:
+                self._deadlines = DeadlineThread(lambda: self.scheduler.now_ns(0))
+            self.swap = SwapController(
+                HostResidency(0, config.memory, config.swap),
+                self.scheduler,
+                self.services,
+                self.trace,
+                self._deadlines,
+            )
+        self._engines: dict[int, X86Engine] = {}  # the live engine of each vCPU
+        swap = self.swap
         self.vm = VirtualMachine(
             config.smp,
             self._engine,
             self._prepare,
             self.trace,
             self.scheduler,
-            entry_hooks(self.services),
+            self._entry_hook(),
+            can_wake=swap.can_wake if swap is not None else None,
+            next_deadline=swap.next_deadline if swap is not None and config.deterministic else None,
             reboot=config.reboot,
+            on_absent=swap.on_absent if swap is not None else None,
         )
         self.gate = ExecutionGate(config.smp, self.vm.kick)
         native, foreign = _instructions(self.vendor)
@@ -226,10 +247,27 @@ class PcX86(BoardPlatform):
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
         self.policy.freeze()
-        return self.vm.run(timeout)
+        try:
+            return self.vm.run(timeout)
+        finally:
+            if self._deadlines is not None:
+                self._deadlines.stop()
+
+    def _entry_hook(self) -> Callable[[int], None] | None:
+        services = entry_hooks(self.services)
+        if self.swap is None:
+            return services
+        poll = self.swap.poll
+
+        def on_entry(vcpu: int) -> None:
+            poll(vcpu)
+            if services is not None:
+                services(vcpu)
+
+        return on_entry
 
     def _engine(self, index: int) -> X86Engine:
-        return X86Engine(
+        engine = X86Engine(
             index,
             self.memory,
             FIRMWARE,
@@ -244,7 +282,10 @@ class PcX86(BoardPlatform):
             clock=lambda: self.scheduler.now_ns(index),
             msrs=self if self._msrs else None,
             counting=self.scheduler.deterministic,
+            residency=self.swap.residency if self.swap is not None else None,
         )
+        self._engines[index] = engine
+        return engine
 
     def _prepare(self) -> StartRequest:
         self.memory.clear()
@@ -253,6 +294,13 @@ class PcX86(BoardPlatform):
         for address, blob in self.boot.blobs:
             self.memory.write(address, blob)
         self._init_seen = [False] * self.config.smp
+        for service in self.services:
+            service.reset()
+        if self.swap is not None:
+            self.swap.boot()
+            if self._deadlines is not None:
+                self._deadlines.stop()
+                self._deadlines.start()
         entry = self.image.pvh_entry if self.protocol is BootProtocol.PVH else None
         if entry is None:
             entry = self.image.image.entry
@@ -312,6 +360,13 @@ class PcX86(BoardPlatform):
 
     def set_ppi(self, vcpu: int, intid: int, level: bool) -> bool:
         return False  # Arm's private interrupts; x86 vectors go through post_interrupt
+
+    def inject_page_fault(self, vcpu: int, address: int) -> bool:
+        engine = self._engines.get(vcpu)
+        if engine is None:
+            return False
+        engine.raise_page_fault(address)
+        return True
 
     def feature(self, function_id: int) -> int | None:
         return 0 if self.dispatcher.serves(function_id) else None

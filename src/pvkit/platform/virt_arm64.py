@@ -413,6 +413,9 @@ class VirtArm64(BoardPlatform):
         self.cpu_devices.gic.set_ppi(vcpu, intid, level)
         return True
 
+    def inject_page_fault(self, vcpu: int, address: int) -> bool:
+        return False  # x86's #PF; arm64 notifications ride a PPI
+
     def feature(self, function_id: int) -> int | None:
         if not self.dispatcher.serves(function_id):
             return None

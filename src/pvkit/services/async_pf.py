@@ -96,11 +96,13 @@ class AsyncPfCore(Service):
     ) -> int | None:
         with self._lock:
             st = self.state(vcpu)
-            if not st.enabled or st.in_flight or st.queue or len(st.outstanding) >= SLOTS:
+            if not st.enabled or len(st.outstanding) >= SLOTS:
                 return None
+            if page in st.outstanding.values():
+                return None  # a repeated fault (another task, same page): wait, as KVM does
             if interrupts_masked or not (user_mode or st.send_always):
                 return None
-            if not self._may_notify(vcpu, st):
+            if not self._may_notify(vcpu, st, REASON_NOT_PRESENT):
                 return None
             token = self._new_token(vcpu, st)
             if not self._send(vcpu, st, REASON_NOT_PRESENT, token):
@@ -159,7 +161,7 @@ class AsyncPfCore(Service):
         """Send the next queued notification if none is in flight (lock held)."""
         while st.enabled and not st.in_flight and st.queue:
             reason, token = st.queue[0]
-            if not self._may_notify(vcpu, st):
+            if not self._may_notify(vcpu, st, reason):
                 return  # the guest has not made room yet; asked again at its next ack
             st.queue.popleft()
             if self._send(vcpu, st, reason, token):
@@ -178,9 +180,9 @@ class AsyncPfCore(Service):
         return token
 
     # -- what each ABI provides -------------------------------------------------------------
-    def _may_notify(self, vcpu: int, st: VcpuApf) -> bool:
-        """Beyond one-in-flight: may the guest take a notification now?"""
-        return True
+    def _may_notify(self, vcpu: int, st: VcpuApf, reason: int) -> bool:
+        """May the guest take this notification now (lock held)?"""
+        raise NotImplementedError
 
     def _send(self, vcpu: int, st: VcpuApf, reason: int, token: int) -> bool:
         """Write the notification where the guest looks and signal it (lock held)."""
@@ -244,6 +246,11 @@ class AsyncPfService(AsyncPfCore):
             self._disable(vcpu)
         self._enable(vcpu, block, send_always)
         return SmcccReturn.SUCCESS
+
+    def _may_notify(self, vcpu: int, st: VcpuApf, reason: int) -> bool:
+        # One notification of either kind in flight, and a "page not present" never
+        # overtakes a queued "page ready".
+        return not st.in_flight and (reason == REASON_READY or not st.queue)
 
     def _send(self, vcpu: int, st: VcpuApf, reason: int, token: int) -> bool:
         # Reason and token in one write, before the PPI rises.

@@ -50,6 +50,10 @@ class Platform(Protocol):
     def set_ppi(self, vcpu: int, intid: int, level: bool) -> bool:
         """arm64: drive a private interrupt of `vcpu` (level); False where there is none."""
 
+    def inject_page_fault(self, vcpu: int, address: int) -> bool:
+        """x86: `vcpu` takes #PF with CR2 = `address` before its next instruction (it is
+        between instructions: the board calls services from its exits); False elsewhere."""
+
     def stolen_ns(self, vcpu: int) -> int:
         """Nanoseconds `vcpu` was runnable but not running since it was powered on."""
 
@@ -67,6 +71,9 @@ class Platform(Protocol):
 
     def is_ram(self, address: int, size: int) -> bool:
         """Is [address, address + size) all guest RAM (for a block the guest names)?"""
+
+    def read_guest_u32(self, address: int) -> int | None:
+        """A 32-bit word of guest RAM; None if it is not all RAM."""
 
     @property
     def deterministic(self) -> bool:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from pvkit.hypercall.namespace import Abi
 from pvkit.services.async_pf import AsyncPfService
+from pvkit.services.async_pf_x86 import KvmAsyncPfService
 from pvkit.services.base import Service
 from pvkit.services.kvmclock import KvmClockService
 from pvkit.services.profiles import HostProfile
@@ -38,6 +39,7 @@ SERVICE_FACTORIES: tuple[Callable[[HostProfile], Service | None], ...] = (
     lambda p: SchedYieldService() if p.has_hypervisor else None,
     lambda p: StolenTimeService() if p.has_hypervisor else None,
     lambda p: KvmClockService() if p.has_hypervisor else None,
+    lambda p: KvmAsyncPfService() if p.has_hypervisor else None,
 )
 
 

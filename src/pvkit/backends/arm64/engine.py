@@ -17,11 +17,8 @@ from collections.abc import Sequence
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
     UC_ERR_FETCH_PROT,
-    UC_HOOK_MEM_FETCH_PROT,
     UC_HOOK_MEM_FETCH_UNMAPPED,
-    UC_HOOK_MEM_READ_PROT,
     UC_HOOK_MEM_READ_UNMAPPED,
-    UC_HOOK_MEM_WRITE_PROT,
     UC_HOOK_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
@@ -94,8 +91,6 @@ class Arm64Engine(UnicornVcpu):
         self._exit: VcpuExit | None = None
         self._recursive: str | None = None  # a fault inside the vectors, being taken
         self._unmapped: tuple[int, int, int] | None = None
-        self._residency = residency
-        self._absent: int | None = None  # the absent page an access just touched
         uc_controls.require_patched_engine()
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(r.UC_CPU_ARM64_MAX)  # v8.x features, LSE atomics among them
@@ -133,13 +128,7 @@ class Arm64Engine(UnicornVcpu):
             self._sysreg_hook.install()
         self._budget: InsnBudget | None = make_budget(uc) if counting else None
         if residency is not None:
-            uc_controls.set_absent_pages(uc, residency.map, residency.base)
-            uc.hook_add(
-                UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT | UC_HOOK_MEM_FETCH_PROT,
-                self._on_absent_access,
-                begin=memory.base,
-                end=memory.base + memory.size - 1,
-            )
+            self._watch_residency(uc, memory, residency)
         self._uc = uc
 
     @staticmethod
@@ -251,17 +240,6 @@ class Arm64Engine(UnicornVcpu):
             self._exit = VcpuExit(kind)
             self._uc.emu_stop()
         return call.results
-
-    def _on_absent_access(
-        self, uc: Uc, access: int, address: int, size: int, value: int, data: object
-    ) -> bool:
-        """A RAM access the engine saw as absent: stop before the instruction (False),
-        unless the page arrived since the engine looked (True: the access goes on)."""
-        residency = self._residency
-        if residency is None or not residency.is_absent(address):
-            return True
-        self._absent = address
-        return False
 
     def _page_absent(self) -> VcpuExit:
         uc = self._uc

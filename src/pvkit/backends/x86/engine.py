@@ -32,7 +32,7 @@ from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.backends.x86 import regs as x
-from pvkit.backends.x86.exceptions import Delivery, DeliveryFailed
+from pvkit.backends.x86.exceptions import Delivery, DeliveryFailed, NeedsPrivilegeChange
 from pvkit.backends.x86.interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
 from pvkit.backends.x86.patch import HypercallPatcher
 from pvkit.devices.base import MmioDevice, PortDevice
@@ -42,6 +42,7 @@ from pvkit.machine.interrupts import InterruptQueue
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import StartRequest
 from pvkit.machine.quiesce import ExecutionGate
+from pvkit.machine.residency import HostResidency
 from pvkit.trace.events import TraceHub, VmEvent
 
 _GPRS = (r.UC_X86_REG_RAX, r.UC_X86_REG_RBX, r.UC_X86_REG_RCX, r.UC_X86_REG_RDX, r.UC_X86_REG_RSI)
@@ -53,6 +54,7 @@ _DATA_SEGMENTS = (
     r.UC_X86_REG_GS,
 )
 _TCG_BUFFER = 32 << 20
+INTERRUPT_WINDOW = 1000  # instructions between looks at IF while a vector waits
 BOOT_CODE_SELECTOR = 0x10  # in the boot GDT the platform writes (PVH and multiboot)
 BOOT_DATA_SELECTOR = 0x18
 
@@ -77,9 +79,11 @@ class X86Engine(UnicornVcpu):
         clock: Callable[[], int] | None = None,
         msrs: MsrBus | None = None,
         counting: bool = False,
+        residency: HostResidency | None = None,
     ):
         """`clock()` is the hypervisor time in ns the TSC shows (1 GHz); `msrs` serves
-        the MSRs it knows (kvmclock, steal time); `counting` installs the budget."""
+        the MSRs it knows (kvmclock, steal time); `counting` installs the budget;
+        `residency` says which RAM pages the host does not hold (a PAGE_ABSENT exit)."""
         self.vcpu = vcpu
         self._memory = memory
         self._firmware = firmware
@@ -95,6 +99,10 @@ class X86Engine(UnicornVcpu):
         self._resume = False  # a hook stopped the engine only to let the loop act
         self._unmapped: tuple[int, int, int] | None = None
         self._ports = {p: dev for dev in ports for p in dev.ports}
+        # (vector, error code, software) the engine's own entry code delivers next, and
+        # the vector whose INTR hook call that delivery makes (not ours to deliver)
+        self._to_raise: tuple[int, int, bool] | None = None
+        self._raising: int | None = None
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
@@ -120,6 +128,8 @@ class X86Engine(UnicornVcpu):
         self._budget: InsnBudget | None = None
         if counting or msrs is not None:
             self._budget = make_budget(uc, memory if msrs is not None else None)
+        if residency is not None:
+            self._watch_residency(uc, memory, residency)
         self._uc = uc
         self._delivery = Delivery(uc, memory)
 
@@ -164,11 +174,23 @@ class X86Engine(UnicornVcpu):
                 if generation != self._generation:
                     uc.ctl_flush_tb()  # type: ignore[attr-defined]  # guest code was patched
                     self._generation = generation
-                if self._interrupts:
-                    self._deliver_pending()
+                if self._interrupts and self._to_raise is None:
+                    self._deliver_pending()  # after an exception waiting to be taken
+                if self._to_raise is not None:
+                    vector, code, software = self._to_raise
+                    self._to_raise = None
+                    uc_controls.raise_exception(uc, vector, code, software)
+                    self._raising = vector
                 if self._exit is None:
-                    uc.emu_start(uc.reg_read(r.UC_X86_REG_RIP), 0)
+                    window = self._open_interrupt_window()
+                    try:
+                        uc.emu_start(uc.reg_read(r.UC_X86_REG_RIP), 0)
+                    finally:
+                        if window is not None and self._close_interrupt_window(window):
+                            self._resume = True
             except UcError as err:
+                if self._absent is not None:
+                    return self._page_absent()
                 return self._fault_from(err)
             finally:
                 self._gate.leave(self.vcpu)
@@ -227,7 +249,47 @@ class X86Engine(UnicornVcpu):
             self._exit = VcpuExit(kind)
             uc.emu_stop()
 
+    def _open_interrupt_window(self) -> int | None:
+        """Vectors still wait (IF is 0, or an exception goes first): run a bounded number
+        of instructions and look again, as a VMM asks for an interrupt-window exit. Counted
+        in instructions, so deterministic runs stay deterministic. Returns the slice's own
+        budget to restore, or None without a wait or a budget."""
+        budget = self._budget
+        if budget is None or not self._interrupts:
+            return None
+        window = budget.budget
+        budget.budget = min(window, budget.executed + INTERRUPT_WINDOW)
+        return window
+
+    def _close_interrupt_window(self, window: int) -> bool:
+        """True if the run ended at the window rather than at the slice's own budget."""
+        budget = self._budget
+        assert budget is not None
+        ended = budget.executed >= budget.budget and budget.budget < window
+        budget.budget = window
+        return ended
+
+    def raise_page_fault(self, address: int, error_code: int = 0) -> None:
+        """Deliver #PF with CR2 = `address` before the next instruction (an asynchronous
+        "page not present": the instruction runs again once the handler returns)."""
+        self._uc.reg_write(r.UC_X86_REG_CR2, address)
+        self._deliver(x.VECTOR_PF, self._uc.reg_read(r.UC_X86_REG_RIP), error_code)
+
+    def _page_absent(self) -> VcpuExit:
+        uc = self._uc
+        address, self._absent = self._absent, None
+        return VcpuExit(
+            ExitKind.PAGE_ABSENT,
+            pc=uc.reg_read(r.UC_X86_REG_RIP),
+            address=address,
+            user_mode=uc.reg_read(r.UC_X86_REG_CS) & 3 == 3,
+            interrupts_masked=not uc.reg_read(r.UC_X86_REG_RFLAGS) & x.RFLAGS_IF,
+        )
+
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        if intno == self._raising:
+            self._raising = None  # raised through the engine, which delivers it now
+            return
         rip = uc.reg_read(r.UC_X86_REG_RIP)
         try:
             if self._byte(rip - 2) == x.INSN_INT and self._byte(rip - 1) == intno:
@@ -250,6 +312,12 @@ class X86Engine(UnicornVcpu):
             self._trace.event(VmEvent("inject", time.perf_counter_ns(), self.vcpu, fields))
         try:
             self._delivery.deliver(vector, rip, error_code, software)
+        except NeedsPrivilegeChange:
+            # The engine's own entry code switches privilege and stack (TSS.RSP0): it
+            # delivers when emulation next starts, so stop here if it is running.
+            self._to_raise = (vector, error_code or 0, software)
+            self._resume = True
+            self._uc.emu_stop()
         except DeliveryFailed as exc:
             self._stop_with_fault(
                 self._uc,

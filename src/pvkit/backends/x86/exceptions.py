@@ -24,6 +24,11 @@ class DeliveryFailed(Exception):
     """The guest cannot take the exception (no IDT, bad gate, unmapped stack)."""
 
 
+class NeedsPrivilegeChange(DeliveryFailed):
+    """The handler runs at another CPL: only the engine's own entry code can switch
+    (the binding sets just the CS selector in 64-bit mode, never the CPL)."""
+
+
 class Delivery:
     def __init__(self, uc: Uc, memory: GuestMemory):
         self._uc = uc
@@ -55,11 +60,7 @@ class Delivery:
         if new_cpl != cpl:
             # The engine sets only the CS/SS selectors in 64-bit mode, never the CPL, so a
             # delivery that changes privilege cannot be made faithfully: refuse it loudly.
-            raise DeliveryFailed(
-                f"delivery from CPL {cpl} to a CPL {new_cpl} handler needs a privilege "
-                "change, which the Unicorn engine cannot make (return from CPL 3 through "
-                "a call gate instead)"
-            )
+            raise NeedsPrivilegeChange(f"CPL {cpl} to a CPL {new_cpl} handler")
         ist = (low >> 32) & 7
         ss = uc.reg_read(r.UC_X86_REG_SS)
         rsp = uc.reg_read(r.UC_X86_REG_RSP)

@@ -17,6 +17,7 @@ RFLAGS_VM = 1 << 17
 
 VECTOR_UD = 6
 VECTOR_GP = 13
+VECTOR_PF = 14
 EXCEPTIONS_WITH_ERROR_CODE = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
 
 INSN_INT = 0xCD  # int imm8
