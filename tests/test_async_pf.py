@@ -7,6 +7,8 @@ line is observed where the service drives it (the board's set_ppi).
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pvkit.abi.arm64_smccc import SmcccAbi
@@ -20,7 +22,7 @@ from pvkit.services.async_pf import (
     AsyncPfService,
 )
 from pvkit.services.profiles import NONE, PVKIT
-from tests.conftest import SMP_HELLO
+from tests.conftest import PREBUILT, SMP_HELLO, pvkit
 
 M64 = (1 << 64) - 1
 FID = 0x8600_007E
@@ -198,3 +200,42 @@ def test_a_reset_forgets_everything() -> None:
 def test_a_block_can_be_anywhere_in_ram_up_to_its_last_64_bytes() -> None:
     b = Board()
     assert b.enable(block=RAM_BASE + (256 << 20) - 64) == 0
+
+
+# -- end to end: the apf guest against the host's ground truth -----------------------------
+def _stats(*extra: str) -> tuple[dict[str, int], dict[str, int], dict[str, int], int]:
+    run = pvkit(
+        "run", str(PREBUILT / "apf.Image"), "--deterministic", "--stats",
+        "--swap-out", "0x48000000+4M", "--swap-latency-ms", "1", *extra,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "FAILED" not in run.stdout
+    for i in range(4):
+        assert f"apf: task {i} walked 256 pages x 2 passes" in run.stdout
+    figures = {}
+    for prefix, text in (("apf: notifications:", run.stdout), ("pvkit: swap", run.stderr),
+                         ("pvkit: async-pf", run.stderr)):  # fmt: skip
+        lines = [ln for ln in text.splitlines() if ln.startswith(prefix)]
+        figures[prefix] = (
+            {k: int(v) for k, v in re.findall(r"([\w-]+)=(\d+)", lines[0])} if lines else {}
+        )
+    steal = int(re.search(r"steal_ns=(\d+)", run.stderr).group(1))  # type: ignore[union-attr]
+    return figures["apf: notifications:"], figures["pvkit: swap"], figures["pvkit: async-pf"], steal
+
+
+def test_the_guest_counts_exactly_what_the_host_sent() -> None:
+    guest, swap, apf, steal = _stats()
+    assert swap["touched"] == swap["fetched"] == 1024
+    assert guest["not-present"] == apf["not_present"] > 1000
+    assert guest["ready"] + guest["unknown"] == apf["ready"] == apf["not_present"]
+    assert guest["wake-all"] == apf["wake_all"] == 1
+    assert apf["acks"] == apf["not_present"] + apf["ready"] + apf["wake_all"]  # one per IRQ
+    assert swap["waits"] + apf["not_present"] >= swap["touched"]  # told, or else waited
+    assert steal <= swap["waits"] * 1_000_000
+
+
+def test_with_the_service_off_every_page_is_a_wait_of_the_whole_latency() -> None:
+    guest, swap, apf, steal = _stats("--disable", "async-pf")
+    assert guest["not-present"] == 0 and apf == {}
+    assert swap["waits"] == swap["touched"] == 1024
+    assert steal == 1024 * 1_000_000
