@@ -24,6 +24,7 @@ from pvkit.bench.service import BenchService
 from pvkit.devices.pl011 import Pl011
 from pvkit.loader.image import load_image
 from pvkit.machine.memory import GuestMemory
+from pvkit.machine.residency import SwapSpec
 from pvkit.platform.virt_arm64 import (
     RAM_BASE,
     UART_BASE,
@@ -100,25 +101,35 @@ class PvkitCounts:
 
 
 def pvkit_loop(
-    bootargs: str, *, trap: str = "auto", floor: bool = False, timeout: float = 120
+    bootargs: str,
+    *,
+    trap: str = "auto",
+    floor: bool = False,
+    timeout: float = 120,
+    swap: SwapSpec | None = None,
 ) -> tuple[float, PvkitCounts]:
-    """Seconds the bench loop took inside a pvkit VM (every pvkit hook installed)."""
-    clock, counts = _pvkit_run(bootargs, trap, floor, timeout)
+    """Seconds the bench loop took inside a pvkit VM (every pvkit hook installed); with
+    `swap`, RAM pages absent on the host as well."""
+    clock, counts = _pvkit_run(bootargs, trap, floor, timeout, swap)
     return clock.seconds(f"pvkit {bootargs!r}"), counts
 
 
 def pvkit_irq(n: int, timeout: float = 120) -> float:
     """Mean µs from timer deadline to IRQ vector over `n` interrupts inside a pvkit VM."""
-    clock, _ = _pvkit_run(f"irq {n}", "auto", False, timeout)
+    clock, _ = _pvkit_run(f"irq {n}", "auto", False, timeout, None)
     return clock.irq_latency_us(f"pvkit 'irq {n}'")
 
 
 def _pvkit_run(
-    bootargs: str, trap: str, floor: bool, timeout: float
+    bootargs: str, trap: str, floor: bool, timeout: float, swap: SwapSpec | None
 ) -> tuple[MarkerClock, PvkitCounts]:
     clock = MarkerClock()
     config = VirtConfig(
-        console=clock.feed, bootargs=bootargs, trap=trap, extra_services=[BenchService()]
+        console=clock.feed,
+        bootargs=bootargs,
+        trap=trap,
+        extra_services=[BenchService()],
+        swap=swap,
     )
     machine = VirtArm64(config, BENCH_IMAGE)
     engines: list[Arm64Engine] = []
