@@ -13,6 +13,8 @@ import pytest
 
 from pvkit.abi.arm64_smccc import SmcccAbi
 from pvkit.hypercall.call import Conduit
+from pvkit.hypercall.namespace import NamespaceClash
+from pvkit.hypercall.vendor_numbers import KVM_NUMBERS, PVKIT_NUMBERS
 from pvkit.platform.virt_arm64 import RAM_BASE, VirtArm64, VirtConfig
 from pvkit.services.async_pf import (
     REASON_NOT_PRESENT,
@@ -239,3 +241,26 @@ def test_with_the_service_off_every_page_is_a_wait_of_the_whole_latency() -> Non
     assert guest["not-present"] == 0 and apf == {}
     assert swap["waits"] == swap["touched"] == 1024
     assert steal == 1024 * 1_000_000
+
+
+# -- the number: pvkit's assignment in the vendor range, and the guest SDK agrees ------------
+def test_the_number_is_pvkits_own_and_none_of_kvms() -> None:
+    assert PVKIT_NUMBERS["async-pf"] == 126 and 126 not in KVM_NUMBERS
+    assert {1, 2} <= KVM_NUMBERS  # the series' own numbers: KVM's PTP and a pKVM function
+    assert Board().apf.function_id == FID
+
+
+def test_the_guest_sdk_header_has_the_hosts_number() -> None:
+    header = (PREBUILT.parent / "sdk" / "include" / "pvkit" / "apf.h").read_text()
+    fid = re.search(r"#define APF_FUNC (0x[0-9a-f]+)u", header)
+    number = re.search(r"#define APF_FUNC_NUMBER (\d+)", header)
+    assert fid is not None and number is not None
+    assert int(fid.group(1), 16) == FID and int(number.group(1)) == FID & 0xFFFF
+
+
+def test_a_service_claiming_the_same_number_clashes_at_build_time() -> None:
+    class Other(AsyncPfService):
+        name = "my-apf"
+
+    with pytest.raises(NamespaceClash, match="async-pf"):
+        VirtArm64(VirtConfig(console=lambda b: None, extra_services=[Other()]), SMP_HELLO)

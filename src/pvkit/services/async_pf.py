@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pvkit.abi.smccc import SmcccReturn
 from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import Abi, Function, IdRange
+from pvkit.hypercall.vendor_numbers import pvkit_number
 from pvkit.services.base import Service
 from pvkit.services.vendor_hyp import VENDOR_SMC32
 
-# pvkit's number in the vendor range: KVM uses or reserves 0..65 and 127
-# (Linux Documentation/virt/kvm/arm/hypercalls.rst, include/linux/arm-smccc.h), so
-# async page faults take the highest free one and leave the low ones to users.
-ASYNC_PF_FUNCTION = 126
+# Its number in the vendor range comes from pvkit's assignments there (not KVM's: the
+# series' own numbers 1 and 2 are KVM's PTP and a pKVM function today).
+ASYNC_PF_FUNCTION = pvkit_number("async-pf")
 VERSION = 0x01_00_00  # 1.0.0: bits 23:16 major, 15:8 minor, 7:0 revision
 SLOTS = 64  # outstanding "page not present" tokens per vCPU
 DEFAULT_PPI = 17
