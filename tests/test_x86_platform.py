@@ -201,3 +201,16 @@ def test_a_guest_halting_with_nothing_to_wake_it_ends_idle(tmp_path: Path) -> No
 def test_unmapped_access_is_a_fault_naming_the_address(tmp_path: Path) -> None:
     b = boot_x86(pvh_guest(tmp_path, "movl 0xd0000000, %eax"))
     assert b.reason.kind is StopKind.FAULT and "0xd0000000" in b.reason.message
+
+
+@pytest.mark.parametrize("vendor", ["intel", "amd"])
+def test_an_invalid_opcode_in_the_last_bytes_of_ram_is_ud_not_a_host_error(
+    tmp_path: Path, vendor: str
+) -> None:
+    # UD2 in the last two bytes of 32 MiB: the trap's third byte would be past RAM.
+    end = 32 << 20
+    body = f"movw $0x0b0f, {end - 2:#x}\nmovl ${end - 2:#x}, %eax\njmp *%eax"
+    b = boot_x86(pvh_guest(tmp_path, body), memory=end, vendor=vendor)
+    assert b.reason.kind is StopKind.FAULT
+    assert "triple fault: vector 6" in b.reason.message, b.reason.message
+    assert [e.fields["vector"] for e in b.trace.events if e.kind == "inject"] == [6]

@@ -107,6 +107,10 @@ class X86Engine(UnicornVcpu):
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
         uc_controls.set_stop_at_block(uc, True)  # kicks never replay an MMIO access
+        # LOCK-prefixed instructions and XCHG become host atomics: without this the engine
+        # translates them as plain load/op/store, and vCPU threads sharing RAM lose updates
+        # (a shared bounded loop ran more times than its bound).
+        uc_controls.set_parallel(uc, True)
         for dev in devices:
             uc.mmio_map(
                 dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
@@ -220,8 +224,7 @@ class X86Engine(UnicornVcpu):
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
         rip = uc.reg_read(r.UC_X86_REG_RIP)
         try:
-            physical = [self._delivery.physical(rip + i) for i in range(3)]
-            code = bytes(self._byte_at(a) for a in physical)
+            physical, code = self._fetch(rip, 3)  # short near the end of RAM or a mapping
             if self._port is None or code not in (x.VMCALL, x.VMMCALL):
                 self._deliver(x.VECTOR_UD, rip)
             elif self._patcher is None or code == self._patcher.native:
@@ -425,6 +428,20 @@ class X86Engine(UnicornVcpu):
             return self._byte_at(self._delivery.physical(address))
         except DeliveryFailed:
             return -1
+
+    def _fetch(self, address: int, size: int) -> tuple[list[int], bytes]:
+        """Up to `size` instruction bytes at `address` and the physical address of each;
+        they end early at the first byte that is unmapped or outside RAM."""
+        physical: list[int] = []
+        for i in range(size):
+            try:
+                at = self._delivery.physical(address + i)
+            except DeliveryFailed:
+                break
+            if not self._memory.contains(at, 1):
+                break
+            physical.append(at)
+        return physical, bytes(self._memory.read(a, 1)[0] for a in physical)
 
     def _byte_at(self, physical: int) -> int:
         if not self._memory.contains(physical, 1):
