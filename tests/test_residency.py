@@ -7,7 +7,9 @@ deterministic time.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +112,19 @@ def test_bad_swap_options_are_one_sentence_and_exit_2(option: str, value: str) -
     run = pvkit("run", *args)
     assert run.returncode == 2
     assert run.stderr.startswith("pvkit: ") and "Traceback" not in run.stderr
+
+
+def test_the_timeline_shows_each_wait_as_a_span_as_long_as_its_stolen_time(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "t.json"
+    run = pvkit(
+        "run", str(PREBUILT / "smp-hello.Image"), "--deterministic", "--stats",
+        "--swap-out", f"{BASE:#x}+4M", "--swap-latency-ms", "2", "--timeline", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    steal, swap = _figures(run.stderr)
+    waits = [e for e in json.loads(out.read_text())["traceEvents"] if e["name"] == "page wait"]
+    assert len(waits) == swap["waits"] > 0
+    assert all(e["ph"] == "X" and e["cat"] == "swap" and e["args"]["address"] for e in waits)
+    assert sum(e["dur"] for e in waits) * 1000 == sum(steal)

@@ -1,4 +1,4 @@
-"""SMCCC function-ID codec (DEN0028 via hypercall-abi-facts 1.1)."""
+"""SMCCC function-ID codec (Arm DEN0028 §2.5, Table 2-1)."""
 
 from hypothesis import given
 from hypothesis import strategies as st

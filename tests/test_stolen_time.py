@@ -15,7 +15,11 @@ import pytest
 
 from pvkit.hypercall.namespace import Abi
 from pvkit.machine.vm import StopKind
-from pvkit.services.kvmclock import MSR_KVM_SYSTEM_TIME_NEW, KvmClockService
+from pvkit.services.kvmclock import (
+    MSR_KVM_SYSTEM_TIME_NEW,
+    MSR_KVM_WALL_CLOCK_NEW,
+    KvmClockService,
+)
 from pvkit.services.stolen_time import (
     MSR_KVM_STEAL_TIME,
     PV_TIME_FEATURES,
@@ -94,7 +98,7 @@ def test_records_sit_in_a_reserved_no_map_region_one_aligned_record_per_vcpu() -
 
 def test_discovery_calls_and_answers() -> None:
     b, _rows = steal_run(smp=1, bootargs="work_ms=1")
-    calls = {(c.name, c.args[0] & 0xFFFF_FFFF): c.results[0] for c in b.trace.calls}
+    calls = {(c.name, c.args[0] & 0xFFFF_FFFF): c.results[0] for c in b.trace.calls if c.results}
     assert calls[("SMCCC_ARCH_FEATURES", PV_TIME_FEATURES)] == 0
     assert calls[("PV_TIME_FEATURES", PV_TIME_ST)] == 0
     [st] = [c for c in b.trace.calls if c.name == "PV_TIME_ST"]
@@ -107,7 +111,7 @@ def test_with_the_service_off_it_is_absent_everywhere() -> None:
     assert "PV time not offered" in b.lines[0]
     assert "steal: PV_TIME_ST -> -1: falling back without steal" in b.lines
     assert "cpu 1 ran" in b.console and "stolen time unknown" in b.console
-    answers = {c.name: c.results[0] for c in b.trace.calls}
+    answers = {c.name: c.results[0] for c in b.trace.calls if c.results}  # CPU_OFF has none
     assert answers["SMCCC_ARCH_FEATURES"] & (2**64 - 1) == 2**64 - 1  # NOT_SUPPORTED
     assert [c.action for c in b.trace.calls if c.function_id == PV_TIME_ST] == ["unknown"]
     with pytest.raises(libfdt.FdtException):
@@ -205,3 +209,42 @@ def test_kvmclock_record_follows_the_version_protocol_and_scales_1_to_1() -> Non
     )
     assert version % 2 == 0 and tsc == system == 123_456 and flags & 1
     assert ((5000 << shift) * mul) >> 32 == 5000  # 5000 TSC ticks are 5000 ns
+
+
+class BoundedRecording(Recording):
+    """RAM is the 4 KiB `memory`: a write that is not all inside it is refused, untouched."""
+
+    def write_guest(self, address: int, data: bytes) -> bool:
+        if not 0 <= address <= len(self.memory) - len(data):
+            return False
+        return super().write_guest(address, data)
+
+
+@pytest.mark.parametrize(
+    ("msr", "in_ram"),  # bytes of the record below the end of RAM: the version word and more
+    [(MSR_KVM_SYSTEM_TIME_NEW, 4), (MSR_KVM_SYSTEM_TIME_NEW, 16), (MSR_KVM_SYSTEM_TIME_NEW, 30),
+     (MSR_KVM_WALL_CLOCK_NEW, 4), (MSR_KVM_WALL_CLOCK_NEW, 8)],
+)  # fmt: skip
+def test_a_kvmclock_record_straddling_the_end_of_ram_is_not_written_at_all(
+    msr: int, in_ram: int
+) -> None:
+    platform = BoundedRecording()
+    service = KvmClockService()
+    service.bind(platform)  # type: ignore[arg-type]
+    address = len(platform.memory) - in_ram
+    enable = 1 if msr == MSR_KVM_SYSTEM_TIME_NEW else 0
+    assert service.msrs(Abi.KVM_X86)[msr].write(0, address | enable)  # accepted, as KVM
+    service.on_vcpu_entry(0)
+    assert platform.log == [] and platform.memory == bytearray(4096)
+
+
+def test_a_kvmclock_record_ending_at_the_end_of_ram_is_written() -> None:
+    platform = BoundedRecording()
+    service = KvmClockService()
+    service.bind(platform)  # type: ignore[arg-type]
+    address = len(platform.memory) - 32
+    assert service.msrs(Abi.KVM_X86)[MSR_KVM_SYSTEM_TIME_NEW].write(0, address | 1)
+    platform.log.clear()
+    service.on_vcpu_entry(0)
+    versions = _versions_during(platform, address)
+    assert versions[0] % 2 == 1 and versions[-1] == versions[0] + 1 == 4

@@ -1,4 +1,5 @@
-"""KVM's x86 hypercall ABI (hypercall-abi-facts 6.3-6.5) and the CPUID table (6.1, 6.2)."""
+"""KVM's x86 hypercall ABI (Linux Documentation/virt/kvm/x86/hypercalls.rst) and the CPUID
+table (Documentation/virt/kvm/x86/cpuid.rst)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """x86-hello on the pc board: discovery, both instructions, patching, CPL 3, IPIs, kicks.
 
 The guest prints what it observes; these tests compare it with what the interface
-promises (hypercall-abi-facts 6) and with the host's own record (patch events, traces).
+promises (Linux Documentation/virt/kvm/x86/cpuid.rst, hypercalls.rst, msr.rst) and with the
+host's own record (patch events, traces).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The x86 PV services on their own, against a fake platform (hypercall-abi-facts 6.4)."""
+"""The x86 PV services on their own, against a fake platform (Linux
+Documentation/virt/kvm/x86/hypercalls.rst)."""
 
 from __future__ import annotations
 

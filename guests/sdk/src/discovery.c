@@ -3,7 +3,7 @@
 #include <pvkit/fdt.h>
 #include <pvkit/psci.h>
 
-/* Call UIDs as the four words SMCCC returns them (hypercall-abi-facts 3.1; pvkit's own). */
+/* Call UIDs as the four words SMCCC returns them (KVM's, include/linux/arm-smccc.h; pvkit's own). */
 static const uint32_t kvm_uid[4] = {0xb66fb428u, 0xe911c52eu, 0x564bcaa9u, 0x743a004du};
 static const uint32_t pvkit_uid[4] = {0x527e3c9bu, 0x6e4f1a8du, 0x7670c4b0u, 0x0074696bu};
 

@@ -1,6 +1,11 @@
 """Well-known SMCCC function IDs pvkit does not (yet) serve, so `pvkit decode` can name them.
 
-Values from shared/reference/hypercall-abi-facts.md; served IDs are named by their services.
+Values from the specifications and the Linux headers that carry them: Arm DEN0028 §7 (SMCCC
+architecture calls; SOC_ID in DEN0028C §7.4), DEN0022 §5 and include/uapi/linux/psci.h (PSCI),
+DEN0098 (TRNG), DEN0057 (PV time), include/linux/arm-smccc.h and
+Documentation/virt/kvm/arm/hypercalls.rst (KVM's vendor calls, pKVM),
+arch/arm64/include/uapi/asm/kvm.h (KVM's PSCI 0.1 IDs), arch/arm64/hyperv/hv_core.c (Hyper-V).
+Served IDs are named by their services.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The Arm SMC Calling Convention function identifier (DEN0028) and its return codes.
 
-Numbers come from shared/reference/hypercall-abi-facts.md section 1.
+Numbers come from Arm DEN0028: the identifier's bit layout in §2.5 (Table 2-1), the owning
+entity ranges in §6; the return codes as Linux's include/linux/arm-smccc.h names them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""KVM's x86 hypercall ABI (hypercall-abi-facts 6.3-6.5): registers to a Call and back.
+"""KVM's x86 hypercall ABI (Linux Documentation/virt/kvm/x86/hypercalls.rst; numbers and
+KVM_E* values in include/uapi/linux/kvm_para.h): registers to a Call and back.
 
 nr in RAX, a0..a3 in RBX, RCX, RDX, RSI, the result in RAX. A caller outside 64-bit
 mode sees every value truncated to 32 bits; a caller above CPL 0 gets -KVM_EPERM and the
@@ -44,7 +45,7 @@ class KvmHypercall(IntEnum):
     MAP_GPA_RANGE = 12
 
 
-# What each number means on x86 (hypercall-abi-facts 6.4), for `pvkit decode --arch x86_64`.
+# What each number means on x86 (Documentation/virt/kvm/x86/hypercalls.rst), for `pvkit decode`.
 SUMMARIES: dict[int, str] = {
     KvmHypercall.VAPIC_POLL_IRQ: "no arguments; answers 0 after letting the host look at IRQs",
     KvmHypercall.MMU_OP: "removed from KVM; answers -KVM_ENOSYS",
@@ -59,7 +60,7 @@ SUMMARIES: dict[int, str] = {
     KvmHypercall.SCHED_YIELD: "a0 APIC ID of a preempted vCPU: yield to it; answers 0",
     KvmHypercall.MAP_GPA_RANGE: "a0 GPA, a1 4 KiB pages, a2 attributes: the VMM decides",
 }
-# KVM_CPUID_FEATURES EAX bit names (hypercall-abi-facts 6.2); services say which bit they own.
+# KVM_CPUID_FEATURES EAX bit names (Documentation/virt/kvm/x86/cpuid.rst); services own bits.
 FEATURE_NAMES: dict[int, str] = {
     0: "CLOCKSOURCE",
     1: "NOP_IO_DELAY",
@@ -130,4 +131,4 @@ def describe(nr: int) -> str:
     try:
         return f"KVM_HC_{KvmHypercall(nr).name}"
     except ValueError:
-        return f"unknown KVM hypercall {nr}"
+        return f"unknown KVM hypercall {nr:#x}"

@@ -15,6 +15,8 @@ from pvkit.bench.probes import BenchError
 from pvkit.bench.suite import QUICK, Report, Sizes, run_suite, target_status
 from pvkit.cli.options import fail, write_file
 
+MAX_REPS = 1000
+
 
 def bench(
     json_file: Annotated[
@@ -28,6 +30,8 @@ def bench(
     if reps is not None:
         if reps < 1:
             raise fail("--reps must be at least 1")
+        if reps > MAX_REPS:
+            raise fail(f"--reps {reps} is more than {MAX_REPS}; the median settles long before")
         sizes = dataclasses.replace(sizes, reps=reps)
     console = Console(stderr=True)
     try:
@@ -35,12 +39,13 @@ def bench(
             report = run_suite(sizes, lambda message: status.update(message))
     except BenchError as exc:
         raise fail(str(exc), code=1) from None
-    _print(Console(), report)
+    _print(Console(), report, judged=not quick)
     if json_file is not None:
         write_file(json_file, (json.dumps(report, indent=2) + "\n").encode())
 
 
-def _print(console: Console, report: Report) -> None:
+def _print(console: Console, report: Report, judged: bool = True) -> None:
+    """`judged=False` (--quick): tiny loops say nothing about speed, so no verdicts."""
     table = Table(title="pvkit bench (one run; medians of interleaved repetitions)")
     for col in ("metric", "median", "min", "max"):
         table.add_column(col, justify="left" if col == "metric" else "right")
@@ -52,11 +57,19 @@ def _print(console: Console, report: Report) -> None:
         else:
             table.add_row(key, f"{value:.4g}", "", "")
     console.print(table)
-    targets = Table(title="targets")
+    title = "targets" if judged else "targets (not judged: --quick checks the suite, not speed)"
+    targets = Table(title=title)
     for col in ("ratio", "target", "measured", "met"):
         targets.add_column(col)
     for key, op, bound, value, met in target_status(report):
         shown = "n/a" if value is None else f"{value:.4g}"
-        verdict = "n/a" if met is None else ("yes" if met else "NO")
-        targets.add_row(key, f"{op} {bound:g}", shown, verdict)
+        targets.add_row(key, f"{op} {bound:g}", shown, _verdict(met, judged))
     console.print(targets)
+
+
+def _verdict(met: bool | None, judged: bool) -> str:
+    if not judged:
+        return "-"
+    if met is None:
+        return "n/a"
+    return "yes" if met else "NO"

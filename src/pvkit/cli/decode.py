@@ -65,7 +65,7 @@ def decode(
 
 def _decode_x86(nr: int) -> None:
     if not 0 <= nr <= 0xFFFF_FFFF_FFFF_FFFF:
-        raise fail(f"{nr} does not fit in the 64-bit RAX register")
+        raise fail(f"{nr:#x} does not fit in the 64-bit RAX register")
     served = served_by(nr, Abi.KVM_X86)
     table = Table(show_header=False, title=f"KVM x86 hypercall {nr} ({nr:#x})")
     table.add_column("field", style="bold")

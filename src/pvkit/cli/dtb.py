@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pvkit.cli.options import fail, parse_profile, parse_size, write_file
+from pvkit.cli.options import check_arm64_smp, fail, parse_profile, parse_size, write_file
+from pvkit.machine.memory import HostMemoryError
 from pvkit.platform.board import ConfigError
 from pvkit.platform.virt_arm64 import VirtConfig, virt_device_tree
 
@@ -20,12 +21,13 @@ def dtb(
     profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
 ) -> None:
     """Write the flattened device tree for a VM (decompile it with `dtc -I dtb`)."""
+    check_arm64_smp(smp)
     try:
         config = VirtConfig(
             smp=smp, memory=parse_size(mem), conduit=conduit, profile=parse_profile(profile)
         )
         blob = virt_device_tree(config)
-    except ConfigError as exc:
+    except (ConfigError, HostMemoryError) as exc:
         raise fail(str(exc)) from None
     write_file(output, blob)
     typer.echo(f"wrote {len(blob)} bytes to {output}")

@@ -2,31 +2,73 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import typer
 
+from pvkit.devices.arm64.gicv3 import redistributor_capacity
 from pvkit.services.profiles import PROFILES, HostProfile
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)i?B?$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+MAX_TIMEOUT_S = 1e9  # about 31 years; the host's waits cannot take much more (TIMEOUT_MAX)
+MIN_SLICE_MS = 0.001
+MAX_SLICE_MS = 60_000.0
+MAX_HOST_CPUS = 4096
 
 
 def parse_size(text: str) -> int:
     """`256M`, `1G`, `65536K`; a bare number means MiB, as in QEMU's -m."""
     m = _SIZE.match(text.strip())
     if not m:
-        raise typer.BadParameter(f"{text!r} is not a size such as 256M or 1G")
+        raise fail(f"--mem {text!r} is not a size such as 256M or 1G")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def parse_timeout(seconds: float | None) -> float | None:
+    """`--timeout`: None (no limit), or a finite number of seconds above 0."""
+    if seconds is None or (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        return seconds
+    raise fail(
+        f"--timeout {seconds:g}: give a number of seconds above 0 and at most "
+        f"{MAX_TIMEOUT_S:.0f}, or leave it out for no limit"
+    )
+
+
+def parse_slice_ms(ms: float) -> int:
+    """`--slice-ms` in ms to the scheduler's slice in ns (1 µs to a minute)."""
+    if math.isfinite(ms) and MIN_SLICE_MS <= ms <= MAX_SLICE_MS:
+        return max(1000, int(ms * 1e6))
+    raise fail(
+        f"--slice-ms {ms:g}: a time slice must be at least 1 µs ({MIN_SLICE_MS:g}) and at "
+        f"most {MAX_SLICE_MS:.0f} ms"
+    )
+
+
+def parse_host_cpus(count: int | None) -> int | None:
+    """`--host-cpus`: None (one per vCPU) or 1..MAX_HOST_CPUS."""
+    if count is None or 1 <= count <= MAX_HOST_CPUS:
+        return count
+    raise fail(f"--host-cpus {count} must be at least 1 and at most {MAX_HOST_CPUS}")
+
+
+def check_arm64_smp(smp: int, gic: int = 3) -> None:
+    """The virt board's GICv3 has redistributors for so many vCPUs, and no more."""
+    capacity = redistributor_capacity()
+    if gic == 3 and smp > capacity:
+        raise fail(
+            f"--smp {smp} is more vCPUs than the GICv3's redistributor regions hold ({capacity})"
+        )
 
 
 def parse_profile(name: str) -> HostProfile:
     try:
         return PROFILES[name]
     except KeyError:
-        raise typer.BadParameter(
-            f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}"
+        raise fail(
+            f"--profile {name!r}: unknown profile; choose one of {', '.join(PROFILES)}"
         ) from None
 
 

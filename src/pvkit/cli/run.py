@@ -11,7 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pvkit.cli.options import fail, parse_profile, parse_size, write_file
+from pvkit.cli.options import (
+    check_arm64_smp,
+    fail,
+    parse_host_cpus,
+    parse_profile,
+    parse_size,
+    parse_slice_ms,
+    parse_timeout,
+    write_file,
+)
 from pvkit.cli.swap import print_swap_stats, swap_spec
 from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
@@ -19,6 +28,7 @@ from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
 from pvkit.loader.symbols import SymbolTable
+from pvkit.machine.memory import HostMemoryError
 from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform import pc_x86, virt_arm64
@@ -122,6 +132,7 @@ def run(
     image = image if image is not None else kernel
     if image is None and bios is None:
         raise fail("nothing to boot: give IMAGE (or --kernel FILE) or --bios FILE")
+    timeout = parse_timeout(timeout)
     hub = TraceHub()
     call_stats = CallStats()
     console = BufferedConsole()
@@ -130,9 +141,9 @@ def run(
     if timeline is not None and not timeline.parent.is_dir():
         raise fail(f"cannot write timeline {timeline}: no directory {timeline.parent}")
     timing = {
-        "host_cpus": host_cpus,
+        "host_cpus": parse_host_cpus(host_cpus),
         "deterministic": deterministic,
-        "slice_ns": int(slice_ms * 1e6),
+        "slice_ns": parse_slice_ms(slice_ms),
         "record_slices": timeline is not None,
     }
     swap = swap_spec(swap_out or [], swap_latency_ms)
@@ -172,6 +183,7 @@ def run(
         else:
             if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
                 raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
+            check_arm64_smp(smp, gic)
             arm = virt_arm64.VirtArm64(
                 virt_arm64.VirtConfig(
                     smp=smp,
@@ -201,7 +213,7 @@ def run(
                     err=True,
                 )
             machine = arm
-    except (ImageError, ConfigError, NamespaceClash) as exc:
+    except (ImageError, ConfigError, NamespaceClash, HostMemoryError) as exc:
         raise fail(str(exc)) from None
     sched = machine.vm.scheduler
     sink = TimelineSink(sched.now_ns) if timeline is not None else None
@@ -213,7 +225,7 @@ def run(
                 stream = stack.enter_context(trace.open("w", encoding="utf-8"))
             except OSError as exc:
                 raise fail(f"cannot write trace file {trace}: {exc.strerror}") from None
-            hub.attach(JsonLinesSink(stream))
+            hub.attach(JsonLinesSink(stream, sched.now_ns))  # the timeline's clock
         stack.callback(console.close)
         if isinstance(machine, virt_arm64.VirtArm64):
             # The guest's console reads the host's stdin (raw mode on a terminal, restored
@@ -232,16 +244,17 @@ def run(
         except OSError as exc:
             raise fail(f"cannot write timeline {timeline}: {exc.strerror}") from None
     if stats:
-        _print_stats(err, call_stats)
-        _print_vcpu_times(err, sched)
-        print_swap_stats(err, getattr(machine, "swap", None))
-    if machine.dispatcher.internal_errors:
-        err.print(f"pvkit: {machine.dispatcher.internal_errors} hypercall handler error(s)")
+        _print_stats(err, call_stats, "nr" if isinstance(machine, pc_x86.PcX86) else "function ID")
+        _print_vcpu_times(sched)
+        print_swap_stats(getattr(machine, "swap", None))
+    if machine.dispatcher.internal_errors:  # pvkit's own lines: typer.echo, never wrapped
+        errors = machine.dispatcher.internal_errors
+        typer.echo(f"pvkit: {errors} hypercall handler error(s)", err=True)
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
     message = reason.message
     if table is not None and reason.pc is not None and (where := table.describe(reason.pc)):
         message += f" ({where})"
-    err.print(f"pvkit: {reason.kind.value}{resets}: {message}", markup=False)
+    typer.echo(f"pvkit: {reason.kind.value}{resets}: {message}", err=True)
     raise typer.Exit(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
 
 
@@ -252,30 +265,24 @@ def _number(text: str, option: str) -> int:
         raise fail(f"{option} {text!r} is not a number (use 0x... for hex)") from None
 
 
-def _print_vcpu_times(console: Console, sched: Scheduler) -> None:
+def _print_vcpu_times(sched: Scheduler) -> None:
+    """One line per vCPU, exact (ns) for scripts and readable (steal share) for people."""
     clock = "deterministic" if sched.deterministic else "wall clock"
-    title = f"vCPU time ({clock}, {sched.host_cpus} host CPU(s))"
-    table = Table(title=title)
-    for col in ("vCPU", "run ms", "steal ms", "idle ms", "steal %"):
-        table.add_column(col, justify="right")
+    typer.echo(f"pvkit: vCPU time ({clock}, {sched.host_cpus} host CPU(s))", err=True)
     for v, t in enumerate(sched.times):
         busy = t.run_ns + t.steal_ns
-        share = f"{100 * t.steal_ns / busy:.1f}" if busy else "-"
-        table.add_row(
-            str(v), f"{t.run_ns / 1e6:.3f}", f"{t.steal_ns / 1e6:.3f}", f"{t.idle_ns / 1e6:.3f}",
-            share,
-        )  # fmt: skip
-    console.print(table)
-    for v, t in enumerate(sched.times):  # exact figures, for scripts and tests
-        console.print(
-            f"pvkit: vcpu {v} run_ns={t.run_ns} steal_ns={t.steal_ns} idle_ns={t.idle_ns}",
-            markup=False,
+        share = f"{100 * t.steal_ns / busy:.1f}%" if busy else "-"
+        typer.echo(
+            f"pvkit: vcpu {v} run_ns={t.run_ns} steal_ns={t.steal_ns} idle_ns={t.idle_ns} "
+            f"steal={share}",
+            err=True,
         )
 
 
-def _print_stats(console: Console, stats: CallStats) -> None:
+def _print_stats(console: Console, stats: CallStats, id_heading: str) -> None:
+    """`id_heading`: "function ID" (SMCCC, W0) or "nr" (KVM x86, RAX); both shown in hex."""
     table = Table(title="hypercalls")
-    for col in ("function ID", "name", "count", "mean µs"):
+    for col in (id_heading, "name", "count", "mean µs"):
         table.add_column(col, justify="right" if col in ("count", "mean µs") else "left")
     for row in stats.rows():
         table.add_row(f"{row.function_id:#010x}", row.name, str(row.count), f"{row.mean_us:.1f}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-from rich.console import Console
+import typer
 
 from pvkit.cli.options import fail
 from pvkit.machine.residency import HostResidency, SwapSpec, parse_swap_out
@@ -40,21 +40,22 @@ def swap_spec(swap_out: list[str], latency_ms: float) -> SwapSpec | None:
     return SwapSpec(int(latency_ms * 1e6), fraction, tuple(ranges))
 
 
-def print_swap_stats(console: Console, swap: SwapSource | None) -> None:
-    """--stats: the host's ground truth about absent pages and async page faults."""
+def print_swap_stats(swap: SwapSource | None) -> None:
+    """--stats: the host's ground truth about absent pages and async page faults (plain
+    lines on stderr, never wrapped, for scripts and tests)."""
     if swap is None:
         return
     s = swap.residency.stats
-    console.print(
+    typer.echo(
         f"pvkit: swap absent_at_boot={s.absent_at_boot} touched={s.touched} "
         f"fetched={s.fetched} waits={s.waits}",
-        markup=False,
+        err=True,
     )
     notifier = swap.notifier
     if isinstance(notifier, AsyncPfCore):
         a = notifier.stats
-        console.print(
+        typer.echo(
             f"pvkit: async-pf not_present={a.not_present} ready={a.ready} "
             f"wake_all={a.wake_all} acks={a.acks} dropped={a.dropped}",
-            markup=False,
+            err=True,
         )

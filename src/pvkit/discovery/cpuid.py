@@ -1,9 +1,10 @@
 """The CPUID table a vCPU sees: a documented, fixed answer for every leaf.
 
-Hypervisor leaves follow hypercall-abi-facts 6.1: `base` answers the highest hypervisor
-leaf and the profile's 12-byte signature, `base + 1` the KVM_CPUID_FEATURES bits of the
-services this VM serves. Leaves `leaf()` does not list answer zeros, as AMD CPUs do for
-unknown leaves (Intel would repeat the highest basic leaf; a zero answer is the honest one).
+Hypervisor leaves follow Linux Documentation/virt/kvm/x86/cpuid.rst: `base` answers the
+highest hypervisor leaf and the profile's 12-byte signature, `base + 1` the
+KVM_CPUID_FEATURES bits of the services this VM serves. Leaves `leaf()` does not list
+answer zeros, as AMD CPUs do for unknown leaves (Intel would repeat the highest basic leaf;
+a zero answer is the honest one).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pvkit.hypercall.call import Call
+from pvkit.hypercall.call import Call, Outcome
 from pvkit.hypercall.namespace import Namespace
 from pvkit.hypercall.policy import Action, Policy
 from pvkit.trace.events import CallEvent, TraceHub, VmEvent
@@ -47,6 +47,7 @@ class Dispatcher:
         action, detail = self._serve(call, preset)
         if tracing:
             end = time.perf_counter_ns()
+            resumes = call.outcome is Outcome.RESUME  # else the guest never reads results
             self.trace.call(
                 CallEvent(
                     vcpu=call.vcpu,
@@ -54,11 +55,12 @@ class Dispatcher:
                     function_id=call.function_id,
                     name=self._namer(call.function_id),
                     args=call.args,
-                    results=tuple(call.results),
+                    results=tuple(call.results) if resumes else (),
                     action=action,
                     duration_ns=end - start,
                     time_ns=end,
                     detail=detail,
+                    outcome=call.outcome.value,
                 )
             )
 

@@ -1,4 +1,5 @@
-"""Policy decided before dispatch, modelled on KVM's SMCCC filter (hypercall-abi-facts 5)."""
+"""Policy decided before dispatch, modelled on KVM's SMCCC filter (Linux
+Documentation/virt/kvm/devices/vm.rst, KVM_ARM_VM_SMCCC_FILTER; arch/arm64/kvm/hypercalls.c)."""
 
 from __future__ import annotations
 

@@ -8,16 +8,15 @@ public hvm/start_info.h (version 1) and the Multiboot 0.6.96 specification.
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from pvkit.loader.image import BootImage, ImageError, Segment
+from pvkit.loader.elf import check_in_file, elf_errors, load_segments, open_elf
+from pvkit.loader.image import BootImage, ImageError
 
 XEN_ELFNOTE_PHYS32_ENTRY = 18
 PVH_MAGIC = 0x336E_C578
@@ -92,19 +91,13 @@ class X86Image:
 
 
 def parse_x86_elf(blob: bytes, path: Path) -> X86Image:
-    try:
-        elf = ELFFile(io.BytesIO(blob))
+    with elf_errors(path):
+        elf = open_elf(blob)
         if elf["e_machine"] not in ("EM_X86_64", "EM_386") or not elf.little_endian:
             raise ImageError(f"{path} is not an x86 ELF file")
-        segments = tuple(
-            Segment(seg["p_paddr"], seg.data(), seg["p_memsz"])
-            for seg in elf.iter_segments()
-            if seg["p_type"] == "PT_LOAD" and seg["p_memsz"] > 0
-        )
-        pvh = _pvh_entry(elf)
+        segments = load_segments(elf, blob, path)
+        pvh = _pvh_entry(elf, blob, path)
         entry = elf["e_entry"]
-    except ELFError as exc:
-        raise ImageError(f"{path} is a damaged ELF file: {exc}") from exc
     if not segments:
         raise ImageError(f"{path} has no loadable segments")
     multiboot = entry if _has_multiboot_header(blob, path) else None
@@ -113,10 +106,11 @@ def parse_x86_elf(blob: bytes, path: Path) -> X86Image:
     return X86Image(BootImage("elf", entry, segments), pvh, multiboot)
 
 
-def _pvh_entry(elf: ELFFile) -> int | None:
+def _pvh_entry(elf: ELFFile, blob: bytes, path: Path) -> int | None:
     for seg in elf.iter_segments():
         if seg["p_type"] != "PT_NOTE":
             continue
+        check_in_file(blob, seg, path)  # before pyelftools reads the notes
         for note in seg.iter_notes():  # type: ignore[attr-defined]  # NoteSegment
             if note["n_name"] == "Xen" and note["n_type"] == XEN_ELFNOTE_PHYS32_ENTRY:
                 desc = note["n_descdata"]

@@ -20,6 +20,10 @@ class GuestMemoryError(Exception):
         self.size = size
 
 
+class HostMemoryError(RuntimeError):
+    """The host cannot give the VM that much RAM (the mmap was refused)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Region:
     base: int
@@ -48,7 +52,13 @@ class GuestMemory:
         if size <= 0 or size % mmap.PAGESIZE:
             raise ValueError(f"RAM size {size:#x} must be a positive multiple of the page size")
         self.region = Region(base, size, "ram")
-        self._buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            self._buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        except OSError as exc:
+            raise HostMemoryError(
+                f"this host cannot reserve {size / (1 << 20):.0f} MiB of guest RAM "
+                f"({exc.strerror}); give less with --mem"
+            ) from None
         self._anchor = ctypes.c_char.from_buffer(self._buf)
         self.reserved: list[Region] = []
 

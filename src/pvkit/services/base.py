@@ -109,8 +109,9 @@ class Service(ABC):
 
     name: str
     abis: ClassVar[frozenset[Abi]] = frozenset({Abi.SMCCC})
-    # The bit this service owns in KVM_CPUID_FEATURES EAX on x86 (hypercall-abi-facts 6.2);
-    # its hypercalls answer -KVM_ENOSYS and its MSRs do not exist while the bit is hidden.
+    # The bit this service owns in KVM_CPUID_FEATURES EAX on x86 (Linux
+    # Documentation/virt/kvm/x86/cpuid.rst); its hypercalls answer -KVM_ENOSYS and its
+    # MSRs do not exist while the bit is hidden.
     cpuid_feature_bit: ClassVar[int | None] = None
     cpuid_more_bits: ClassVar[tuple[int, ...]] = ()  # further bits it sets (hints, legacy)
 

@@ -2,8 +2,9 @@
 
 MSR_KVM_SYSTEM_TIME_NEW (0x4B564D01, legacy 0x12) names a per-vCPU
 `pvclock_vcpu_time_info` (bit 0 enables it); MSR_KVM_WALL_CLOCK_NEW (0x4B564D00, legacy
-0x11) names a `pvclock_wall_clock` filled once, at the write (hypercall-abi-facts 6.6,
-6.7). Both records follow the version protocol: odd while the host writes them. pvkit's
+0x11) names a `pvclock_wall_clock` filled once, at the write (Linux
+Documentation/virt/kvm/x86/msr.rst; layouts in arch/x86/include/asm/pvclock-abi.h). Both
+records follow the version protocol: odd while the host writes them. pvkit's
 TSC runs at 1 GHz on the hypervisor clock, so the scale is 1 (mul 2^31, shift 1) and the
 record is refreshed before every entry. CPUID: CLOCKSOURCE2 (bit 3), CLOCKSOURCE (bit 0),
 CLOCKSOURCE_STABLE_BIT (bit 24).
@@ -40,6 +41,7 @@ class KvmClockService(Service):
         self._lock = threading.Lock()
         self._system: dict[int, int] = {}  # vCPU -> MSR value as written
         self._versions: dict[int, int] = {}
+        self._checked: dict[int, int] = {}  # vCPU -> record address known to be all RAM
         self._wall = 0
 
     def claims(self, abi: Abi = Abi.KVM_X86) -> list[IdRange]:
@@ -68,9 +70,9 @@ class KvmClockService(Service):
         p = self.platform
         boot_ns = 0 if p.deterministic else time.time_ns() - p.now_ns(vcpu)
         seconds, nanoseconds = divmod(boot_ns, 1_000_000_000)
-        p.write_guest(address, struct.pack("<I", 1))
-        p.write_guest(address + 4, struct.pack("<II", seconds & 0xFFFF_FFFF, nanoseconds))
-        p.write_guest(address, struct.pack("<I", 2))
+        # One write of the whole record, version odd: all of it is RAM, or none is written.
+        if p.write_guest(address, struct.pack("<III", 1, seconds & 0xFFFF_FFFF, nanoseconds)):
+            p.write_guest(address, struct.pack("<I", 2))
         return True
 
     def _write_system(self, vcpu: int, value: int) -> bool:
@@ -87,12 +89,18 @@ class KvmClockService(Service):
         p = self.platform
         version = self._versions.get(vcpu, 0)
         now = p.now_ns(vcpu)
-        if not p.write_guest(address, struct.pack("<I", (version + 1) & 0xFFFF_FFFF)):
-            return
+        odd = (version + 1) & 0xFFFF_FFFF
         record = _TIME_INFO.pack(
-            (version + 1) & 0xFFFF_FFFF, 0, now, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT,
-            PVCLOCK_TSC_STABLE, 0,
-        )  # fmt: skip
+            odd, 0, now, now, TSC_TO_SYSTEM_MUL, TSC_SHIFT, PVCLOCK_TSC_STABLE, 0
+        )
+        if self._checked.get(vcpu) != address:
+            # A new address: the first write is the whole record (version odd), so a record
+            # that is not all RAM gets nothing written, not even its version word.
+            if not p.write_guest(address, record):
+                return
+            self._checked[vcpu] = address
+        elif not p.write_guest(address, record[:4]):
+            return
         p.write_guest(address + 4, record[4:])
         p.write_guest(address, struct.pack("<I", (version + 2) & 0xFFFF_FFFF))
         self._versions[vcpu] = (version + 2) & 0xFFFF_FFFF

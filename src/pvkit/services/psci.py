@@ -1,7 +1,7 @@
 """PSCI 1.1 (Arm DEN0022): power control of vCPUs and of the system.
 
 Behaviour follows the spec where it is fixed and KVM where it leaves a choice
-(hypercall-abi-facts 2.4): CPU_SUSPEND returns at once, MIGRATE_INFO_TYPE says no
+(Linux arch/arm64/kvm/psci.c): CPU_SUSPEND returns at once, MIGRATE_INFO_TYPE says no
 migration is needed, AFFINITY_INFO accepts levels 0..3.
 """
 

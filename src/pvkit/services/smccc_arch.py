@@ -16,7 +16,8 @@ VERSION_1_1 = 0x1_0001
 ARCH_RANGES = (IdRange(0x8000_0000, 0x8000_FFFF), IdRange(0xC000_0000, 0xC000_FFFF))
 
 # ARCH_FEATURES answers meaning "this vCPU needs no mitigation" per workaround, as newer
-# KVM reports them and Linux reads them (hypercall-abi-facts 1.5).
+# KVM reports them and Linux reads them (Arm DEN0028 §7, SMCCC_ARCH_FEATURES; Linux
+# arch/arm64/kvm/hypercalls.c and include/linux/arm-smccc.h).
 _UNAFFECTED = 1
 
 

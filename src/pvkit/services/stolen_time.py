@@ -1,11 +1,13 @@
 """Stolen time: how long each vCPU was runnable but not running, published to the guest.
 
 One service, two ABIs (seed 002: the API need not be per architecture):
-- arm64, Arm DEN0057 as KVM implements it (hypercall-abi-facts 4): PV_TIME_FEATURES and
+- arm64, Arm DEN0057 as KVM implements it (Linux Documentation/virt/kvm/arm/pvtime.rst,
+  arch/arm64/kvm/pvtime.c): PV_TIME_FEATURES and
   PV_TIME_ST (SMC64 only); one 64-byte record per vCPU in a reserved region (revision 0,
   attributes 0, stolen ns at +8), updated with one aligned 64-bit store before the vCPU
   runs, and only once the vCPU asked for its record.
-- x86, MSR_KVM_STEAL_TIME (6.6, 6.7): the guest names a 64-byte-aligned `kvm_steal_time`
+- x86, MSR_KVM_STEAL_TIME (Linux Documentation/virt/kvm/x86/msr.rst; the layout in
+  arch/x86/include/uapi/asm/kvm_para.h): the guest names a 64-byte-aligned `kvm_steal_time`
   with the enable bit; the host updates it under the version protocol (odd while
   updating) before every entry. Gated by KVM_FEATURE_STEAL_TIME (bit 5).
 

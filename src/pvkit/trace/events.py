@@ -10,7 +10,11 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class CallEvent:
-    """One hypercall: who, how, what, the answer and how long the host took."""
+    """One hypercall: who, how, what, the answer and how long the host took.
+
+    `results` are what the guest reads back; a call after which the vCPU does not resume
+    (`outcome` "power_off": CPU_OFF parked it; "stop_vm": SYSTEM_OFF, a reset) has none.
+    """
 
     vcpu: int
     conduit: str
@@ -22,6 +26,7 @@ class CallEvent:
     duration_ns: int
     time_ns: int
     detail: str | None = None
+    outcome: str = "resume"  # Outcome.value: resume / power_off / stop_vm
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ Format: the JSON object form of the Trace Event Format ("traceEvents" plus metad
 which ui.perfetto.dev and chrome://tracing open. Process 1 has one track per host CPU
 with a complete ("X") event per slice; process 2 has one track per vCPU with the same
 slices, hypercalls as instant ("i") events, and a "steal" counter ("C") per vCPU.
+A hypercall's args say what it was and what came of it, as the JSON-lines trace does:
+fid, conduit, args, results (hex), action, and outcome when the vCPU did not resume.
 Timestamps are microseconds of hypervisor time (virtual time in --deterministic mode).
 """
 
@@ -28,15 +30,19 @@ class TimelineSink:
     def __init__(self, clock: Callable[[int], int]):
         self._clock = clock
         self._lock = threading.Lock()
-        self._calls: list[tuple[int, int, str, str]] = []  # (vcpu, ns, name, action)
+        self._calls: list[tuple[int, CallEvent]] = []  # (ns on the vCPU's clock, event)
+        self._pages: list[tuple[int, VmEvent]] = []  # page waits and async-PF notifications
 
     def on_call(self, event: CallEvent) -> None:
         stamp = self._clock(event.vcpu)
         with self._lock:
-            self._calls.append((event.vcpu, stamp, event.name, event.action))
+            self._calls.append((stamp, event))
 
     def on_event(self, event: VmEvent) -> None:
-        pass
+        if event.kind in _PAGE_EVENTS and event.vcpu is not None:
+            stamp = self._clock(event.vcpu)
+            with self._lock:
+                self._pages.append((stamp, event))
 
     def close(self) -> None:
         pass
@@ -58,17 +64,19 @@ class TimelineSink:
             out.append(_steal(v, end / 1000, t.steal_ns))
         with self._lock:
             calls = list(self._calls)
-        for vcpu, ns, name, action in calls:
+            pages = list(self._pages)
+        out += [_page_event(ns, event) for ns, event in pages]
+        for ns, call in calls:
             out.append(
                 {
-                    "name": name,
+                    "name": call.name,
                     "cat": "hypercall",
                     "ph": "i",
                     "s": "t",
                     "ts": ns / 1000,
                     "pid": VCPU_PID,
-                    "tid": vcpu,
-                    "args": {"action": action},
+                    "tid": call.vcpu,
+                    "args": _call_args(call),
                 }
             )
         return out
@@ -91,6 +99,35 @@ class TimelineSink:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(document), encoding="utf-8")
         tmp.replace(path)
+
+
+# A vCPU waiting for the host to bring back a page (stolen time, shown as a span on its
+# track) and the asynchronous page-fault notifications it was sent instead.
+_PAGE_EVENTS = frozenset({"page_wait", "apf_not_present", "apf_ready"})
+
+
+def _page_event(ns: int, event: VmEvent) -> dict[str, Any]:
+    args = {k: v for k, v in event.fields.items() if k != "until"}
+    common = {"cat": "swap", "pid": VCPU_PID, "tid": event.vcpu, "ts": ns / 1000, "args": args}
+    until = event.fields.get("until")
+    if event.kind == "page_wait" and isinstance(until, int):
+        return {"name": "page wait", "ph": "X", "dur": max(0, until - ns) / 1000, **common}
+    return {"name": event.kind.replace("_", " "), "ph": "i", "s": "t", **common}
+
+
+def _call_args(call: CallEvent) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "fid": f"{call.function_id:#010x}",
+        "conduit": call.conduit,
+        "args": [f"{a:#x}" for a in call.args],
+        "results": [f"{r:#x}" for r in call.results],
+        "action": call.action,
+    }
+    if call.outcome != "resume":
+        args["outcome"] = call.outcome
+    if call.detail:
+        args["detail"] = call.detail
+    return args
 
 
 def _name(kind: str, pid: int, tid: int | None, name: str) -> dict[str, Any]:

@@ -1,4 +1,6 @@
-"""Lazy patching of the other vendor's hypercall instruction (hypercall-abi-facts 6.8).
+"""Lazy patching of the other vendor's hypercall instruction, as KVM does (Linux
+arch/x86/kvm/x86.c emulator_fix_hypercall; the KVM_X86_QUIRK_FIX_HYPERCALL_INSN quirk in
+Documentation/virt/kvm/api.rst, KVM_CAP_DISABLE_QUIRKS2).
 
 A guest that executes VMMCALL on an Intel host (or VMCALL on AMD), typically after a
 migration between vendors, traps. With the fix-hypercall quirk on, every other vCPU is

@@ -27,7 +27,7 @@ from pvkit.devices.arm64.gic_core import (
 from pvkit.devices.base import MmioDevice
 from pvkit.machine.memory import Region
 
-__all__ = ["VIRT_REDIST_REGIONS", "Gicv3", "SysregKey"]
+__all__ = ["VIRT_REDIST_REGIONS", "Gicv3", "SysregKey", "redistributor_capacity"]
 
 GICD_BASE = 0x0800_0000
 GICD_SIZE = 0x1_0000
@@ -71,6 +71,11 @@ ICC_CTLR_EL1 = (3, 0, 12, 12, 4)
 ICC_SRE_EL1 = (3, 0, 12, 12, 5)
 ICC_IGRPEN0_EL1 = (3, 0, 12, 12, 6)
 ICC_IGRPEN1_EL1 = (3, 0, 12, 12, 7)
+
+
+def redistributor_capacity(regions: Sequence[tuple[int, int]] = VIRT_REDIST_REGIONS) -> int:
+    """How many vCPUs the redistributor regions hold (635 on QEMU's virt layout)."""
+    return sum(size // REDIST_STRIDE for _base, size in regions)
 
 
 def _layout(ncpus: int, regions: Sequence[tuple[int, int]]) -> list[tuple[Region, list[int]]]:

@@ -108,7 +108,7 @@ s64 hc_vmmcall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3);
 extern u8 hc_vmcall_insn[], hc_vmmcall_insn[];
 s64 kvm_hypercall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3); /* the native instruction */
 
-/* kvmclock and steal time (hypercall-abi-facts 6.6, 6.7): the records and the version
+/* kvmclock and steal time (Linux Documentation/virt/kvm/x86/msr.rst): the records and version
  * protocol readers (retry while the version is odd or changed). */
 struct pvclock_vcpu_time_info {
 	u32 version, pad0;
