@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint typecheck unit toolchain guests clean
+.PHONY: run test bench lint typecheck unit toolchain guests clean fuzz
 
 ENGINE := engine/unicorn-2.1.4-pvkit.patch scripts/setup-engine.sh
 
@@ -38,6 +38,13 @@ test: lint typecheck unit
 # The benchmark suite (needs qemu-system-aarch64 for the QEMU comparisons: toolchain installs it).
 bench: $(STAMP) toolchain
 	$(BIN)/pvkit bench --json bench.json
+
+# 1 M random hypercalls per architecture against every host invariant (docs/fuzzing.md).
+FUZZ_CALLS ?= 1000000
+FUZZ_SEED ?= 1
+fuzz: $(STAMP)
+	$(BIN)/pvkit fuzz --arch arm64 --calls $(FUZZ_CALLS) --seed $(FUZZ_SEED) --smp 2
+	$(BIN)/pvkit fuzz --arch x86_64 --calls $(FUZZ_CALLS) --seed $(FUZZ_SEED) --smp 2
 
 guests: toolchain
 	$(MAKE) -C guests prebuilt

@@ -4,8 +4,10 @@
 #include <pvkit/psci.h>
 
 /* Call UIDs as the four words SMCCC returns them (KVM's, include/linux/arm-smccc.h; pvkit's own). */
-static const uint32_t kvm_uid[4] = {0xb66fb428u, 0xe911c52eu, 0x564bcaa9u, 0x743a004du};
-static const uint32_t pvkit_uid[4] = {0x527e3c9bu, 0x6e4f1a8du, 0x7670c4b0u, 0x0074696bu};
+static const uint32_t kvm_uid[4] = {VENDOR_HYP_UID_KVM_W0, VENDOR_HYP_UID_KVM_W1,
+                                    VENDOR_HYP_UID_KVM_W2, VENDOR_HYP_UID_KVM_W3};
+static const uint32_t pvkit_uid[4] = {VENDOR_HYP_UID_PVKIT_W0, VENDOR_HYP_UID_PVKIT_W1,
+                                      VENDOR_HYP_UID_PVKIT_W2, VENDOR_HYP_UID_PVKIT_W3};
 
 static int uid_is(const uint32_t *a, const uint32_t *b)
 {

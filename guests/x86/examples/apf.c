@@ -24,11 +24,6 @@
  */
 #include <pvkit/x86.h>
 
-#define KVM_FEATURE_ASYNC_PF 4
-#define KVM_FEATURE_ASYNC_PF_INT 14
-#define MSR_KVM_ASYNC_PF_EN 0x4b564d02
-#define MSR_KVM_ASYNC_PF_INT 0x4b564d06
-#define MSR_KVM_ASYNC_PF_ACK 0x4b564d07
 #define KVM_ASYNC_PF_ENABLED (1UL << 0)
 #define KVM_ASYNC_PF_DELIVERY_AS_INT (1UL << 3) /* SEND_ALWAYS (bit 1) stays clear: CPL 3 only */
 #define KVM_PV_REASON_PAGE_NOT_PRESENT 1

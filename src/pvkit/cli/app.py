@@ -15,7 +15,7 @@ import typer
 
 from pvkit import __version__
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.cli import bench, decode, dtb, plot, run
+from pvkit.cli import bench, decode, dtb, fuzz, header, plot, run, services
 
 HELP = "A hypervisor built around the paravirtual interface."
 PLAIN_HELP_WIDTH = 120  # plain help is wrapped here, not at the 80 columns of a pipe
@@ -56,6 +56,9 @@ def build_app(rich_help: bool = True) -> typer.Typer:
     app.command(name="dtb")(dtb.dtb)
     app.command(name="bench")(bench.bench)
     app.command(name="plot")(plot.plot)
+    app.command(name="services")(services.services)
+    app.command(name="header")(header.header)
+    app.command(name="fuzz")(fuzz.fuzz)
     return app
 
 

@@ -21,10 +21,13 @@ from pvkit.cli.options import (
     parse_timeout,
     write_file,
 )
+from pvkit.cli.plugins import load_services
+from pvkit.cli.policy import RuleCounter, policy_rules
 from pvkit.cli.swap import print_swap_stats, swap_spec
 from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import NamespaceClash
+from pvkit.hypercall.policy import PolicyError
 from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
 from pvkit.loader.symbols import SymbolTable
@@ -108,6 +111,18 @@ def run(
     disable: Annotated[
         list[str] | None, typer.Option(help="leave this service out, e.g. stolen-time")
     ] = None,
+    service: Annotated[
+        list[str] | None,
+        typer.Option(help="add your own service, package.module:Class (repeatable)"),
+    ] = None,
+    deny: Annotated[
+        list[str] | None,
+        typer.Option(help="answer FID[-FID] NOT_SUPPORTED (-KVM_ENOSYS on x86) before dispatch"),
+    ] = None,
+    forward: Annotated[
+        list[str] | None,
+        typer.Option(help="FID[-FID]=package.module:function: that function gets the Call"),
+    ] = None,
     host_cpus: Annotated[
         int | None, typer.Option(help="host CPUs the vCPUs share (default: one each)")
     ] = None,
@@ -152,6 +167,8 @@ def run(
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
+        extra = load_services(service or [])
+        rules = policy_rules(deny or [], forward or [], chosen)
         machine: Machine
         if chosen == "x86_64":
             arm_only = (initrd, dtb, dump_dtb, bios)
@@ -173,6 +190,8 @@ def run(
                     boot=boot,
                     bootargs=append,
                     disabled=frozenset(disable or ()),
+                    extra_services=extra,
+                    rules=rules,
                     reboot=not no_reboot,
                     swap=swap,
                     **timing,  # type: ignore[arg-type]
@@ -195,6 +214,8 @@ def run(
                     gic=gic,
                     console=console,
                     disabled=frozenset(disable or ()),
+                    extra_services=extra,
+                    rules=rules,
                     initrd=initrd,
                     dtb=dtb,
                     bios=bios,
@@ -215,6 +236,11 @@ def run(
             machine = arm
     except (ImageError, ConfigError, NamespaceClash, HostMemoryError) as exc:
         raise fail(str(exc)) from None
+    except PolicyError as exc:
+        raise fail(f"policy: {exc}") from None
+    counter = RuleCounter(rules)
+    if stats and rules:
+        hub.attach(counter)
     sched = machine.vm.scheduler
     sink = TimelineSink(sched.now_ns) if timeline is not None else None
     if sink is not None:
@@ -247,6 +273,7 @@ def run(
         _print_stats(err, call_stats, "nr" if isinstance(machine, pc_x86.PcX86) else "function ID")
         _print_vcpu_times(sched)
         print_swap_stats(getattr(machine, "swap", None))
+        counter.print(chosen)
     if machine.dispatcher.internal_errors:  # pvkit's own lines: typer.echo, never wrapped
         errors = machine.dispatcher.internal_errors
         typer.echo(f"pvkit: {errors} hypercall handler error(s)", err=True)

@@ -45,22 +45,50 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-class GuestMemory:
-    """RAM as an anonymous mmap so that pages cost nothing until touched."""
+GUARD_BYTES = 1 << 20  # PROT_NONE on each side of RAM when guarded (pvkit fuzz)
+_PROT_NONE = 0
 
-    def __init__(self, base: int, size: int):
+
+def _mprotect_none(address: int, size: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if libc.mprotect(address, size, _PROT_NONE) != 0:
+        raise HostMemoryError(
+            f"cannot protect the guard pages around RAM (errno {ctypes.get_errno()})"
+        )
+
+
+class GuestMemory:
+    """RAM as an anonymous mmap so that pages cost nothing until touched.
+
+    `guarded=True` maps RAM inside a larger mapping whose first and last GUARD_BYTES are
+    PROT_NONE, so a host write that strays past either end of RAM (through `host_address`,
+    from C or from an engine) faults at once instead of corrupting the host heap."""
+
+    def __init__(self, base: int, size: int, guarded: bool = False):
         if size <= 0 or size % mmap.PAGESIZE:
             raise ValueError(f"RAM size {size:#x} must be a positive multiple of the page size")
         self.region = Region(base, size, "ram")
+        self._shift = GUARD_BYTES if guarded else 0  # host offset of guest byte 0
         try:
-            self._buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            self._buf = mmap.mmap(
+                -1, size + 2 * self._shift, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            )
         except OSError as exc:
             raise HostMemoryError(
                 f"this host cannot reserve {size / (1 << 20):.0f} MiB of guest RAM "
                 f"({exc.strerror}); give less with --mem"
             ) from None
         self._anchor = ctypes.c_char.from_buffer(self._buf)
+        if guarded:
+            start = ctypes.addressof(self._anchor)
+            _mprotect_none(start, GUARD_BYTES)
+            _mprotect_none(start + GUARD_BYTES + size, GUARD_BYTES)
         self.reserved: list[Region] = []
+
+    @property
+    def guarded(self) -> bool:
+        return self._shift != 0
 
     @property
     def base(self) -> int:
@@ -73,7 +101,7 @@ class GuestMemory:
     @property
     def host_address(self) -> int:
         """Host pointer for engines that map this buffer (no copy per vCPU)."""
-        return ctypes.addressof(self._anchor)
+        return ctypes.addressof(self._anchor) + self._shift
 
     def contains(self, address: int, size: int = 1) -> bool:
         return self.region.contains(address, size)
@@ -81,7 +109,7 @@ class GuestMemory:
     def _offset(self, address: int, size: int, what: str) -> int:
         if not self.region.contains(address, size):
             raise GuestMemoryError(address, size, what)
-        return address - self.region.base
+        return address - self.region.base + self._shift
 
     def read(self, address: int, size: int) -> bytes:
         off = self._offset(address, size, "read")
@@ -111,7 +139,7 @@ class GuestMemory:
         if address % 8:
             raise GuestMemoryError(address, 8, "aligned 64-bit store")
         off = self._offset(address, 8, "write")
-        ctypes.c_uint64.from_address(self.host_address + off).value = value
+        ctypes.c_uint64.from_address(ctypes.addressof(self._anchor) + off).value = value
 
     def reserve(self, region: Region) -> None:
         """Mark RAM the firmware tables must describe as not for the guest's allocator."""
@@ -124,4 +152,4 @@ class GuestMemory:
 
     def clear(self) -> None:
         """Zero all of RAM (for a system reset) without touching untouched pages."""
-        self._buf.madvise(mmap.MADV_DONTNEED)
+        self._buf.madvise(mmap.MADV_DONTNEED, self._shift, self.region.size)

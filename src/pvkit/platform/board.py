@@ -19,6 +19,7 @@ from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.timekeeping import make_scheduler
 from pvkit.services.base import Service, SystemEvent
+from pvkit.services.catalog import ARCH_OF, builtin_names
 from pvkit.services.profiles import HostProfile
 from pvkit.services.registry import services_for
 
@@ -46,9 +47,35 @@ class ConfigError(ValueError):
 def select_services(
     profile: HostProfile, abi: Abi, extra: Iterable[Service], disabled: Iterable[str]
 ) -> list[Service]:
-    """The profile's services plus `extra`, minus `disabled`, that speak `abi`."""
+    """The profile's services that speak `abi`, minus `disabled`, plus `extra`.
+
+    `disabled` names built-in services only (an unknown name is a mistake, not a no-op);
+    an `extra` service is never dropped by it, even one that kept a built-in's name to
+    replace it. Two services of one name, or an `extra` that cannot speak `abi`, are errors.
+    """
     off = set(disabled)
-    return [s for s in [*services_for(profile, abi), *extra] if s.name not in off and abi in s.abis]
+    known = builtin_names(abi)
+    unknown = sorted(off.difference(known))
+    if unknown:
+        raise ConfigError(
+            f"--disable {unknown[0]!r}: no built-in {ARCH_OF[abi]} service has that name; "
+            f"choose from {', '.join(known)}"
+        )
+    chosen = [s for s in services_for(profile, abi) if s.name not in off]
+    for s in extra:
+        if abi not in s.abis:
+            speaks = ", ".join(sorted(a.value for a in s.abis)) or "no ABI"
+            raise ConfigError(
+                f"service {s.name!r} speaks {speaks}, not {abi.value}: it cannot serve an "
+                f"{ARCH_OF[abi]} VM"
+            )
+        if any(c.name == s.name for c in chosen):
+            raise ConfigError(
+                f"two services are named {s.name!r}: give yours a name of its own, or "
+                f"--disable {s.name} if it replaces the built-in one"
+            )
+        chosen.append(s)
+    return chosen
 
 
 def scheduler_for(

@@ -59,6 +59,7 @@ from pvkit.platform.board import (
 from pvkit.platform.swap import SwapController
 from pvkit.platform.timekeeping import entry_hooks
 from pvkit.services.base import Service, SystemEvent
+from pvkit.services.catalog import cpuid_features
 from pvkit.services.profiles import KVM, HostProfile
 from pvkit.trace.events import TraceHub
 
@@ -89,6 +90,7 @@ class PcConfig:
     record_slices: bool = False  # keep every slice (for --timeline)
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
     swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
+    guard_ram: bool = False  # PROT_NONE guard pages around RAM (machine/memory.py)
 
 
 def _check(config: PcConfig) -> None:
@@ -136,7 +138,7 @@ class PcX86(BoardPlatform):
         use_one_malloc_arena()
         self.config = config
         self.trace = trace or TraceHub()
-        self.memory = GuestMemory(0, config.memory)
+        self.memory = GuestMemory(0, config.memory, guarded=config.guard_ram)
         self.image = image if isinstance(image, X86Image) else load_x86_image(image, self.memory)
         self.protocol = self._protocol(config.boot)
         self.boot = boot_data(self.protocol, config.memory, config.bootargs)
@@ -156,12 +158,7 @@ class PcX86(BoardPlatform):
             if s.cpuid_feature_bit is not None
             for f in s.functions(Abi.KVM_X86)
         }
-        features = 0
-        for s in self.services:
-            for bit in (s.cpuid_feature_bit, *s.cpuid_more_bits):
-                if bit is not None:
-                    features |= 1 << bit
-        features &= ~config.hidden_features
+        features = cpuid_features(self.services) & ~config.hidden_features
         self._msrs = {
             index: msr
             for s in self.services

@@ -103,6 +103,7 @@ class VirtConfig:
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
     notice: Callable[[str], None] = stderr_notice  # what the VM reports while it runs
     swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
+    guard_ram: bool = False  # PROT_NONE guard pages around RAM (machine/memory.py)
 
 
 def virt_device_tree(
@@ -179,7 +180,7 @@ class VirtArm64(BoardPlatform):
         use_one_malloc_arena()  # before any vCPU thread exists (see host_heap.py)
         self.config = config
         self.trace = trace or TraceHub()
-        self.memory = GuestMemory(RAM_BASE, config.memory)
+        self.memory = GuestMemory(RAM_BASE, config.memory, guarded=config.guard_ram)
         self.mpidrs = [mpidr_for(i) for i in range(config.smp)]
         self._by_mpidr = {m: i for i, m in enumerate(self.mpidrs)}
 

@@ -196,6 +196,7 @@ class AsyncPfService(AsyncPfCore):
     """arm64: the vendor-hypervisor call and the PPI."""
 
     abis = frozenset({Abi.SMCCC})
+    revision = f"{VERSION >> 16}.{VERSION >> 8 & 0xFF}.{VERSION & 0xFF} (sub-function VERSION)"
 
     def __init__(self, function: int = ASYNC_PF_FUNCTION, ppi: int = DEFAULT_PPI):
         super().__init__()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 from typing import ClassVar, Protocol, runtime_checkable
 
 from pvkit.hypercall.namespace import Abi, Function, IdRange
@@ -114,6 +114,14 @@ class Service(ABC):
     # MSRs do not exist while the bit is hidden.
     cpuid_feature_bit: ClassVar[int | None] = None
     cpuid_more_bits: ClassVar[tuple[int, ...]] = ()  # further bits it sets (hints, legacy)
+    # The version of the interface a guest can read from it, if it has one ("1.1").
+    revision: ClassVar[str | None] = None
+    # How a guest finds the service, where its IDs do not say it all (`pvkit services`).
+    discovery: ClassVar[str | None] = None
+    # Guest headers (`pvkit header`): a prefix for C names that lack it, the service's own
+    # status codes if it has a code space of its own (PSCI's, TRNG's).
+    c_prefix: ClassVar[str] = ""
+    return_codes: ClassVar[type[IntEnum] | None] = None
 
     def __init__(self) -> None:
         self._platform: Platform | None = None
@@ -143,6 +151,12 @@ class Service(ABC):
     def msrs(self, abi: Abi) -> dict[int, Msr]:
         """x86 model-specific registers this service implements, by index."""
         return {}
+
+    def c_name(self, fn: Function) -> str:
+        """The C macro for `fn`'s ID in a generated guest header: its name as an identifier,
+        with `c_prefix` in front unless it already starts with it."""
+        ident = "".join(ch if ch.isalnum() else "_" for ch in fn.name.upper())
+        return ident if ident.startswith(self.c_prefix) else self.c_prefix + ident
 
     @abstractmethod
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:

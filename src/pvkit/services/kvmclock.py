@@ -60,8 +60,8 @@ class KvmClockService(Service):
         return {
             MSR_KVM_WALL_CLOCK_NEW: wall,
             MSR_KVM_SYSTEM_TIME_NEW: system,
-            MSR_KVM_WALL_CLOCK: wall,
-            MSR_KVM_SYSTEM_TIME: system,
+            MSR_KVM_WALL_CLOCK: Msr("MSR_KVM_WALL_CLOCK", wall.read, wall.write),
+            MSR_KVM_SYSTEM_TIME: Msr("MSR_KVM_SYSTEM_TIME", system.read, system.write),
         }
 
     def _write_wall(self, vcpu: int, value: int) -> bool:

@@ -79,6 +79,14 @@ def affinity_mask(level: int) -> int:
 
 class PsciService(Service):
     name = "psci"
+    revision = f"{VERSION_1_1 >> 16}.{VERSION_1_1 & 0xFFFF} (PSCI_VERSION)"
+    discovery = "the device tree's /psci node names the conduit; PSCI_FEATURES(ID) == 0"
+    c_prefix = "PSCI_"
+    return_codes = PsciReturn
+
+    def c_name(self, fn: Function) -> str:
+        base = super().c_name(fn)  # SMC64 IDs: PSCI_CPU_ON_64, as the guest SDK spells them
+        return f"{base[:-2]}_64" if fn.function_id >= SMC64_BASE else base
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(PSCI_RANGES)

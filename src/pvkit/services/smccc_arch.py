@@ -23,6 +23,7 @@ _UNAFFECTED = 1
 
 class SmcccArchService(Service):
     name = "smccc-arch"
+    revision = f"{VERSION_1_1 >> 16}.{VERSION_1_1 & 0xFFFF} (SMCCC_VERSION)"
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(ARCH_RANGES)

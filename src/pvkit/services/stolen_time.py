@@ -40,6 +40,7 @@ class StolenTimeService(Service):
     name = "stolen-time"
     abis = frozenset({Abi.SMCCC, Abi.KVM_X86})
     cpuid_feature_bit = 5  # KVM_FEATURE_STEAL_TIME
+    revision = "0 (the record's revision field)"
 
     def __init__(self) -> None:
         super().__init__()

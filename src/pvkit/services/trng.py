@@ -62,6 +62,9 @@ def pack_entropy(value: int, width: int) -> tuple[int, int, int]:
 
 class TrngService(Service):
     name = "trng"
+    revision = f"{VERSION_1_0 >> 16}.{VERSION_1_0 & 0xFFFF} (TRNG_VERSION)"
+    discovery = "SMCCC >= 1.1, TRNG_VERSION >= 1.0, then TRNG_FEATURES(ID) == 0"
+    return_codes = TrngReturn
 
     def __init__(self) -> None:
         super().__init__()

@@ -41,6 +41,10 @@ class VendorHypService(Service):
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return list(VENDOR_CLAIMS)
 
+    def c_name(self, fn: Function) -> str:
+        # The profile names the bitmap in traces (KVM_FUNC_FEATURES); guest code is neutral.
+        return "VENDOR_HYP_FEATURES" if fn.function_id == FEATURES else super().c_name(fn)
+
     def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         return [
             Function(FEATURES, self._features_name, self._features, memo=Memo.CONSTANT),

@@ -8,9 +8,10 @@
 #ifndef PVKIT_APF_H
 #define PVKIT_APF_H
 #include <pvkit/discovery.h>
+#include <pvkit/gen/async-pf.h> /* ASYNC_PF and its bitmap bit, from pvkit's definition */
 
-#define APF_FUNC 0x8600007eu /* fast SMC32/HVC32 call, vendor-specific hypervisor range */
-#define APF_FUNC_NUMBER 126  /* its bit in the vendor features bitmap (W3 bit 30) */
+#define APF_FUNC ASYNC_PF                    /* fast SMC32/HVC32 call, vendor-specific range */
+#define APF_FUNC_NUMBER ASYNC_PF_FEATURE_BIT /* its bit in the vendor features bitmap */
 
 /* Sub-functions (W1). */
 #define APF_VERSION 0

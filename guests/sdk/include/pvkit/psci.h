@@ -2,16 +2,7 @@
 #ifndef PVKIT_PSCI_H
 #define PVKIT_PSCI_H
 #include <pvkit/discovery.h>
-
-#define PSCI_VERSION 0x84000000u
-#define PSCI_CPU_SUSPEND_64 0xc4000001u
-#define PSCI_CPU_OFF 0x84000002u
-#define PSCI_CPU_ON_64 0xc4000003u
-#define PSCI_AFFINITY_INFO_64 0xc4000004u
-#define PSCI_MIGRATE_INFO_TYPE 0x84000006u
-#define PSCI_SYSTEM_OFF 0x84000008u
-#define PSCI_SYSTEM_RESET 0x84000009u
-#define PSCI_FEATURES 0x8400000au
+#include <pvkit/gen/psci.h> /* the function IDs, generated from pvkit's definition */
 
 enum psci_ret {
     PSCI_SUCCESS = 0,

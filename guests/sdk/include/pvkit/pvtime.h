@@ -5,9 +5,7 @@
 #ifndef PVKIT_PVTIME_H
 #define PVKIT_PVTIME_H
 #include <pvkit/discovery.h>
-
-#define PV_TIME_FEATURES 0xc5000020u
-#define PV_TIME_ST 0xc5000021u
+#include <pvkit/gen/stolen-time.h> /* PV_TIME_FEATURES, PV_TIME_ST */
 
 struct pvtime_record {
     uint32_t revision;   /* 0 */

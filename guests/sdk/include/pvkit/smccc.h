@@ -2,6 +2,10 @@
 #ifndef PVKIT_SMCCC_H
 #define PVKIT_SMCCC_H
 #include <pvkit/types.h>
+/* SMCCC_VERSION, SMCCC_ARCH_FEATURES, VENDOR_HYP_CALL_UID, VENDOR_HYP_FEATURES, the return
+ * codes and the vendor UIDs: generated from pvkit's definitions (`make -C guests headers`). */
+#include <pvkit/gen/smccc-arch.h>
+#include <pvkit/gen/vendor-hyp.h>
 
 enum pv_conduit { CONDUIT_NONE = 0, CONDUIT_HVC, CONDUIT_SMC };
 
@@ -9,12 +13,7 @@ struct smccc_res {
     uint64_t a0, a1, a2, a3;
 };
 
-#define SMCCC_VERSION 0x80000000u
-#define SMCCC_ARCH_FEATURES 0x80000001u
-#define SMCCC_RET_NOT_SUPPORTED (-1)
 #define SMCCC_VERSION_1_1 0x10001u
-#define VENDOR_HYP_CALL_UID 0x8600ff01u
-#define VENDOR_HYP_FEATURES 0x86000000u
 
 /* Issue one call over `conduit`; CONDUIT_NONE answers NOT_SUPPORTED without trapping. */
 struct smccc_res smccc_call(enum pv_conduit conduit, uint32_t fid, uint64_t a1, uint64_t a2,

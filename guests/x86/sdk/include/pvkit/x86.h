@@ -8,20 +8,12 @@ typedef unsigned int u32;
 typedef unsigned long u64;
 typedef long s64;
 
+/* KVM_ENOSYS, KVM_EPERM, the KVM_HC_* numbers, KVM_FEATURE_* bits and MSR_KVM_* indices of
+ * the services pvkit serves: generated from its definitions (`make -C guests headers`). */
+#include <pvkit/gen/kvm.h>
+
 #define MAX_CPUS 16
-#define KVM_ENOSYS 1000
-#define KVM_EPERM 1
-#define KVM_HC_KICK_CPU 5
-#define KVM_HC_SEND_IPI 10
-#define KVM_HC_SCHED_YIELD 11
-#define KVM_FEATURE_PV_UNHALT 7
-#define KVM_FEATURE_PV_SEND_IPI 11
-#define KVM_FEATURE_PV_SCHED_YIELD 13
 #define IPI_VECTOR 0x40
-#define KVM_FEATURE_CLOCKSOURCE2 3
-#define KVM_FEATURE_STEAL_TIME 5
-#define MSR_KVM_SYSTEM_TIME_NEW 0x4b564d01
-#define MSR_KVM_STEAL_TIME 0x4b564d03
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
 static inline u8 inb(u16 port)
