@@ -3,7 +3,7 @@
 Both install one UC_HOOK_INTR callback per engine that reads the argument registers and
 PC in one batch, answers answer-table hits without entering the dispatcher, calls the
 dispatcher once for anything else and writes the results back in one batch. Neither uses
-the binding's per-register API, which costs ~1.8 us per register (unicorn-engine-notes).
+the binding's per-register API, which costs ~1.8 us per register (docs/hot-path.md).
 
 `PVKIT_TRAP=c|ctypes` overrides the `auto` choice (tests and benchmarks run both).
 """
