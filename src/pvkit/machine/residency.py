@@ -97,6 +97,7 @@ class HostResidency:
         self.stats = ResidencyStats()
         self._lock = threading.Lock()
         self._fetching: dict[int, int] = {}  # page number -> when it is present again
+        self._boot_map: bytes | None = None  # the spec's pages, worked out once
 
     def page_of(self, address: int) -> int | None:
         page = (address - self.base) >> PAGE_SHIFT
@@ -106,23 +107,29 @@ class HostResidency:
         return self.base + (page << PAGE_SHIFT)
 
     def apply(self) -> None:
-        """Boot state: every page present, then the spec's pages absent."""
-        ctypes.memset(self.map, 0, self.pages)
+        """Boot state: the spec's pages absent, every other page present."""
+        if self._boot_map is None:  # the same pages at every reset: select them once
+            self._boot_map = self._select()
+        ctypes.memmove(self.map, self._boot_map, self.pages)
         with self._lock:
             self._fetching.clear()
             self.stats = ResidencyStats()
+        self.stats.absent_at_boot = self._boot_map.count(1)
+
+    def _select(self) -> bytes:
         spec = self.spec
+        chosen = bytearray(self.pages)
         if spec.fraction > 0:
             threshold = int(spec.fraction * (1 << 64))
             for page in range(self.pages):
                 if _mix(page) < threshold:
-                    self.map[page] = 1
+                    chosen[page] = 1
         for first, end in spec.ranges:
             lo = self.page_of(max(first, self.base))
             hi = min((end - self.base + PAGE_SIZE - 1) >> PAGE_SHIFT, self.pages)
             if lo is not None and hi > lo:
-                ctypes.memset(ctypes.addressof(self.map) + lo, 1, hi - lo)
-        self.stats.absent_at_boot = sum(bytes(self.map))
+                chosen[lo:hi] = b"\x01" * (hi - lo)
+        return bytes(chosen)
 
     def is_absent(self, address: int) -> bool:
         page = self.page_of(address)

@@ -17,6 +17,7 @@ from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
 from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
+from pvkit.platform.swap import SwapController
 from pvkit.platform.timekeeping import make_scheduler
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.catalog import ARCH_OF, builtin_names
@@ -93,6 +94,16 @@ class BoardPlatform:
     vm: VirtualMachine
     scheduler: Scheduler
     memory: GuestMemory
+    services: list[Service]
+    swap: SwapController | None
+
+    def reset_pv_state(self) -> None:
+        """First boot and every reset: services forget what the guest set up, and the
+        pages absent at boot are absent again."""
+        for service in self.services:
+            service.reset()
+        if self.swap is not None:
+            self.swap.boot()
 
     @property
     def vcpu_count(self) -> int:

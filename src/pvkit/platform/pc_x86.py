@@ -46,7 +46,7 @@ from pvkit.machine.deadlines import DeadlineThread
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.power import PowerState, StartRequest
 from pvkit.machine.quiesce import ExecutionGate
-from pvkit.machine.residency import HostResidency, SwapSpec
+from pvkit.machine.residency import SwapSpec
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.board import (
@@ -56,8 +56,8 @@ from pvkit.platform.board import (
     select_services,
     stdout_console,
 )
-from pvkit.platform.swap import SwapController
-from pvkit.platform.timekeeping import entry_hooks
+from pvkit.platform.swap import swap_controller
+from pvkit.platform.timekeeping import chain_hooks, entry_hooks
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.catalog import cpuid_features
 from pvkit.services.profiles import KVM, HostProfile
@@ -186,18 +186,19 @@ class PcX86(BoardPlatform):
             IsaDebugExit(self._debug_exit),
             AcpiPowerOff(lambda: self.system_event(SystemEvent.SHUTDOWN, "ACPI S5 (port 0x604)")),
         ]
-        self.swap: SwapController | None = None
-        self._deadlines: DeadlineThread | None = None
-        if config.swap is not None and config.swap.active:
-            if not config.deterministic:
-                self._deadlines = DeadlineThread(lambda: self.scheduler.now_ns(0))
-            self.swap = SwapController(
-                HostResidency(0, config.memory, config.swap),
-                self.scheduler,
-                self.services,
-                self.trace,
-                self._deadlines,
-            )
+        # Only page fetches have wall-clock deadlines on this board (the thread starts
+        # with a swap controller, at boot).
+        self._deadlines = (
+            None if config.deterministic else DeadlineThread(lambda: self.scheduler.now_ns(0))
+        )
+        self.swap = swap_controller(
+            config.swap,
+            self.memory.region,
+            self.scheduler,
+            self.services,
+            self.trace,
+            self._deadlines,
+        )
         self._engines: dict[int, X86Engine] = {}  # the live engine of each vCPU
         swap = self.swap
         self.vm = VirtualMachine(
@@ -251,17 +252,10 @@ class PcX86(BoardPlatform):
                 self._deadlines.stop()
 
     def _entry_hook(self) -> Callable[[int], None] | None:
-        services = entry_hooks(self.services)
-        if self.swap is None:
-            return services
-        poll = self.swap.poll
-
-        def on_entry(vcpu: int) -> None:
-            poll(vcpu)
-            if services is not None:
-                services(vcpu)
-
-        return on_entry
+        """The page fetches that are done, then the services' per-entry updates."""
+        return chain_hooks(
+            self.swap.poll if self.swap is not None else None, entry_hooks(self.services)
+        )
 
     def _engine(self, index: int) -> X86Engine:
         engine = X86Engine(
@@ -291,13 +285,10 @@ class PcX86(BoardPlatform):
         for address, blob in self.boot.blobs:
             self.memory.write(address, blob)
         self._init_seen = [False] * self.config.smp
-        for service in self.services:
-            service.reset()
-        if self.swap is not None:
-            self.swap.boot()
-            if self._deadlines is not None:
-                self._deadlines.stop()
-                self._deadlines.start()
+        self.reset_pv_state()
+        if self.swap is not None and self._deadlines is not None:
+            self._deadlines.stop()
+            self._deadlines.start()
         entry = self.image.pvh_entry if self.protocol is BootProtocol.PVH else None
         if entry is None:
             entry = self.image.image.entry

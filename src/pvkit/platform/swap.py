@@ -13,14 +13,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 
 from pvkit.backends.base import VcpuExit
 from pvkit.machine.deadlines import DeadlineThread
-from pvkit.machine.residency import HostResidency
+from pvkit.machine.memory import Region
+from pvkit.machine.residency import HostResidency, SwapSpec
 from pvkit.machine.scheduling import Scheduler
 from pvkit.services.base import PageNotifier, Service
 from pvkit.trace.events import TraceHub, VmEvent
+
+
+def swap_controller(
+    spec: SwapSpec | None,
+    ram: Region,
+    scheduler: Scheduler,
+    services: Sequence[Service],
+    trace: TraceHub,
+    deadlines: DeadlineThread | None,
+) -> SwapController | None:
+    """A board's controller for `spec` over `ram`, or None when no page is ever absent."""
+    if spec is None or not spec.active:
+        return None
+    return SwapController(
+        HostResidency(ram.base, ram.size, spec), scheduler, services, trace, deadlines
+    )
 
 
 class SwapController:
@@ -104,10 +122,7 @@ class SwapController:
 
     def _arm(self, ready: int) -> None:
         if self._deadlines is not None:
-            self._deadlines.arm(("swap", ready), ready, self._on_deadline(ready))
-
-    def _on_deadline(self, ready: int) -> Callable[[], None]:
-        return lambda: self._complete(ready)
+            self._deadlines.arm(("swap", ready), ready, partial(self._complete, ready))
 
     def _note(self, kind: str, vcpu: int, **fields: object) -> None:
         if self._trace.active:

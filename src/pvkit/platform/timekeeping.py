@@ -52,16 +52,24 @@ def place_service_ram(
     return regions
 
 
-def entry_hooks(services: Sequence[Service]) -> Callable[[int], None] | None:
+EntryHook = Callable[[int], None]
+
+
+def entry_hooks(services: Sequence[Service]) -> EntryHook | None:
     """One callable running every service's per-entry update, or None if none has one."""
-    hooks = [
-        s.on_vcpu_entry for s in services if type(s).on_vcpu_entry is not Service.on_vcpu_entry
-    ]
-    if not hooks:
-        return None
+    return chain_hooks(
+        *(s.on_vcpu_entry for s in services if type(s).on_vcpu_entry is not Service.on_vcpu_entry)
+    )
+
+
+def chain_hooks(*hooks: EntryHook | None) -> EntryHook | None:
+    """One callable running the given per-entry hooks in order, or None if there are none."""
+    present = [h for h in hooks if h is not None]
+    if len(present) <= 1:
+        return present[0] if present else None
 
     def on_entry(vcpu: int) -> None:
-        for hook in hooks:
+        for hook in present:
             hook(vcpu)
 
     return on_entry

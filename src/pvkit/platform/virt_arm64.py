@@ -39,7 +39,7 @@ from pvkit.hypercall.policy import Policy, Rule
 from pvkit.loader.image import BootImage
 from pvkit.machine.memory import GuestMemory, Region
 from pvkit.machine.power import StartRequest
-from pvkit.machine.residency import HostResidency, SwapSpec
+from pvkit.machine.residency import SwapSpec
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.board import (
@@ -50,8 +50,8 @@ from pvkit.platform.board import (
     stderr_notice,
     stdout_console,
 )
-from pvkit.platform.swap import SwapController
-from pvkit.platform.timekeeping import entry_hooks, place_service_ram
+from pvkit.platform.swap import swap_controller
+from pvkit.platform.timekeeping import chain_hooks, entry_hooks, place_service_ram
 from pvkit.platform.virt_boot import plan_boot, read_file
 from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
@@ -205,15 +205,14 @@ class VirtArm64(BoardPlatform):
         )
         self.rtc.on_reprogram = self._arm_rtc
         self.pvpanic = PvpanicMmio(self._on_pvpanic, on_unknown=self._on_pvpanic_unknown)
-        self.swap: SwapController | None = None
-        if config.swap is not None and config.swap.active:
-            self.swap = SwapController(
-                HostResidency(RAM_BASE, config.memory, config.swap),
-                self.scheduler,
-                self.services,
-                self.trace,
-                None if config.deterministic else self.cpu_devices.deadlines,
-            )
+        self.swap = swap_controller(
+            config.swap,
+            self.memory.region,
+            self.scheduler,
+            self.services,
+            self.trace,
+            None if config.deterministic else self.cpu_devices.deadlines,
+        )
         claims = [Claim(s.name, r) for s in self.services for r in s.claims()]
         functions = [(s.name, f) for s in self.services for f in s.functions()]
         self.namespace = Namespace(claims, functions)
@@ -337,22 +336,13 @@ class VirtArm64(BoardPlatform):
         self.config.notice(f"pvpanic: the guest wrote unknown event bits {bits:#x}; ignored")
 
     def _entry_hook(self) -> Callable[[int], None] | None:
-        """The services' per-entry updates, and with deterministic time the timers' check."""
-        services = entry_hooks(self.services)
-        swap = self.swap.poll if self.swap is not None else None
-        if not self.config.deterministic and swap is None:
-            return services
-        timers = self.cpu_devices.poll_timers if self.config.deterministic else None
-
-        def on_entry(vcpu: int) -> None:
-            if timers is not None:
-                timers(vcpu)
-            if swap is not None:
-                swap(vcpu)
-            if services is not None:
-                services(vcpu)
-
-        return on_entry
+        """With deterministic time the timers' check, the page fetches that are done, then
+        the services' per-entry updates."""
+        return chain_hooks(
+            self.cpu_devices.poll_timers if self.config.deterministic else None,
+            self.swap.poll if self.swap is not None else None,
+            entry_hooks(self.services),
+        )
 
     def _engine(self, index: int) -> Arm64Engine:
         engine = Arm64Engine(
@@ -383,10 +373,7 @@ class VirtArm64(BoardPlatform):
         self.plan.load(self.memory)
         for bank in self.flash:
             bank.reset()
-        for service in self.services:
-            service.reset()
-        if self.swap is not None:
-            self.swap.boot()
+        self.reset_pv_state()
         self.cpu_devices.start()
         return StartRequest(self.plan.entry, self.plan.x0)
 
