@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the host tools pvkit's tests use: the aarch64 cross compiler (guest rebuilds),
-# the native gcc and cmake (x86-64 guests, the C extensions, the vCPU engine), dtc (device-tree checks) and qemu-system-aarch64 (the
-# differential PSCI test).
+# the native gcc and cmake (x86-64 guests, the C extensions, the vCPU engine), dtc (device-tree checks), qemu-system-aarch64 (the
+# differential PSCI test) and gdb-multiarch (the gdb stub tests).
 # `setup-toolchain.sh engine` installs only what building the vCPU engine needs.
 set -euo pipefail
 need=()
@@ -15,6 +15,7 @@ if [ "${1:-all}" != engine ]; then
     command -v dtc >/dev/null || need+=(device-tree-compiler)
     command -v qemu-system-aarch64 >/dev/null || need+=(qemu-system-arm)
     command -v curl >/dev/null || need+=(curl ca-certificates)  # scripts/fetch-linux.sh
+    command -v gdb-multiarch >/dev/null || need+=(gdb-multiarch)  # the gdb stub tests
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""

@@ -5,7 +5,13 @@
  *
  * A UC_HOOK_CODE callback runs before each instruction; stopping there leaves that
  * instruction unexecuted and uncounted, so `executed` is exact when emu_start returns.
- * This is the cost unicorn's own count= option has, but the count stays readable. */
+ * This is the cost unicorn's own count= option has, but the count stays readable.
+ *
+ * A debugger (pvkit.debug) uses the same hook, so that its stops leave the count exact
+ * and add no hook of their own: `hold` stops before the next instruction (a stop asked
+ * from another thread, or after a watched access), `step` lets one instruction run and
+ * then holds, and breakpoint addresses hold before the instruction there. With none of
+ * them set the hook costs three tests more than before. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -33,6 +39,11 @@ typedef struct {
     unsigned long long skip_at;  /* let the MSR instruction here run once, or NONE */
     unsigned long long ram_base, ram_size;
     const uint8_t *ram_host;     /* guest RAM; code addresses are read as physical */
+    volatile int hold;           /* debugger: stop before the next instruction */
+    volatile int step;           /* debugger: 1 = run one instruction, then hold; 2 = ran */
+    unsigned long long bp_hit;   /* debugger: the breakpoint that held it, or NONE */
+    unsigned long long *bps;     /* debugger: breakpoint addresses */
+    Py_ssize_t n_bps;
 } BudgetObject;
 
 #define NONE (~0ULL)
@@ -42,6 +53,23 @@ static void budget_code(void *uc, uint64_t address, uint32_t size, void *user)
     (void)address;
     (void)size;
     BudgetObject *b = (BudgetObject *)user;
+    if (b->hold || b->step || b->n_bps) {
+        if (b->hold || b->step == 2) {
+            b->hold = 1;
+            b->emu_stop(uc);
+            return;
+        }
+        if (b->step != 1) { /* the instruction a step starts at runs even with a breakpoint */
+            for (Py_ssize_t i = 0; i < b->n_bps; i++) {
+                if (b->bps[i] == address) {
+                    b->bp_hit = address;
+                    b->hold = 1;
+                    b->emu_stop(uc);
+                    return;
+                }
+            }
+        }
+    }
     if (b->watch_msr && size == 2 && address - b->ram_base < b->ram_size - 1) {
         if (address == b->skip_at) {
             b->skip_at = NONE;
@@ -58,6 +86,8 @@ static void budget_code(void *uc, uint64_t address, uint32_t size, void *user)
         b->emu_stop(uc);
         return;
     }
+    if (b->step == 1)
+        b->step = 2;
     b->executed++;
 }
 
@@ -90,7 +120,45 @@ static int budget_init(BudgetObject *self, PyObject *args, PyObject *kwds)
     self->ram_base = base;
     self->ram_size = size;
     self->ram_host = (const uint8_t *)(uintptr_t)host;
+    self->hold = 0;
+    self->step = 0;
+    self->bp_hit = NONE;
     return 0;
+}
+
+static PyObject *budget_set_breakpoints(BudgetObject *self, PyObject *addresses)
+{
+    PyObject *seq = PySequence_Fast(addresses, "breakpoints must be a sequence of addresses");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    unsigned long long *bps = n ? PyMem_Calloc((size_t)n, sizeof(*bps)) : NULL;
+    if (n && !bps) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        bps[i] = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred()) {
+            PyMem_Free(bps);
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    /* Only called while the engine is stopped (the vCPU is parked): no hook reads these. */
+    unsigned long long *old = self->bps;
+    self->n_bps = 0;
+    self->bps = bps;
+    self->n_bps = n;
+    PyMem_Free(old);
+    Py_RETURN_NONE;
+}
+
+static void budget_dealloc(BudgetObject *self)
+{
+    PyMem_Free(self->bps);
+    Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *budget_install(BudgetObject *self, PyObject *unused)
@@ -127,6 +195,8 @@ static PyObject *budget_remove(BudgetObject *self, PyObject *unused)
 static PyMethodDef budget_methods[] = {
     {"install", (PyCFunction)budget_install, METH_NOARGS, "add the UC_HOOK_CODE hook"},
     {"remove", (PyCFunction)budget_remove, METH_NOARGS, "delete the hook (before uc_close)"},
+    {"set_breakpoints", (PyCFunction)budget_set_breakpoints, METH_O,
+     "hold before the instructions at these addresses (a debugger's breakpoints)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -135,6 +205,9 @@ static PyMemberDef budget_members[] = {
     {"budget", T_ULONGLONG, offsetof(BudgetObject, budget), 0, "stop when executed reaches it"},
     {"msr_at", T_ULONGLONG, offsetof(BudgetObject, msr_at), 0, "stopped before RDMSR/WRMSR here"},
     {"skip_at", T_ULONGLONG, offsetof(BudgetObject, skip_at), 0, "run the MSR access here once"},
+    {"hold", T_INT, offsetof(BudgetObject, hold), 0, "debugger: stop before the next instruction"},
+    {"step", T_INT, offsetof(BudgetObject, step), 0, "debugger: 1 = one instruction, then hold"},
+    {"bp_hit", T_ULONGLONG, offsetof(BudgetObject, bp_hit), 0, "debugger: breakpoint that held"},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -144,6 +217,7 @@ static PyTypeObject BudgetType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Counts a vCPU engine's instructions and stops it at a budget",
     .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)budget_dealloc,
     .tp_init = (initproc)budget_init,
     .tp_methods = budget_methods,
     .tp_members = budget_members,

@@ -19,6 +19,7 @@ class ExitKind(Enum):
     SLICE_END = "slice_end"  # the instruction budget of the slice is spent
     FAULT = "fault"  # the guest did something it cannot recover from
     PAGE_ABSENT = "page_absent"  # the guest touched a page the host does not hold
+    DEBUG = "debug"  # the control plane stopped it (machine/control.py): it runs on later
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,9 @@ class VcpuEngine(Protocol):
 
     def kick(self) -> None:
         """Thread-safe: make `run` return KICKED soon; harmless when not running."""
+
+    def debug_stop(self) -> None:
+        """Thread-safe: make `run` return DEBUG soon (the control plane's pause)."""
 
     def begin_slice(self, budget: int) -> None:
         """Make `run` return SLICE_END after `budget` more instructions (deterministic)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from unicorn import Uc  # type: ignore[attr-defined]  # re-exported name
@@ -27,10 +28,18 @@ class InsnBudget(Protocol):
     budget: int
     msr_at: int
     skip_at: int
+    # A debugger's stops (pvkit.debug), exact in the count: hold before the next
+    # instruction; step = 1 runs one instruction and then holds (step reads 2 once it
+    # ran); bp_hit is the breakpoint address that held it (NOT_STOPPED when none).
+    hold: int
+    step: int
+    bp_hit: int
 
     def install(self) -> None: ...
 
     def remove(self) -> None: ...
+
+    def set_breakpoints(self, addresses: Sequence[int]) -> None: ...
 
 
 def budget_available() -> bool:

@@ -30,18 +30,36 @@ class UnicornVcpu:
 
     vcpu: int
     _uc: Uc
+    _memory: GuestMemory
     _budget: InsnBudget | None
     _kicked: threading.Event
     _exit: VcpuExit | None
     _unmapped: tuple[int, int, int] | None
     _residency: HostResidency | None = None
     _absent: int | None = None  # the absent page an access just touched
+    # A debugger's stop (backends/debug_port.py): the flag, and the instruction hook
+    # whose `hold` also ends the run (the budget, or the debugger's own).
+    _debug_stop = False
+    _debug_hold: InsnBudget | None = None
 
     def kick(self) -> None:
         self._kicked.set()
         uc = self._uc  # the vCPU thread may close the engine meanwhile; this keeps it alive
         if uc is not None:
             uc.emu_stop()
+
+    def debug_stop(self) -> None:
+        hold = self._debug_hold
+        if hold is not None:
+            hold.hold = 1  # the count hook stops first, leaving the count exact
+        self._debug_stop = True
+        uc = self._uc
+        if uc is not None:
+            uc.emu_stop()
+
+    def _debug_pending(self) -> bool:
+        hold = self._debug_hold
+        return self._debug_stop or (hold is not None and hold.hold != 0)
 
     def begin_slice(self, budget: int) -> None:
         if self._budget is not None:

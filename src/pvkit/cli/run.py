@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pvkit.cli.gdb_stub import start_gdb_stub
 from pvkit.cli.options import (
     check_arm64_smp,
     fail,
@@ -140,6 +141,14 @@ def run(
     swap_latency_ms: Annotated[
         float, typer.Option(help="how long the host takes to bring back an absent page")
     ] = 10.0,
+    gdb: Annotated[
+        str | None,
+        typer.Option("--gdb", "-gdb", help="serve gdb on tcp::PORT or tcp:HOST:PORT"),
+    ] = None,
+    gdb_default: Annotated[bool, typer.Option("-s", help="shorthand for --gdb tcp::1234")] = False,
+    freeze: Annotated[
+        bool, typer.Option("--freeze", "-S", help="wait for gdb before the first instruction")
+    ] = False,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -241,6 +250,7 @@ def run(
     counter = RuleCounter(rules)
     if stats and rules:
         hub.attach(counter)
+    stub = start_gdb_stub(machine.vm, chosen, gdb, gdb_default, freeze)
     sched = machine.vm.scheduler
     sink = TimelineSink(sched.now_ns) if timeline is not None else None
     if sink is not None:
@@ -261,6 +271,8 @@ def run(
             machine.uart.more_input = lambda: not host_input.wait(0)
             stack.enter_context(host_input.start())
         reason = machine.run(timeout)
+        if stub is not None:  # a client waiting for the VM hears how it ended
+            stub.finish(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
         hub.close()
     sys.stdout.flush()
     err = Console(stderr=True)

@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
+from pvkit.machine.control import VmControl
 from pvkit.machine.interrupts import InterruptQueue
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest, VcpuPower
 from pvkit.machine.scheduling import DEFAULT_SLICE_NS, Activity, Scheduler
@@ -39,6 +41,7 @@ class StopReason:
 
 
 _KICK_INTERVAL_S = 0.001
+_T = TypeVar("_T")
 MIN_QUANTUM = 10_000  # instructions a deterministic slice runs at least (but for deadlines)
 
 
@@ -87,6 +90,7 @@ class VirtualMachine:
         self._next_deadline = next_deadline
         self.reboot = reboot
         self._on_absent = on_absent
+        self.control = VmControl(vcpu_count)  # stop/resume every vCPU; free until enabled
 
     @property
     def vcpu_count(self) -> int:
@@ -112,6 +116,7 @@ class VirtualMachine:
     def _run_once(self, timeout: float | None) -> StopReason:
         self._stop.clear()
         self._reason = None
+        self.control.reopen()
         self._halted = [False] * self.vcpu_count
         for p, wakeup, queue in zip(self.power, self._wakeups, self.interrupts, strict=True):
             p.reopen()
@@ -142,6 +147,7 @@ class VirtualMachine:
         return self._reason
 
     def _halt_all(self, threads: list[threading.Thread]) -> None:
+        self.control.close()
         for p in self.power:
             p.close()
         for i, t in enumerate(threads):
@@ -169,9 +175,16 @@ class VirtualMachine:
         return result
 
     def _vcpu_main(self, index: int) -> None:
+        try:
+            self._vcpu_loop(index)
+        finally:
+            self.control.park(index)  # for good: this thread touches no engine now
+
+    def _vcpu_loop(self, index: int) -> None:
         power = self.power[index]
+        control = self.control
         while not self._stop.is_set():
-            start = power.wait_for_start()
+            start = self._wait(index, power.wait_for_start, hold=False)
             if start is None:
                 return
             engine = self._factory(index)
@@ -180,22 +193,48 @@ class VirtualMachine:
             self.scheduler.attach(index, engine.executed)
             try:
                 engine.start_at(start)
+                if control.enabled:
+                    control.attach(index, engine)
                 power.mark_on()
                 self._note("vcpu_on", index, entry=f"{start.entry:#x}")
                 finished = self._run_engine(index, engine)
             finally:
+                if control.enabled:
+                    control.detach(index)
                 with self._lock:
                     self._engines[index] = None
                 engine.close()
             if finished:
                 return
 
+    def _wait(
+        self, index: int, wait: Callable[[], _T], hold: bool = True, ready: bool = False
+    ) -> _T:
+        """A blocking wait of vCPU `index`'s thread: parked meanwhile for the control
+        plane, and (`hold`) kept there afterwards while a pause holds the VM."""
+        control = self.control
+        if not control.enabled:
+            return wait()
+        control.park(index)
+        try:
+            return wait()
+        finally:
+            control.unpark(index, hold, ready)
+
+    def _run_slice(self, index: int, engine: VcpuEngine) -> VcpuExit:
+        """One engine run; a stop of the control plane's own is invisible here."""
+        control = self.control
+        while True:
+            exit_ = engine.run()
+            if not control.enabled or not control.after_run(index, exit_):
+                return exit_
+
     def _run_engine(self, index: int, engine: VcpuEngine) -> bool:
         """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time."""
         sched = self.scheduler
         budget = sched.slice_budget()
         while not self._stop.is_set():
-            if not sched.acquire(index):
+            if not self._wait(index, lambda: sched.acquire(index), ready=True):
                 return True
             if self._halted[index]:  # back from a deterministic sleep
                 with self._lock:
@@ -205,9 +244,9 @@ class VirtualMachine:
                 engine.begin_slice(self._slice_budget(index, budget))
             if self._on_entry is not None:
                 self._on_entry(index)
-            exit_ = engine.run()
+            exit_ = self._run_slice(index, engine)
             kind = exit_.kind
-            if kind in (ExitKind.KICKED, ExitKind.SLICE_END):
+            if kind in (ExitKind.KICKED, ExitKind.SLICE_END, ExitKind.DEBUG):
                 sched.release(index, Activity.RUNNABLE)
                 continue
             if kind is ExitKind.PAGE_ABSENT and self._on_absent is not None:
@@ -233,7 +272,7 @@ class VirtualMachine:
                 return False
             if kind is ExitKind.HALT:
                 self._note("vcpu_halt", index, pc=f"{exit_.pc or 0:#x}")
-                if not self._halt(index):
+                if not self._wait(index, lambda: self._halt(index)):
                     return True
                 self._note("vcpu_wake", index)
                 continue
@@ -251,7 +290,7 @@ class VirtualMachine:
             self.scheduler.release(index, Activity.RUNNABLE)
             return
         self._note("page_wait", index, address=f"{exit_.address or 0:#x}", until=until)
-        self.scheduler.release_until(index, until)
+        self._wait(index, lambda: self.scheduler.release_until(index, until))
 
     def _slice_budget(self, index: int, budget: int) -> int:
         """A deterministic slice (1 ns = 1 instruction) ends at the vCPU's next timer

@@ -181,6 +181,9 @@ class Arm64Engine(UnicornVcpu):
             if self._kicked.is_set():
                 self._kicked.clear()
                 return VcpuExit(ExitKind.KICKED)
+            if self._debug_pending():
+                self._debug_stop = False
+                return VcpuExit(ExitKind.DEBUG)
             self._exit = None
             self._unmapped = None  # set by the hook of an access that becomes a bus error
             if self._flash is not None:
@@ -209,7 +212,7 @@ class Arm64Engine(UnicornVcpu):
                 return self._recursive_fault()
             if self._exit is not None:
                 return self._exit
-            if self._kicked.is_set():
+            if self._kicked.is_set() or self._debug_pending():
                 continue
             budget = self._budget
             if budget is not None and budget.executed >= budget.budget:

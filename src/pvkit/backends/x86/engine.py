@@ -171,6 +171,9 @@ class X86Engine(UnicornVcpu):
             if self._kicked.is_set():
                 self._kicked.clear()
                 return VcpuExit(ExitKind.KICKED)
+            if self._debug_pending():
+                self._debug_stop = False
+                return VcpuExit(ExitKind.DEBUG)
             self._exit = None
             self._resume = False
             generation = self._gate.enter(self.vcpu)
@@ -200,7 +203,7 @@ class X86Engine(UnicornVcpu):
                 self._gate.leave(self.vcpu)
             if self._exit is not None:
                 return self._exit
-            if self._resume or self._kicked.is_set():
+            if self._resume or self._kicked.is_set() or self._debug_pending():
                 continue
             budget = self._budget
             if budget is not None:
