@@ -85,9 +85,8 @@ class RecordPlatform:
     def stolen_ns(self, vcpu: int) -> int:
         return self.scheduler.steal_ns(vcpu)
 
-    def store_u64(self, address: int, value: int) -> bool:
-        self.memory.store_u64(address, value)
-        return True
+    def guest_view(self, address: int, size: int) -> memoryview:
+        return self.memory.view(address, size)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -100,10 +99,12 @@ def test_records_are_updated_before_entry_and_never_go_backwards(seed: int) -> N
     service.bind(RecordPlatform(sched, memory))  # type: ignore[arg-type]
     service.place(0x1000)
     counters = [Counter() for _ in range(vcpus)]
+    pv_time_st = {f.name: f for f in service.functions()}["PV_TIME_ST"].direct
+    assert pv_time_st is not None
     for v in range(vcpus):
         sched.attach(v, counters[v])
         sched.become_runnable(v)
-        service._arm_records[v] = service.record_address(v)  # as after PV_TIME_ST
+        assert pv_time_st(v, 0, 0, 0) == (service.record_address(v),)  # the guest asks
     seen = [0] * vcpus
     for _ in range(200):
         v = min(range(vcpus), key=lambda i: (sched._ready_at[i], i))  # the one it will pick

@@ -30,12 +30,14 @@ typedef int (*uc_hook_del_fn)(void *uc, size_t hh);
 /* ------------------------------------------------------------------------------------
  * AnswerTable: (function ID, kind, key) -> up to MAX_RESULTS constant results.
  * kind ANY: the answer whatever the arguments; KEYED: the answer when the first argument
- * equals key; DEFAULT: the answer for a keyed function when no KEYED entry matches. */
-enum { KIND_ANY = 0, KIND_KEYED = 1, KIND_DEFAULT = 2 };
+ * equals key; DEFAULT: the answer for a keyed function when no KEYED entry matches;
+ * DIRECT: no answer but a Python handler(vcpu, x1, x2, x3) -> results to call. */
+enum { KIND_ANY = 0, KIND_KEYED = 1, KIND_DEFAULT = 2, KIND_DIRECT = 3 };
 
 typedef struct {
     uint64_t key;
     uint64_t results[MAX_RESULTS];
+    PyObject *handler; /* DIRECT only (owned) */
     uint32_t fid;
     uint8_t kind;
     uint8_t used;
@@ -46,6 +48,8 @@ typedef struct {
     Slot *slots;
     size_t mask;
     Py_ssize_t count;
+    Py_ssize_t direct_count;
+    PyObject *on_error; /* on_error(vcpu, fid, exc) -> results, for a direct handler that raised */
     int nresults;
     int enabled;
 } TableObject;
@@ -98,16 +102,63 @@ static int table_insert(TableObject *t, uint32_t fid, int kind, uint64_t key,
     s->fid = fid;
     s->kind = (uint8_t)kind;
     s->key = key;
-    memcpy(s->results, results, sizeof s->results);
+    if (results)
+        memcpy(s->results, results, sizeof s->results);
     return 0;
+}
+
+static void table_free_slots(TableObject *t)
+{
+    if (t->slots)
+        for (size_t i = 0; i <= t->mask; i++)
+            Py_CLEAR(t->slots[i].handler);
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+}
+
+/* `direct`: (fid, handler) pairs for the DIRECT kind. */
+static int table_add_direct(TableObject *t, PyObject *direct)
+{
+    PyObject *seq = PySequence_Fast(direct, "direct must be a sequence");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long fid;
+        PyObject *handler;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KO", &fid, &handler))
+            goto fail;
+        if (fid > 0xFFFFFFFFull || !PyCallable_Check(handler)) {
+            PyErr_SetString(PyExc_ValueError, "bad direct entry: (32-bit fid, callable)");
+            goto fail;
+        }
+        if (table_insert(t, (uint32_t)fid, KIND_DIRECT, 0, NULL) < 0)
+            goto fail;
+        Slot *s = (Slot *)table_find(t, (uint32_t)fid, KIND_DIRECT, 0);
+        s->handler = Py_NewRef(handler);
+        t->direct_count++;
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
 }
 
 static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"entries", "nresults", NULL};
-    PyObject *entries;
+    static char *kwlist[] = {"entries", "nresults", "direct", "on_error", NULL};
+    PyObject *entries, *direct = NULL, *on_error = Py_None;
     int nresults;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi", kwlist, &entries, &nresults))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi|OO", kwlist, &entries, &nresults, &direct,
+                                     &on_error))
+        return -1;
+    if (on_error != Py_None && !PyCallable_Check(on_error)) {
+        PyErr_SetString(PyExc_TypeError, "on_error must be callable");
+        return -1;
+    }
+    Py_ssize_t ndirect = direct ? PyObject_Length(direct) : 0;
+    if (ndirect < 0)
         return -1;
     if (nresults < 1 || nresults > MAX_RESULTS) {
         PyErr_Format(PyExc_ValueError, "nresults must be 1..%d", MAX_RESULTS);
@@ -118,9 +169,9 @@ static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
         return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     size_t cap = 16;
-    while (cap < (size_t)n * 4)
+    while (cap < (size_t)(n + ndirect) * 4)
         cap <<= 1;
-    PyMem_Free(self->slots);
+    table_free_slots(self);
     self->slots = PyMem_Calloc(cap, sizeof(Slot));
     if (!self->slots) {
         Py_DECREF(seq);
@@ -130,7 +181,9 @@ static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
     self->mask = cap - 1;
     self->nresults = nresults;
     self->count = 0;
+    self->direct_count = 0;
     self->enabled = 1;
+    Py_XSETREF(self->on_error, on_error == Py_None ? NULL : Py_NewRef(on_error));
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *e = PySequence_Fast_GET_ITEM(seq, i);
         unsigned long long fid, key;
@@ -164,15 +217,37 @@ static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
         self->count++;
     }
     Py_DECREF(seq);
+    if (direct && table_add_direct(self, direct) < 0)
+        return -1;
     return 0;
 fail:
     Py_DECREF(seq);
     return -1;
 }
 
+static int table_traverse(TableObject *self, visitproc visit, void *arg)
+{
+    if (self->slots)
+        for (size_t i = 0; i <= self->mask; i++)
+            Py_VISIT(self->slots[i].handler);
+    Py_VISIT(self->on_error);
+    return 0;
+}
+
+static int table_clear(TableObject *self)
+{
+    if (self->slots)
+        for (size_t i = 0; i <= self->mask; i++)
+            Py_CLEAR(self->slots[i].handler);
+    Py_CLEAR(self->on_error);
+    return 0;
+}
+
 static void table_dealloc(TableObject *self)
 {
-    PyMem_Free(self->slots);
+    PyObject_GC_UnTrack(self);
+    table_free_slots(self);
+    Py_CLEAR(self->on_error);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -184,7 +259,7 @@ static PyObject *table_lookup_py(TableObject *self, PyObject *args)
     if (!self->slots || fid > 0xFFFFFFFFull)
         Py_RETURN_NONE;
     const Slot *s = table_lookup(self, (uint32_t)fid, key);
-    if (!s)
+    if (!s || s->kind == KIND_DIRECT)
         Py_RETURN_NONE;
     PyObject *out = PyTuple_New(self->nresults);
     if (!out)
@@ -213,9 +288,22 @@ static int table_set_enabled(TableObject *self, PyObject *value, void *closure)
     return 0;
 }
 
+static PyObject *table_lookup_direct_py(TableObject *self, PyObject *arg)
+{
+    unsigned long long fid = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    const Slot *s = self->slots && fid <= 0xFFFFFFFFull
+                        ? table_find(self, (uint32_t)fid, KIND_DIRECT, 0)
+                        : NULL;
+    return Py_NewRef(s ? s->handler : Py_None);
+}
+
 static PyMethodDef table_methods[] = {
     {"lookup", (PyCFunction)table_lookup_py, METH_VARARGS,
      "lookup(fid, key) -> results tuple, or None when the call must go to the dispatcher"},
+    {"lookup_direct", (PyCFunction)table_lookup_direct_py, METH_O,
+     "lookup_direct(fid) -> the function's direct handler, or None"},
     {NULL}};
 
 static PyGetSetDef table_getset[] = {
@@ -225,17 +313,22 @@ static PyGetSetDef table_getset[] = {
 
 static PyMemberDef table_members[] = {
     {"count", T_PYSSIZET, offsetof(TableObject, count), READONLY, "number of entries"},
+    {"direct_count", T_PYSSIZET, offsetof(TableObject, direct_count), READONLY,
+     "number of functions with a direct handler"},
     {"nresults", T_INT, offsetof(TableObject, nresults), READONLY, "results per entry"},
     {NULL}};
 
 static PyTypeObject TableType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pvkit.backends._trap.AnswerTable",
     .tp_basicsize = sizeof(TableObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "AnswerTable(entries, nresults): (fid, kind, key, results) constant answers",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "AnswerTable(entries, nresults, direct=(), on_error=None): (fid, kind, key, "
+              "results) constant answers and (fid, handler) direct handlers",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)table_init,
     .tp_dealloc = (destructor)table_dealloc,
+    .tp_traverse = (traverseproc)table_traverse,
+    .tp_clear = (inquiry)table_clear,
     .tp_methods = table_methods,
     .tp_getset = table_getset,
     .tp_members = table_members,
@@ -282,8 +375,10 @@ typedef struct {
     size_t hook;
     int installed;
     int floor;          /* benchmark only: answer every HVC/SMC with x0 = 0, nothing else */
+    PyObject *vcpu;     /* this vCPU's index, the first argument of a direct handler */
     unsigned long long table_hits;
     unsigned long long python_calls;
+    unsigned long long direct_calls;
 } TrapObject;
 
 #define SMCCC_SMC64 (1u << 30)
@@ -312,7 +407,7 @@ static void trap_fail(TrapObject *t, void *uc)
     t->emu_stop(uc);
 }
 
-static void write_results(TrapObject *t, void *uc, PyObject *seq)
+static void write_results(TrapObject *t, void *uc, PyObject *seq, int zero_fill)
 {
     PyObject *fast = PySequence_Fast(seq, "the dispatcher must return a results sequence");
     if (!fast) {
@@ -331,6 +426,11 @@ static void write_results(TrapObject *t, void *uc, PyObject *seq)
         }
     }
     Py_DECREF(fast);
+    if (zero_fill) { /* registers a direct handler does not name are written as zero */
+        for (Py_ssize_t i = n; i < t->nresults; i++)
+            t->results[i] = 0;
+        n = t->nresults;
+    }
     t->write_batch(uc, t->result_regs, t->result_ptrs, (int)n);
 }
 
@@ -367,7 +467,59 @@ static void call_python(TrapObject *t, void *uc, int smc, uint32_t imm)
         trap_fail(t, uc);
     else {
         if (r != Py_None)
-            write_results(t, uc, r);
+            write_results(t, uc, r, 0);
+        Py_DECREF(r);
+    }
+    PyGILState_Release(gil);
+}
+
+/* A function with a direct handler: handler(vcpu, x1, x2, x3) with the arguments narrowed
+ * as the SMCCC ABI narrows them (32-bit convention: w1..w3), results zero-filled. A
+ * handler that raises is answered by the table's on_error, as the dispatcher answers. */
+static void call_direct(TrapObject *t, void *uc, const TableObject *table, const Slot *d,
+                        uint32_t fid, uint64_t x1)
+{
+    uint64_t x[3] = {x1, 0, 0};
+    int nargs = t->nregs - 1;
+    int more = nargs >= 4 ? 2 : nargs - 2;
+    if (more > 0) {
+        t->read_batch(uc, t->regs + 2, t->val_ptrs + 2, more);
+        for (int i = 0; i < more; i++)
+            x[1 + i] = t->vals[2 + i];
+    }
+    if (!(fid & SMCCC_SMC64))
+        for (int i = 0; i < 3; i++)
+            x[i] &= 0xFFFFFFFFull;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    t->python_calls++;
+    t->direct_calls++;
+    PyObject *argv[4] = {t->vcpu, PyLong_FromUnsignedLongLong(x[0]),
+                         PyLong_FromUnsignedLongLong(x[1]), PyLong_FromUnsignedLongLong(x[2])};
+    PyObject *r = NULL;
+    if (argv[1] && argv[2] && argv[3])
+        r = PyObject_Vectorcall(d->handler, argv, 4, NULL);
+    for (int i = 1; i < 4; i++)
+        Py_XDECREF(argv[i]);
+    if (!r && table->on_error && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *fidobj = PyLong_FromUnsignedLong(fid);
+        if (fidobj && value) {
+            if (tb)
+                PyException_SetTraceback(value, tb);
+            PyObject *eargv[3] = {t->vcpu, fidobj, value};
+            r = PyObject_Vectorcall(table->on_error, eargv, 3, NULL);
+        }
+        Py_XDECREF(fidobj);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    if (!r)
+        trap_fail(t, uc);
+    else {
+        write_results(t, uc, r, 1);
         Py_DECREF(r);
     }
     PyGILState_Release(gil);
@@ -430,7 +582,7 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
     if (imm == 0 && table && table->enabled) {
         uint32_t fid = (uint32_t)t->first_vals[0];
         uint64_t x1 = first > 1 ? t->first_vals[1] : 0;
-        uint64_t key = (fid & SMCCC_SMC64) ? x1 : (uint32_t)x1;
+        uint64_t key = (uint32_t)x1; /* the queried function ID: W1 (answer_table.py) */
         const Slot *s = table_lookup(table, fid, key);
         if (s) {
             void *p[MAX_RESULTS];
@@ -438,6 +590,11 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
                 p[i] = (void *)&s->results[i];
             t->write_batch(uc, t->result_regs, p, table->nresults);
             t->table_hits++;
+            return;
+        }
+        const Slot *d = table->direct_count ? table_find(table, fid, KIND_DIRECT, 0) : NULL;
+        if (d && t->vcpu) {
+            call_direct(t, uc, table, d, fid, x1);
             return;
         }
     }
@@ -474,16 +631,17 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"uc", "functions", "argument_regs", "pc_reg", "result_regs",
                              "hvc_intno", "smc_intno", "ram_base", "ram_size", "ram_host",
-                             "table", "on_call", "on_other", "delivered", "vbar_reg", NULL};
+                             "table", "on_call", "on_other", "delivered", "vbar_reg", "vcpu",
+                             NULL};
     unsigned long long uc, ram_base, ram_size, ram_host, delivered = 0;
-    int vbar_reg = 0;
+    int vbar_reg = 0, vcpu = 0;
     PyObject *functions, *argregs, *resregs, *table, *on_call, *on_other;
     int pc_reg;
     unsigned int hvc, smc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO|Ki", kwlist, &uc, &functions,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO|Kii", kwlist, &uc, &functions,
                                      &argregs, &pc_reg, &resregs, &hvc, &smc, &ram_base,
                                      &ram_size, &ram_host, &table, &on_call, &on_other,
-                                     &delivered, &vbar_reg))
+                                     &delivered, &vbar_reg, &vcpu))
         return -1;
     if (self->installed) {
         PyErr_SetString(PyExc_RuntimeError, "trap already installed");
@@ -546,7 +704,8 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->table, table == Py_None ? NULL : (TableObject *)Py_NewRef(table));
     Py_XSETREF(self->on_call, Py_NewRef(on_call));
     Py_XSETREF(self->on_other, Py_NewRef(on_other));
-    return 0;
+    Py_XSETREF(self->vcpu, PyLong_FromLong(vcpu));
+    return self->vcpu ? 0 : -1;
 }
 
 static PyObject *trap_install(TrapObject *self, PyObject *unused)
@@ -603,6 +762,7 @@ static int trap_clear(TrapObject *self)
     Py_CLEAR(self->on_call);
     Py_CLEAR(self->on_other);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->vcpu);
     return 0;
 }
 
@@ -624,7 +784,9 @@ static PyMemberDef trap_members[] = {
     {"table_hits", T_ULONGLONG, offsetof(TrapObject, table_hits), READONLY,
      "calls answered from the answer table"},
     {"python_calls", T_ULONGLONG, offsetof(TrapObject, python_calls), READONLY,
-     "calls that reached the Python dispatcher"},
+     "calls that reached Python (the dispatcher, or a direct handler)"},
+    {"direct_calls", T_ULONGLONG, offsetof(TrapObject, direct_calls), READONLY,
+     "calls served by a direct handler (also counted in python_calls)"},
     {"report", T_INT, offsetof(TrapObject, report), 0,
      "hand every delivered exception to on_other too (tracing)"},
     {"floor", T_INT, offsetof(TrapObject, floor), 0,

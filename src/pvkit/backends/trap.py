@@ -1,7 +1,8 @@
 """Hypercall traps on Unicorn: the C extension, or a raw-ctypes fallback that behaves the same.
 
 Both install one UC_HOOK_INTR callback per engine that reads the argument registers and
-PC in one batch, answers answer-table hits without entering the dispatcher, calls the
+PC in one batch, answers answer-table hits without entering the dispatcher, hands a
+function with a direct handler its integers (no Call, no dispatcher), calls the
 dispatcher once for anything else and writes the results back in one batch. Neither uses
 the binding's per-register API, which costs ~1.8 us per register (docs/hot-path.md).
 
@@ -21,7 +22,8 @@ from unicorn import UC_HOOK_INTR, Uc  # type: ignore[attr-defined]  # re-exporte
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pvkit.backends.arm64.regs import EXCP_SWI, VECTORS_SIZE
-from pvkit.hypercall.answer_table import MASK32, AnswerTable, table_key
+from pvkit.hypercall.answer_table import MASK32, SMC64_BIT, AnswerTable, DirectError, table_key
+from pvkit.hypercall.namespace import DirectHandler
 from pvkit.machine.memory import GuestMemory
 
 try:
@@ -83,10 +85,13 @@ class CompiledTable(Protocol):
 
     def lookup(self, function_id: int, key: int) -> tuple[int, ...] | None: ...
 
+    def lookup_direct(self, function_id: int) -> DirectHandler | None: ...
+
 
 class Trap(Protocol):
     table_hits: int
-    python_calls: int
+    python_calls: int  # the dispatcher's calls and the direct handlers'
+    direct_calls: int
     floor: bool | int
     report: bool | int  # tracing: delivered exceptions reach on_other too
 
@@ -101,7 +106,10 @@ def compile_table(table: AnswerTable, path: TrapPath) -> CompiledTable:
     if path is TrapPath.C:
         assert _trap is not None  # resolve_path guarantees it
         compiled: CompiledTable = _trap.AnswerTable(
-            [e.as_tuple() for e in table.entries], table.nresults
+            [e.as_tuple() for e in table.entries],
+            table.nresults,
+            direct=list(table.direct.items()),
+            on_error=table.on_error,
         )
         return compiled
     return table
@@ -126,7 +134,9 @@ def make_trap(
     table: CompiledTable | None,
     on_call: OnCall,
     on_other: OnOther,
+    vcpu: int = 0,
 ) -> Trap:
+    """`vcpu` is what direct handlers are told the calling vCPU is."""
     if uc._uch is None:
         raise ValueError("the engine is already closed")
     if path is TrapPath.C:
@@ -150,9 +160,17 @@ def make_trap(
             on_other=on_other,
             delivered=layout.delivered,
             vbar_reg=layout.vbar_reg,
+            vcpu=vcpu,
         )
         return trap
-    return CtypesTrap(uc, layout, memory, table, on_call, on_other)
+    return CtypesTrap(uc, layout, memory, table, on_call, on_other, vcpu)
+
+
+MASK64 = (1 << 64) - 1
+
+
+def _reraise(vcpu: int, function_id: int, exc: Exception) -> tuple[int, ...]:
+    raise exc
 
 
 _INTR_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
@@ -175,8 +193,10 @@ class CtypesTrap:
         table: CompiledTable | None,
         on_call: OnCall,
         on_other: OnOther,
+        vcpu: int = 0,
     ):
         self._uch = uc._uch
+        self._vcpu = vcpu
         self._layout = layout
         self._memory = memory
         self._table = table
@@ -197,6 +217,7 @@ class CtypesTrap:
         self._error: BaseException | None = None
         self.table_hits = 0
         self.python_calls = 0
+        self.direct_calls = 0
         self.floor: bool | int = False
         self.report: bool | int = False
         self._vector_regs = (ctypes.c_int * 2)(layout.pc_reg, layout.vbar_reg)
@@ -252,6 +273,10 @@ class CtypesTrap:
                     self._write(found)
                     self.table_hits += 1
                     return
+                direct = table.lookup_direct(fid)
+                if direct is not None:
+                    self._call_direct(direct, fid, vals)
+                    return
             self.python_calls += 1
             results = self._on_call(tuple(vals[:-1]), intno == layout.smc_intno, imm)
             if results is not None:
@@ -260,6 +285,20 @@ class CtypesTrap:
             if self._error is None:
                 self._error = exc
             uclib.uc_emu_stop(self._uch)
+
+    def _call_direct(self, direct: DirectHandler, fid: int, vals: list[int]) -> None:
+        """As the C trap: w1..w3 for a 32-bit convention, zero-filled results."""
+        self.python_calls += 1
+        self.direct_calls += 1
+        mask = MASK64 if fid & SMC64_BIT else MASK32
+        x1, x2, x3 = (vals[i] & mask if i < len(vals) - 1 else 0 for i in (1, 2, 3))
+        try:
+            results = direct(self._vcpu, x1, x2, x3)
+        except Exception as exc:
+            on_error: DirectError = getattr(self._table, "on_error", _reraise)
+            results = on_error(self._vcpu, fid, exc)
+        n = self._nres
+        self._write((tuple(results) + (0,) * n)[:n])
 
     def _needs_python(self, intno: int) -> bool:
         """As the C trap: tracing, no vectors yet, or a fault inside the vector table."""

@@ -9,6 +9,11 @@ What stays out of the table, so that policy and tracing behave the same on every
 functions a policy rule covers; BY_QUERIED_ID functions whenever any rule exists (the
 answers of FEATURES queries depend on the rules); everything while a trace sink is
 attached (`enabled` is False then).
+
+The same table names the functions a trap may hand straight to their `direct` handler
+(vCPU, x1, x2, x3 as integers in, a results tuple out: no Call, no decode, no dispatcher),
+under the same conditions: no rule covers the ID, nothing traces, immediate 0. A direct
+handler that raises is answered as the dispatcher answers a failed handler (`on_error`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,20 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pvkit.hypercall.call import Call, Conduit
-from pvkit.hypercall.namespace import Memo, Namespace
+from pvkit.hypercall.namespace import DirectHandler, Memo, Namespace
 from pvkit.hypercall.policy import Policy
 
 MASK32 = 0xFFFF_FFFF
 MASK64 = (1 << 64) - 1
-SMC64_BIT = 1 << 30  # SMCCC: a 64-bit convention ID keys on all of x1, else on w1
+SMC64_BIT = 1 << 30  # SMCCC: a 64-bit convention call sees all of x1..x3, else w1..w3
+
+
+# (vCPU, function ID, the exception) -> the results the guest gets instead
+DirectError = Callable[[int, int, Exception], tuple[int, ...]]
+
+
+def _no_recovery(vcpu: int, function_id: int, exc: Exception) -> tuple[int, ...]:
+    raise exc
 
 
 class EntryKind(Enum):
@@ -46,16 +59,25 @@ class Entry:
 
 
 def table_key(function_id: int, arg1: int) -> int:
-    """The first argument as the ABI narrowed it (w1 for 32-bit convention IDs)."""
-    return arg1 & (MASK64 if function_id & SMC64_BIT else MASK32)
+    """The queried function ID: w1, whatever the convention (a function ID is 32 bits, so
+    a 64-bit FEATURES call such as PV_TIME_FEATURES also reads only w1, as KVM does)."""
+    return arg1 & MASK32
 
 
 class AnswerTable:
     """The table as Python sees it; the C trap compiles the same entries into a hash."""
 
-    def __init__(self, entries: Iterable[Entry], nresults: int):
+    def __init__(
+        self,
+        entries: Iterable[Entry],
+        nresults: int,
+        direct: Iterable[tuple[int, DirectHandler]] = (),
+        on_error: DirectError = _no_recovery,
+    ):
         self.nresults = nresults
         self.entries = tuple(entries)
+        self.direct = dict(direct)
+        self.on_error = on_error
         self.enabled = True
         self._any: dict[int, tuple[int, ...]] = {}
         self._keyed: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -79,16 +101,29 @@ class AnswerTable:
                 found = self._default.get(function_id)
         return found
 
+    def lookup_direct(self, function_id: int) -> DirectHandler | None:
+        """The direct handler of a function outside the constant entries, if it has one."""
+        return self.direct.get(function_id)
+
 
 def build_answer_table(
-    namespace: Namespace, policy: Policy, not_supported: tuple[int, ...]
+    namespace: Namespace,
+    policy: Policy,
+    not_supported: tuple[int, ...],
+    on_error: DirectError = _no_recovery,
 ) -> AnswerTable:
     """Run every memoizable handler once per key and record what it answered.
 
     A BY_QUERIED_ID function gets one KEYED entry per served function ID, and a DEFAULT
-    entry holding its answer for an ID nobody serves.
+    entry holding its answer for an ID nobody serves. Functions with a direct handler and
+    no rule are listed for the direct route.
     """
     entries: list[Entry] = []
+    direct = [
+        (fn.function_id, fn.direct)
+        for fn in namespace.functions
+        if fn.direct is not None and fn.memo is None and policy.rule_for(fn.function_id) is None
+    ]
     has_rules = bool(policy.rules)
     served = [f.function_id for f in namespace.functions]
     for fn in namespace.functions:
@@ -107,7 +142,7 @@ def build_answer_table(
         probe = _probe_outside(keys)
         default = _answer(fn.handler, fn.function_id, probe, not_supported)
         entries.append(Entry(fn.function_id, EntryKind.DEFAULT, 0, default))
-    return AnswerTable(entries, len(not_supported))
+    return AnswerTable(entries, len(not_supported), direct, on_error)
 
 
 def _answer(

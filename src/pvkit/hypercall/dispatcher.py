@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pvkit.hypercall.call import Call, Outcome
+from pvkit.hypercall.call import Call, Conduit, Outcome
 from pvkit.hypercall.namespace import Namespace
 from pvkit.hypercall.policy import Action, Policy
 from pvkit.trace.events import CallEvent, TraceHub, VmEvent
@@ -93,6 +93,14 @@ class Dispatcher:
             VmEvent("handler_error", time.perf_counter_ns(), call.vcpu, {"error": detail})
         )
         return detail
+
+    def direct_failed(
+        self, preset: tuple[int, ...], vcpu: int, function_id: int, exc: Exception
+    ) -> tuple[int, ...]:
+        """A direct handler (answer_table.py) raised: what a failed handler gets here."""
+        call = Call(Conduit.HVC, function_id, (), vcpu, list(preset))
+        self._handler_failed(call, preset, exc)
+        return preset
 
     def serves(self, function_id: int) -> bool:
         """Would a call to `function_id` reach a handler (for FEATURES-style queries)?"""

@@ -11,6 +11,9 @@ from types import MappingProxyType
 from pvkit.hypercall.call import Call
 
 Handler = Callable[[Call], None]
+# (vCPU, x1, x2, x3) -> results: a function a trap may call without building a Call
+# (docs/hot-path.md, "Direct handlers"); the arguments arrive narrowed as the ABI does.
+DirectHandler = Callable[[int, int, int, int], tuple[int, ...]]
 
 
 class Abi(Enum):
@@ -24,7 +27,7 @@ class Memo(Enum):
     """May a trap answer this function from the per-VM answer table (answer_table.py)?"""
 
     CONSTANT = "constant"  # the answer never depends on arguments or state
-    BY_QUERIED_ID = "by_queried_id"  # it depends only on which function ID w1/x1 names
+    BY_QUERIED_ID = "by_queried_id"  # it depends only on which function ID w1 names
 
 
 class NamespaceClash(ValueError):
@@ -63,6 +66,31 @@ class Function:
     handler: Handler
     feature: int = 0  # value ARCH_FEATURES-style queries answer for this ID
     memo: Memo | None = None  # set when a trap may answer from the per-VM answer table
+    direct: DirectHandler | None = None  # set when a trap may call it with plain integers
+
+    @classmethod
+    def served_directly(
+        cls, function_id: int, name: str, direct: DirectHandler, feature: int = 0
+    ) -> Function:
+        """A function whose dispatcher handler is `direct` itself, so the trap's direct
+        route and the dispatcher's give the same answers and side effects."""
+        return cls(function_id, name, _call_through(direct), feature, direct=direct)
+
+
+def _call_through(direct: DirectHandler) -> Handler:
+    def handler(call: Call) -> None:
+        args = call.args
+        n = len(args)
+        call.answer(
+            *direct(
+                call.vcpu,
+                args[0] if n > 0 else 0,
+                args[1] if n > 1 else 0,
+                args[2] if n > 2 else 0,
+            )
+        )
+
+    return handler
 
 
 @dataclass(frozen=True, slots=True)

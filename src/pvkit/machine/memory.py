@@ -141,6 +141,13 @@ class GuestMemory:
         off = self._offset(address, 8, "write")
         ctypes.c_uint64.from_address(ctypes.addressof(self._anchor) + off).value = value
 
+    def view(self, address: int, size: int) -> memoryview:
+        """A writable window on guest RAM, bounds-checked once here (for records a service
+        updates often). `view(...).cast("Q")` stores of aligned words are single 8-byte
+        stores, as `store_u64`'s are; both are in host (little-endian) byte order."""
+        off = self._offset(address, size, "view")
+        return memoryview(self._buf)[off : off + size]
+
     def reserve(self, region: Region) -> None:
         """Mark RAM the firmware tables must describe as not for the guest's allocator."""
         if not self.region.contains(region.base, region.size):

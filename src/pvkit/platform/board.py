@@ -144,6 +144,9 @@ class BoardPlatform:
         self.memory.store_u64(address, value)
         return True
 
+    def guest_view(self, address: int, size: int) -> memoryview | None:
+        return self.memory.view(address, size) if self.memory.contains(address, size) else None
+
     def is_ram(self, address: int, size: int) -> bool:
         return self.memory.contains(address, size)
 

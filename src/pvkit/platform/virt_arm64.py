@@ -284,7 +284,10 @@ class VirtArm64(BoardPlatform):
         if self._abi is not None and self.answers is None:
             # Rules freeze now, so constant answers computed from them stay true.
             self.policy.freeze()
-            table = build_answer_table(self.namespace, self.policy, NOT_SUPPORTED_ANSWER)
+            failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
+            table = build_answer_table(
+                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed
+            )
             answers = compile_table(table, self.trap_path)
             self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))
             self.answers = answers

@@ -66,6 +66,9 @@ class Platform(Protocol):
     def store_u64(self, address: int, value: int) -> bool:
         """One aligned 64-bit store into guest RAM; False if `address` is not RAM."""
 
+    def guest_view(self, address: int, size: int) -> memoryview | None:
+        """A writable view of guest RAM, checked once; None if it is not all RAM."""
+
     def write_guest(self, address: int, data: bytes) -> bool:
         """Write guest RAM (a record the guest named); False if it is not all RAM."""
 

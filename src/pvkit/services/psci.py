@@ -97,7 +97,6 @@ class PsciService(Service):
             "CPU_SUSPEND": lambda c: c.answer(PsciReturn.SUCCESS),
             "CPU_OFF": self._cpu_off,
             "CPU_ON": self._cpu_on,
-            "AFFINITY_INFO": self._affinity_info,
             "MIGRATE_INFO_TYPE": lambda c: c.answer(MIGRATE_NOT_REQUIRED),
             "SYSTEM_OFF": self._system_off,
             "SYSTEM_RESET": self._system_reset,
@@ -109,12 +108,18 @@ class PsciService(Service):
             "MIGRATE_INFO_TYPE": Memo.CONSTANT,
             "PSCI_FEATURES": Memo.BY_QUERIED_ID,
         }
+        direct = {"AFFINITY_INFO": self._affinity_info}  # polled while CPUs come and go
         out = []
         for name, number, has64 in FUNCTIONS:
             m = memo.get(name)
-            out.append(Function(SMC32_BASE + number, name, handlers[name], memo=m))
+            ids = [(SMC32_BASE + number, name)]
             if has64:
-                out.append(Function(SMC64_BASE + number, f"{name}64", handlers[name], memo=m))
+                ids.append((SMC64_BASE + number, f"{name}64"))
+            for fid, fn_name in ids:
+                if name in direct:
+                    out.append(Function.served_directly(fid, fn_name, direct[name]))
+                else:
+                    out.append(Function(fid, fn_name, handlers[name], memo=m))
         return out
 
     # -- per-vCPU calls ----------------------------------------------------------------
@@ -142,24 +147,25 @@ class PsciService(Service):
         call.answer(PsciReturn.DENIED)
         call.outcome = Outcome.POWER_OFF
 
-    def _affinity_info(self, call: Call) -> None:
-        target, level = call.arg(1), call.arg(2)
+    def _affinity_info(self, _vcpu: int, target: int, level: int, _x3: int) -> tuple[int, ...]:
         if level > 3 or target & ~MPIDR_AFFINITY_MASK:
-            call.answer(PsciReturn.INVALID_PARAMETERS)
-            return
+            return (PsciReturn.INVALID_PARAMETERS,)
         p = self.platform
-        mask = affinity_mask(level)
-        states = [
-            p.power_state(i) for i in range(p.vcpu_count) if p.mpidr(i) & mask == target & mask
-        ]
-        if not states:
-            call.answer(PsciReturn.INVALID_PARAMETERS)
-        elif PowerState.ON in states:
-            call.answer(AffinityState.ON)
-        elif PowerState.ON_PENDING in states:
-            call.answer(AffinityState.ON_PENDING)
+        if level == 0:  # one vCPU, found in O(1): what a guest waiting for a CPU polls
+            vcpu = p.vcpu_for_mpidr(target)
+            states = [] if vcpu is None else [p.power_state(vcpu)]
         else:
-            call.answer(AffinityState.OFF)
+            mask = affinity_mask(level)
+            states = [
+                p.power_state(i) for i in range(p.vcpu_count) if p.mpidr(i) & mask == target & mask
+            ]
+        if not states:
+            return (PsciReturn.INVALID_PARAMETERS,)
+        if PowerState.ON in states:
+            return (AffinityState.ON,)
+        if PowerState.ON_PENDING in states:
+            return (AffinityState.ON_PENDING,)
+        return (AffinityState.OFF,)
 
     # -- system calls ------------------------------------------------------------------
     def _system_off(self, call: Call) -> None:

@@ -5,7 +5,9 @@ One service, two ABIs (seed 002: the API need not be per architecture):
   arch/arm64/kvm/pvtime.c): PV_TIME_FEATURES and
   PV_TIME_ST (SMC64 only); one 64-byte record per vCPU in a reserved region (revision 0,
   attributes 0, stolen ns at +8), updated with one aligned 64-bit store before the vCPU
-  runs, and only once the vCPU asked for its record.
+  runs, and only once the vCPU asked for its record. The record is written through a view
+  of guest RAM checked once, PV_TIME_ST is a direct handler and PV_TIME_FEATURES an
+  answer-table entry per queried ID (docs/hot-path.md): both sit on hot paths.
 - x86, MSR_KVM_STEAL_TIME (Linux Documentation/virt/kvm/x86/msr.rst; the layout in
   arch/x86/include/uapi/asm/kvm_para.h): the guest names a 64-byte-aligned `kvm_steal_time`
   with the enable bit; the host updates it under the version protocol (odd while
@@ -22,7 +24,7 @@ import threading
 
 from pvkit.abi.smccc import SmcccReturn
 from pvkit.hypercall.call import Call
-from pvkit.hypercall.namespace import Abi, Function, IdRange
+from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
 from pvkit.services.base import Msr, Service
 
 PV_TIME_FEATURES = 0xC500_0020
@@ -34,6 +36,8 @@ STEAL_RESERVED = 0x3E  # bits 5:1
 STEAL_ADDRESS = ~0x3F & 0xFFFF_FFFF_FFFF_FFFF
 _VERSION = 8  # kvm_steal_time offsets
 _PREEMPTED = 16
+_STOLEN_WORD = 1  # the stolen-ns field, at +8
+_ZERO_RECORD = memoryview(bytes(RECORD_SIZE)).cast("Q")
 
 
 class StolenTimeService(Service):
@@ -46,7 +50,7 @@ class StolenTimeService(Service):
         super().__init__()
         self._base: int | None = None
         self._lock = threading.Lock()
-        self._arm_records: dict[int, int] = {}  # vCPU -> record address, after PV_TIME_ST
+        self._arm_records: dict[int, memoryview] = {}  # vCPU -> record words, after PV_TIME_ST
         self._x86_msr: dict[int, int] = {}  # vCPU -> MSR value as written
         self._x86_versions: dict[int, int] = {}
 
@@ -64,8 +68,8 @@ class StolenTimeService(Service):
         if abi is not Abi.SMCCC:
             return []
         return [
-            Function(PV_TIME_FEATURES, "PV_TIME_FEATURES", self._features),
-            Function(PV_TIME_ST, "PV_TIME_ST", self._stolen_time_record),
+            Function(PV_TIME_FEATURES, "PV_TIME_FEATURES", self._features, memo=Memo.BY_QUERIED_ID),
+            Function.served_directly(PV_TIME_ST, "PV_TIME_ST", self._stolen_time_record),
         ]
 
     def record_address(self, vcpu: int) -> int:
@@ -77,15 +81,23 @@ class StolenTimeService(Service):
         ok = call.arg(1) & 0xFFFF_FFFF in (PV_TIME_FEATURES, PV_TIME_ST)
         call.answer(SmcccReturn.SUCCESS if ok else SmcccReturn.NOT_SUPPORTED)
 
-    def _stolen_time_record(self, call: Call) -> None:
-        address = self.record_address(call.vcpu)
+    def _stolen_time_record(self, vcpu: int, _x1: int, _x2: int, _x3: int) -> tuple[int, ...]:
+        address = self.record_address(vcpu)
         p = self.platform
-        for offset in range(0, RECORD_SIZE, 8):  # revision 0, attributes 0, padding 0
-            p.store_u64(address + offset, 0)
-        p.store_u64(address + 8, p.stolen_ns(call.vcpu))
-        with self._lock:
-            self._arm_records[call.vcpu] = address
-        call.answer(address)
+        record = self._arm_records.get(vcpu)
+        if record is None:
+            view = p.guest_view(address, RECORD_SIZE)
+            if view is None:  # the platform placed the region outside RAM: a host bug
+                raise RuntimeError(f"stolen-time record {address:#x} is not guest RAM")
+            record = view.cast("Q")
+            record[:] = _ZERO_RECORD
+            record[_STOLEN_WORD] = p.stolen_ns(vcpu)
+            with self._lock:
+                self._arm_records[vcpu] = record  # from now on updated at every entry
+            return (address,)
+        record[:] = _ZERO_RECORD  # revision 0, attributes 0, padding 0
+        record[_STOLEN_WORD] = p.stolen_ns(vcpu)
+        return (address,)
 
     # -- x86 -----------------------------------------------------------------------------
     def msrs(self, abi: Abi) -> dict[int, Msr]:
@@ -122,8 +134,8 @@ class StolenTimeService(Service):
 
     # -- both ----------------------------------------------------------------------------
     def on_vcpu_entry(self, vcpu: int) -> None:
-        address = self._arm_records.get(vcpu)
-        if address is not None:
-            self.platform.store_u64(address + 8, self.platform.stolen_ns(vcpu))
+        record = self._arm_records.get(vcpu)
+        if record is not None:
+            record[_STOLEN_WORD] = self.platform.stolen_ns(vcpu)
         if vcpu in self._x86_msr:
             self._update_x86(vcpu)

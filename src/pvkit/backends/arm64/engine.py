@@ -115,7 +115,7 @@ class Arm64Engine(UnicornVcpu):
             vbar_reg=r.UC_ARM64_REG_VBAR_EL1,
         )
         self.trap = make_trap(
-            trap_path, uc, layout, memory, answers, self._on_call, self._on_exception
+            trap_path, uc, layout, memory, answers, self._on_call, self._on_exception, vcpu
         )
         self.trap.install()
         uc.hook_add(
