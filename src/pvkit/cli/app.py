@@ -3,22 +3,33 @@
 Every error is one line on stderr that starts with `pvkit: ` and is never wrapped (so it
 greps): the verbs' own (`options.fail`) and the option parser's alike. Help is rich on a
 terminal and plain, at full width, when stdout is a pipe or a file.
+
+Each verb's module is imported only when that verb runs (or when a help page or an
+unknown verb needs them all): `pvkit run` of an arm64 guest must not pay for the bench,
+the x86 board or the plotting libraries (start-up is part of every boot).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Sequence
-from typing import Annotated
+from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated, Any
 
 import typer
 
 from pvkit import __version__
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.cli import bench, decode, dtb, fuzz, header, plot, run, services
 
 HELP = "A hypervisor built around the paravirtual interface."
 PLAIN_HELP_WIDTH = 120  # plain help is wrapped here, not at the 80 columns of a pipe
+# verb -> the module (under pvkit.cli) whose function of the same name implements it
+VERBS = ("run", "decode", "dtb", "bench", "plot", "services", "header", "fuzz")
+
+
+def _verb(name: str) -> Callable[..., Any]:
+    function: Callable[..., Any] = getattr(importlib.import_module(f"pvkit.cli.{name}"), name)
+    return function
 
 
 def _print_version(value: bool) -> None:
@@ -38,8 +49,9 @@ def _root(
     pass
 
 
-def build_app(rich_help: bool = True) -> typer.Typer:
-    """The command tree; `rich_help=False` gives plain help text (for pipes and files)."""
+def build_app(rich_help: bool = True, verbs: Iterable[str] = VERBS) -> typer.Typer:
+    """The command tree; `rich_help=False` gives plain help text (for pipes and files);
+    `verbs` are the ones registered (all by default)."""
     width = {"terminal_width": PLAIN_HELP_WIDTH, "max_content_width": PLAIN_HELP_WIDTH}
     settings = {} if rich_help else width
     app = typer.Typer(
@@ -51,14 +63,8 @@ def build_app(rich_help: bool = True) -> typer.Typer:
         context_settings=settings,
     )
     app.callback()(_root)
-    app.command(name="run")(run.run)
-    app.command(name="decode")(decode.decode)
-    app.command(name="dtb")(dtb.dtb)
-    app.command(name="bench")(bench.bench)
-    app.command(name="plot")(plot.plot)
-    app.command(name="services")(services.services)
-    app.command(name="header")(header.header)
-    app.command(name="fuzz")(fuzz.fuzz)
+    for name in verbs:
+        app.command(name=name)(_verb(name))
     return app
 
 
@@ -76,7 +82,10 @@ def one_line(exc: typer.TyperException) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     use_one_malloc_arena()  # before any thread exists: see backends/host_heap.py
     args = list(sys.argv[1:] if argv is None else argv) or ["--help"]
-    app = build_app(rich_help=sys.stdout.isatty())
+    # The verb alone when the first word names one; every verb for help, --version or
+    # a word that is no verb (the parser's error then lists them all).
+    verbs = args[:1] if args[0] in VERBS else VERBS
+    app = build_app(rich_help=sys.stdout.isatty(), verbs=verbs)
     try:
         status = app(args=args, prog_name="pvkit", standalone_mode=False)
     except typer.TyperException as exc:  # bad options, missing arguments, unknown verbs

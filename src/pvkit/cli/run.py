@@ -1,15 +1,17 @@
-"""`pvkit run IMAGE`: boot a guest, stream its console, exit with what stopped it."""
+"""`pvkit run IMAGE`: boot a guest, stream its console, exit with what stopped it.
+
+Start-up is part of every boot, so the board of the other architecture, the trace and
+timeline writers and the table printer are imported only when a run needs them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from pvkit.cli.gdb_stub import start_gdb_stub
 from pvkit.cli.options import (
@@ -35,12 +37,13 @@ from pvkit.loader.symbols import SymbolTable
 from pvkit.machine.memory import HostMemoryError
 from pvkit.machine.scheduling import Scheduler
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
-from pvkit.platform import pc_x86, virt_arm64
+from pvkit.platform import virt_arm64
 from pvkit.platform.board import ConfigError
 from pvkit.trace.events import TraceHub
-from pvkit.trace.jsonl import JsonLinesSink
 from pvkit.trace.stats import CallStats
-from pvkit.trace.timeline import TimelineSink
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_CODES = {
     StopKind.SHUTDOWN: 0,
@@ -180,6 +183,8 @@ def run(
         rules = policy_rules(deny or [], forward or [], chosen)
         machine: Machine
         if chosen == "x86_64":
+            from pvkit.platform import pc_x86
+
             arm_only = (initrd, dtb, dump_dtb, bios)
             if any(arm_only) or conduit != "hvc" or trap != "auto" or gic != 3:
                 raise fail(
@@ -252,8 +257,11 @@ def run(
         hub.attach(counter)
     stub = start_gdb_stub(machine.vm, chosen, gdb, gdb_default, freeze)
     sched = machine.vm.scheduler
-    sink = TimelineSink(sched.now_ns) if timeline is not None else None
-    if sink is not None:
+    sink = None
+    if timeline is not None:
+        from pvkit.trace.timeline import TimelineSink
+
+        sink = TimelineSink(sched.now_ns)
         hub.attach(sink)
     with contextlib.ExitStack() as stack:
         if trace is not None:
@@ -261,6 +269,8 @@ def run(
                 stream = stack.enter_context(trace.open("w", encoding="utf-8"))
             except OSError as exc:
                 raise fail(f"cannot write trace file {trace}: {exc.strerror}") from None
+            from pvkit.trace.jsonl import JsonLinesSink
+
             hub.attach(JsonLinesSink(stream, sched.now_ns))  # the timeline's clock
         stack.callback(console.close)
         if isinstance(machine, virt_arm64.VirtArm64):
@@ -275,14 +285,16 @@ def run(
             stub.finish(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
         hub.close()
     sys.stdout.flush()
-    err = Console(stderr=True)
     if timeline is not None and sink is not None:
         try:
             sink.write(timeline, sched)
         except OSError as exc:
             raise fail(f"cannot write timeline {timeline}: {exc.strerror}") from None
     if stats:
-        _print_stats(err, call_stats, "nr" if isinstance(machine, pc_x86.PcX86) else "function ID")
+        from rich.console import Console
+
+        id_heading = "nr" if chosen == "x86_64" else "function ID"
+        _print_stats(Console(stderr=True), call_stats, id_heading)
         _print_vcpu_times(sched)
         print_swap_stats(getattr(machine, "swap", None))
         counter.print(chosen)
@@ -320,6 +332,8 @@ def _print_vcpu_times(sched: Scheduler) -> None:
 
 def _print_stats(console: Console, stats: CallStats, id_heading: str) -> None:
     """`id_heading`: "function ID" (SMCCC, W0) or "nr" (KVM x86, RAX); both shown in hex."""
+    from rich.table import Table
+
     table = Table(title="hypercalls")
     for col in (id_heading, "name", "count", "mean µs"):
         table.add_column(col, justify="right" if col in ("count", "mean µs") else "left")
