@@ -18,6 +18,12 @@ setup(
             optional=True,
         ),
         Extension(
+            "pvkit.backends._uart",
+            ["src/pvkit/backends/_uart.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
             "pvkit.backends._budget",
             ["src/pvkit/backends/_budget.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],

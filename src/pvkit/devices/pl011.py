@@ -16,6 +16,11 @@ back into the receive FIFO and host input is ignored, as on the hardware.
 
 The interrupt line is level: `irq(True)` when (RIS & IMSC) becomes non-zero, `irq(False)`
 when it becomes zero. `irq` and `output` must not call back into the device.
+
+A console writes a byte to UARTDR and reads UARTFR around each. An engine that can serve
+those two accesses itself (backends/uart_path.py) is given a `fast_path`: the model keeps on
+it whether a UARTDR write would only send its byte (TXRIS already raised, no loopback) and
+UARTFR's value; every other access still comes here, after the path's bytes went out.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from pvkit.machine.memory import Region
 
@@ -73,6 +79,15 @@ _STORED = {
 }
 
 
+class FastPath(Protocol):
+    """What an engine's own data path needs to know of the model, kept current by it."""
+
+    tx_fast: int
+    status: int
+
+    def flush(self) -> None: ...
+
+
 class Pl011:
     def __init__(
         self,
@@ -100,6 +115,19 @@ class Pl011:
         # Whoever feeds the UART says whether more input may still come (a host terminal
         # or pipe not at its end): then a guest waiting for a receive interrupt is not idle.
         self.more_input: Callable[[], bool] | None = None
+        self.fast_path: FastPath | None = None
+
+    def attach_fast_path(self, path: FastPath) -> None:
+        """An engine-side path for UARTDR writes and UARTFR reads (see the module doc)."""
+        with self._lock:
+            self.fast_path = path
+            self._publish()
+
+    def flush_output(self) -> None:
+        """What the fast path holds goes to `output` now."""
+        path = self.fast_path
+        if path is not None:
+            path.flush()
 
     def may_interrupt_on_input(self) -> bool:
         """Input may still arrive and the guest enabled a receive interrupt for it."""
@@ -127,8 +155,7 @@ class Pl011:
     # -- MMIO ---------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         if offset == UARTFR and size in _SIZE_MASK:  # the polled register: no lock needed
-            count = len(self._rx)
-            return FR_TXFE | (FR_RXFF if count >= self._depth() else 0) | (0 if count else FR_RXFE)
+            return self._flags()
         mask = _SIZE_MASK.get(size)
         if mask is None or offset & 3 or not 0 <= offset < self.region.size:
             return 0
@@ -210,7 +237,20 @@ class Pl011:
         self._drive()
         return byte
 
+    def _flags(self) -> int:
+        count = len(self._rx)
+        return FR_TXFE | (FR_RXFF if count >= self._depth() else 0) | (0 if count else FR_RXFE)
+
+    def _publish(self) -> None:
+        path = self.fast_path
+        if path is not None:
+            path.status = self._flags()
+            path.tx_fast = int(bool(self._ris & INT_TX) and not self._loopback)
+
     def _drive(self) -> None:
+        """After every change of state (under the lock): the line, and the fast path."""
+        if self.fast_path is not None:
+            self._publish()
         level = bool(self._ris & self._imsc)
         if level != self._level:
             self._level = level

@@ -15,11 +15,12 @@ from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER, SmcccAbi, describe
 from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
+from pvkit.backends.uart_path import make_tx_path
 from pvkit.devices.arm64.gicv2 import MAX_CPUS as GICV2_MAX_CPUS
 from pvkit.devices.arm64.gicv2 import Gicv2
 from pvkit.devices.arm64.gicv3 import Gicv3
 from pvkit.devices.cfi_flash import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, CfiFlash
-from pvkit.devices.pl011 import Pl011
+from pvkit.devices.pl011 import UARTDR, UARTFR, Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
 from pvkit.devices.pvpanic import (
     PVPANIC_CRASH_LOADED,
@@ -197,6 +198,9 @@ class VirtArm64(BoardPlatform):
         self.uart = Pl011(
             UART_BASE, config.console, irq=lambda level: gic.set_spi(SPI_BASE + UART_SPI, level)
         )
+        tx = make_tx_path(config.console, UARTDR, UARTFR)  # the console's bytes, in C
+        if tx is not None:
+            self.uart.attach_fast_path(tx)
         self.rtc = Pl031(
             PL031_BASE,
             partial(self.scheduler.now_ns, 0),
@@ -294,6 +298,7 @@ class VirtArm64(BoardPlatform):
         try:
             return self.vm.run(timeout)
         finally:
+            self.uart.flush_output()
             self.cpu_devices.stop()
 
     def _can_wake(self, vcpu: int) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_ARM64,
@@ -35,6 +36,7 @@ from pvkit.backends.budget import InsnBudget, make_budget
 from pvkit.backends.faults import unmapped_fault
 from pvkit.backends.flash_windows import FlashBank, FlashWindows
 from pvkit.backends.trap import NO_INTNO, CompiledTable, TrapLayout, TrapPath, make_trap
+from pvkit.backends.uart_path import TxPath, map_tapped
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.devices.base import MmioDevice
 from pvkit.hypercall.call import Conduit, Outcome
@@ -96,7 +98,22 @@ class Arm64Engine(UnicornVcpu):
         uc.ctl_set_cpu_model(r.UC_CPU_ARM64_MAX)  # v8.x features, LSE atomics among them
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        self._tx_paths: list[TxPath] = []
+        self._taps: list[object] = []  # the engine calls into these: they live as long
         for dev in devices:
+            path: TxPath | None = getattr(dev, "fast_path", None)
+            if path is not None:  # a console's data path in C (backends/uart_path.py)
+                self._tx_paths.append(path)
+                self._taps.append(
+                    map_tapped(
+                        uc,
+                        dev.region,
+                        path,
+                        partial(self._device_read, uc, dev),
+                        partial(self._device_write, uc, dev),
+                    )
+                )
+                continue
             uc.mmio_map(
                 dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
             )
@@ -176,6 +193,21 @@ class Arm64Engine(UnicornVcpu):
         self._uc.reg_write(r.UC_ARM64_REG_PC, start.entry)
 
     def run(self) -> VcpuExit:
+        """Run until the vCPU must stop; what a console path buffered goes out then (the
+        vCPU idles, its slice ends, the VM stops: nothing it printed waits behind it)."""
+        try:
+            return self._run()
+        finally:
+            for path in self._tx_paths:
+                path.flush()
+
+    def _device_read(self, uc: Uc, dev: MmioDevice, offset: int, size: int) -> int:
+        return self._mmio_read(uc, offset, size, dev)
+
+    def _device_write(self, uc: Uc, dev: MmioDevice, offset: int, size: int, value: int) -> None:
+        self._mmio_write(uc, offset, size, value, dev)
+
+    def _run(self) -> VcpuExit:
         uc = self._uc
         while True:
             if self._kicked.is_set():
