@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard src/pvkit/backends/_*.c src/pvkit/b
 	$(BIN)/pip install -q -e '.[dev]'
 	./scripts/setup-toolchain.sh engine
 	./scripts/setup-engine.sh $(BIN)/python
+	$(BIN)/python -m compileall -q src  # bytecode, for where PYTHONDONTWRITEBYTECODE is set
 	touch $@
 
 run: $(STAMP)

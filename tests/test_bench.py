@@ -32,6 +32,9 @@ SPREADS = {
     "mips_mem_swap",
     "boot_to_off_s",
     "boot_to_off_qemu_s",
+    "pv_time_st_us",  # the performance issue's
+    "uart_us_per_byte",
+    "uart_qemu_us_per_byte",
     *EXCEPTION_SPREADS,
     *IRQ_SPREADS,
 }
@@ -55,6 +58,8 @@ NUMBERS = {
     "mips_mem_swap_ratio",
     "apf_arm64_speedup",
     "apf_x86_speedup",
+    "uart_ratio",  # the performance issue's
+    "boot_to_off_ratio",
 }
 
 

@@ -5,6 +5,8 @@
  *   mem N               N iterations of a 7-instruction load/store loop
  *   svc N               N round trips of `svc #0` to an EL1 vector that is only `eret`
  *   irq N               N virtual-timer interrupts, each armed with CNTV_CVAL = now
+ *   uart N              N bytes on the console: lines of 63 letters and a newline (which
+ *                       the console sends as CR LF), the last line completed
  *
  * The host times the loop between the console lines "bench: begin" and "bench: end", so
  * boot and power-off cost nothing. The irq loop times itself: its handler's first
@@ -144,6 +146,14 @@ static void svc_loop(uint64_t n)
     set_vbar(vectors);
 }
 
+static void uart_loop(uint64_t n)
+{
+    for (uint64_t i = 1; i <= n; i++)
+        console_putc(i % 64 ? (char)('a' + i % 26) : '\n');
+    if (n % 64)
+        console_putc('\n'); /* so that "bench: end" starts a line of its own */
+}
+
 /* `now` is CNTVCT as the first instruction of the IRQ vector read it. */
 void bench_irq(uint64_t now)
 {
@@ -214,7 +224,7 @@ void guest_main(const void *fdt)
     const char *args = fdt_bootargs(fdt);
     if (!args) {
         kprintf("bench: no bootargs; expected 'call FID N [ARG1]', 'alu N', 'mem N', "
-                "'svc N' or 'irq N'\n");
+                "'svc N', 'irq N' or 'uart N'\n");
         return;
     }
     args = skip_spaces(args);
@@ -240,6 +250,10 @@ void guest_main(const void *fdt)
         parse_number(args + 3, &b);
         kprintf("bench: begin svc x %lu\n", b);
         svc_loop(b);
+    } else if (starts_with(args, "uart")) {
+        parse_number(args + 4, &b);
+        kprintf("bench: begin uart x %lu\n", b);
+        uart_loop(b);
     } else if (starts_with(args, "irq")) {
         parse_number(args + 3, &b);
         if (irq_loop(fdt, b) < 0)

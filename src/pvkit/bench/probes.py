@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -181,6 +182,14 @@ def bare_loop(bootargs: str, timeout: float = 120) -> float:
     return clock.seconds(f"bare engine {bootargs!r}")
 
 
+def pvkit_cli_loop(bootargs: str, timeout: float = 120) -> float:
+    """Seconds the bench loop took under `pvkit run`, its console read from a pipe as a
+    user's terminal or script reads it (the console path end to end: UART, buffering,
+    stdout)."""
+    cmd = [sys.executable, "-m", "pvkit", "run", str(BENCH_IMAGE), "--append", bootargs]
+    return _piped(cmd, timeout).seconds(f"pvkit run {bootargs!r}")
+
+
 def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
@@ -213,12 +222,17 @@ def qemu_irq(n: int, timeout: float = 120) -> float:
 
 
 def _qemu_run(bootargs: str, timeout: float, exceptions: bool) -> MarkerClock:
-    clock = MarkerClock()
     cmd = (
         qemu_command(BENCH_IMAGE, bootargs=bootargs, cpu=QEMU_EXCEPTION_CPU, gic=QEMU_EXCEPTION_GIC)
         if exceptions
         else qemu_command(BENCH_IMAGE, bootargs=bootargs)
     )
+    return _piped(cmd, timeout)
+
+
+def _piped(cmd: list[str], timeout: float) -> MarkerClock:
+    """Run `cmd`, timestamping its stdout's marker lines as they come out of the pipe."""
+    clock = MarkerClock()
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
