@@ -50,7 +50,8 @@ class StolenTimeService(Service):
         super().__init__()
         self._base: int | None = None
         self._lock = threading.Lock()
-        self._arm_records: dict[int, memoryview] = {}  # vCPU -> record words, after PV_TIME_ST
+        self._arm_records: dict[int, int] = {}  # vCPU -> record address, after PV_TIME_ST
+        self._arm_words: dict[int, memoryview] = {}  # the same records, as 8 u64 words
         self._x86_msr: dict[int, int] = {}  # vCPU -> MSR value as written
         self._x86_versions: dict[int, int] = {}
 
@@ -84,20 +85,23 @@ class StolenTimeService(Service):
     def _stolen_time_record(self, vcpu: int, _x1: int, _x2: int, _x3: int) -> tuple[int, ...]:
         address = self.record_address(vcpu)
         p = self.platform
-        record = self._arm_records.get(vcpu)
-        if record is None:
-            view = p.guest_view(address, RECORD_SIZE)
-            if view is None:  # the platform placed the region outside RAM: a host bug
-                raise RuntimeError(f"stolen-time record {address:#x} is not guest RAM")
-            record = view.cast("Q")
-            record[:] = _ZERO_RECORD
-            record[_STOLEN_WORD] = p.stolen_ns(vcpu)
-            with self._lock:
-                self._arm_records[vcpu] = record  # from now on updated at every entry
-            return (address,)
+        record = self._words(vcpu, address)
         record[:] = _ZERO_RECORD  # revision 0, attributes 0, padding 0
         record[_STOLEN_WORD] = p.stolen_ns(vcpu)
+        if vcpu not in self._arm_records:
+            with self._lock:
+                self._arm_records[vcpu] = address  # from now on updated at every entry
         return (address,)
+
+    def _words(self, vcpu: int, address: int) -> memoryview:
+        """`vcpu`'s record as 64-bit words, a view of guest RAM checked once."""
+        words = self._arm_words.get(vcpu)
+        if words is None:
+            view = self.platform.guest_view(address, RECORD_SIZE)
+            if view is None:  # the platform placed the region outside RAM: a host bug
+                raise RuntimeError(f"stolen-time record {address:#x} is not guest RAM")
+            words = self._arm_words[vcpu] = view.cast("Q")
+        return words
 
     # -- x86 -----------------------------------------------------------------------------
     def msrs(self, abi: Abi) -> dict[int, Msr]:
@@ -134,8 +138,8 @@ class StolenTimeService(Service):
 
     # -- both ----------------------------------------------------------------------------
     def on_vcpu_entry(self, vcpu: int) -> None:
-        record = self._arm_records.get(vcpu)
-        if record is not None:
-            record[_STOLEN_WORD] = self.platform.stolen_ns(vcpu)
+        address = self._arm_records.get(vcpu)
+        if address is not None:
+            self._words(vcpu, address)[_STOLEN_WORD] = self.platform.stolen_ns(vcpu)
         if vcpu in self._x86_msr:
             self._update_x86(vcpu)
