@@ -42,7 +42,8 @@ SVE_HINT = 1 << 16  # SMCCC 1.3: set on a fast call, the dispatcher rejects the 
 
 
 class FlakyService(Service):
-    """A direct handler that fails on odd x1: the guest must get what a failed handler gets."""
+    """A direct handler that fails on odd x1 and answers no sequence when bit 1 is set: the
+    guest must get what a failed handler gets, both times."""
 
     name = "flaky"
 
@@ -56,6 +57,8 @@ class FlakyService(Service):
     def _flaky(vcpu: int, x1: int, x2: int, x3: int) -> tuple[int, ...]:
         if x1 & 1:
             raise ValueError("odd")
+        if x1 & 2:
+            return 5  # type: ignore[return-value]  # not a sequence of results
         return (x1, x2 + 1, x3, vcpu)  # x2 + 1 may need 65 bits: the registers wrap
 
 
@@ -143,12 +146,13 @@ def test_direct_and_dispatched_calls_leave_the_guest_the_same_answers_and_memory
 
 
 def test_a_direct_handler_that_raises_answers_not_supported_and_is_counted(tmp_path: Path) -> None:
-    image = call_guest([(FLAKY, 3, 0, 0), (FLAKY, 2, 5, 6)], tmp_path)
+    image = call_guest([(FLAKY, 3, 0, 0), (FLAKY, 2, 0, 0), (FLAKY, 4, 5, 6)], tmp_path)
     machine, direct = run(image, traced=False)
-    words = [machine.memory.read_u64(RESULT + 8 * i) for i in range(8)]
-    assert words[:4] == [NOT_SUPPORTED, 0, 0, 0]
-    assert words[4:] == [2, 6, 6, 0]
-    assert direct == 2 and machine.dispatcher.internal_errors == 1
+    words = [machine.memory.read_u64(RESULT + 8 * i) for i in range(12)]
+    assert words[:4] == [NOT_SUPPORTED, 0, 0, 0]  # raised
+    assert words[4:8] == [NOT_SUPPORTED, 0, 0, 0]  # answered no sequence
+    assert words[8:] == [4, 6, 6, 0]
+    assert direct == 3 and machine.dispatcher.internal_errors == 2
 
 
 def test_a_policy_rule_takes_a_function_off_the_direct_route(tmp_path: Path) -> None:

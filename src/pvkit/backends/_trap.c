@@ -500,6 +500,11 @@ static void call_direct(TrapObject *t, void *uc, const TableObject *table, const
         r = PyObject_Vectorcall(d->handler, argv, 4, NULL);
     for (int i = 1; i < 4; i++)
         Py_XDECREF(argv[i]);
+    if (r) { /* what the dispatcher's call.answer(*r) would refuse: a failed handler too */
+        PyObject *fast = PySequence_Fast(r, "a direct handler returns a sequence of results");
+        Py_DECREF(r);
+        r = fast;
+    }
     if (!r && table->on_error && PyErr_ExceptionMatches(PyExc_Exception)) {
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);

@@ -293,7 +293,7 @@ class CtypesTrap:
         mask = MASK64 if fid & SMC64_BIT else MASK32
         x1, x2, x3 = (vals[i] & mask if i < len(vals) - 1 else 0 for i in (1, 2, 3))
         try:
-            results = direct(self._vcpu, x1, x2, x3)
+            results = tuple(direct(self._vcpu, x1, x2, x3))
         except Exception as exc:
             on_error: DirectError = getattr(self._table, "on_error", _reraise)
             results = on_error(self._vcpu, fid, exc)
