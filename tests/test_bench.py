@@ -77,9 +77,10 @@ def test_quick_bench_reports_every_metric_as_json(tmp_path: Path) -> None:
         spread = report[key]
         assert set(spread) == {"median", "min", "max"}, key
         assert 0 < spread["min"] <= spread["median"] <= spread["max"], key
-    # Orders of magnitude that hold on any machine: the bare trap is far cheaper than a
-    # trip through Python, and the quick vCPU steps (1, 8) all boot.
-    assert report["trap_floor_us"]["median"] * 5 < report["python_call_us"]["median"]
+    # What holds on any machine: the bare trap is cheaper than a trip into Python (even a
+    # direct handler's, about 4x the floor: the GIL, the arguments, one call), and the
+    # quick vCPU steps (1, 8) all boot.
+    assert report["trap_floor_us"]["median"] * 2 < report["python_call_us"]["median"]
     assert report["vcpus_max"] == 8
     ratio = report["table_call_us"]["median"] / report["qemu_psci_us"]["median"]
     assert abs(report["table_vs_qemu"] - ratio) < 1e-9
