@@ -14,7 +14,9 @@ from pathlib import Path
 
 from .conftest import SMP_HELLO
 
-# Run the CLI as `python -m pvkit` does and write the loaded modules' names at exit.
+# Run the CLI as `python -m pvkit` does and write the loaded modules' names at exit (a
+# `pvkit run` process skips the interpreter's teardown, but its exit handlers still run:
+# without them there would be no file to read).
 _PROBE = """
 import atexit, json, runpy, sys
 out = sys.argv[1]
