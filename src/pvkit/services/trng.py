@@ -9,10 +9,12 @@ Five fast calls in the Standard Secure range (owner 4), beside PSCI:
   N = 0 succeeds with no bits; a larger N is INVALID_PARAMETER (-2, TRNG's own code space).
   RND32 is an SMC32 call, so it sees only W1 and writes 32-bit words.
 
-The bits are the host's: `secrets` (the OS random source), never a constant or a seeded
-generator, also when time is deterministic. A guest asking for true entropy must not get a
-replayable stream, so a deterministic run of a guest that consumes TRNG output (Linux seeds
-its CRNG from it) can differ between runs; `--disable trng` restores full reproducibility.
+The bits are the host's: `random.SystemRandom` (the OS random source, what `secrets` draws
+from, without loading the hashing library `secrets` imports at every start), never a
+constant or a seeded generator, also when time is deterministic. A guest asking for true
+entropy must not get a replayable stream, so a deterministic run of a guest that consumes
+TRNG output (Linux seeds its CRNG from it) can differ between runs; `--disable trng`
+restores full reproducibility.
 The host source does not run dry, so NO_ENTROPY (-3) is never answered.
 
 ARCH_FEATURES does not report these IDs (their feature value is NOT_SUPPORTED): a guest
@@ -21,9 +23,9 @@ discovers TRNG through TRNG_VERSION, as Linux's `smccc_probe_trng` does.
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from enum import IntEnum
+from random import SystemRandom
 
 from pvkit.abi.smccc import MASK32, MASK64, SmcccReturn, uuid_words
 from pvkit.hypercall.call import Call
@@ -69,6 +71,7 @@ class TrngService(Service):
     def __init__(self) -> None:
         super().__init__()
         self._uuid = uuid_words(IMPLEMENTATION_UUID.bytes)
+        self._entropy = SystemRandom()  # os.urandom: no state of its own
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return [IdRange(TRNG_VERSION, TRNG_RND32), IdRange(TRNG_RND64, TRNG_RND64)]
@@ -105,4 +108,4 @@ class TrngService(Service):
         if bits > 3 * width:
             call.answer(TrngReturn.INVALID_PARAMETER)
             return
-        call.answer(TrngReturn.SUCCESS, *pack_entropy(secrets.randbits(bits), width))
+        call.answer(TrngReturn.SUCCESS, *pack_entropy(self._entropy.getrandbits(bits), width))
