@@ -1,9 +1,10 @@
-"""Direct handlers: the trap's short route gives the dispatcher's answers and side effects.
+"""Direct handlers: the trap's short routes give the dispatcher's answers and side effects.
 
 A function a service serves `directly` is handed (vCPU, x1, x2, x3) by the trap, with no
-Call, decode or dispatcher, while no rule covers it, nothing traces and the immediate is 0
-(docs/hot-path.md). A trace sink sends every call through the dispatcher, so one guest run
-untraced and once traced must store the same results and leave the same guest memory.
+Call, decode or dispatcher, while no rule covers it, nothing traces and the immediate is 0;
+AFFINITY_INFO at level 0 is answered from the vCPUs' power-state bytes without Python at
+all (docs/hot-path.md). A trace sink sends every call through the dispatcher, so one guest
+run untraced and once traced must store the same results and leave the same guest memory.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ AFFINITY_INFO64 = function_id("AFFINITY_INFO", smc64=True)
 DIRECT_IDS = (BENCH_SUM, PV_TIME_ST, AFFINITY_INFO, AFFINITY_INFO64, FLAKY)
 OTHER_IDS = (PV_TIME_FEATURES, function_id("PSCI_VERSION"), function_id("CPU_SUSPEND"), 0x8700_0000)
 SVE_HINT = 1 << 16  # SMCCC 1.3: set on a fast call, the dispatcher rejects the ID
+SMP = 2  # vCPU 1 stays off: AFFINITY_INFO sees both states
+MASK32 = 0xFFFF_FFFF
 
 
 class FlakyService(Service):
@@ -86,12 +89,20 @@ def call_guest(calls: list[tuple[int, int, int, int]], directory: Path) -> Path:
     return assemble(directory, source)
 
 
+def by_state(x0: int, x1: int, x2: int) -> bool:
+    """Answered from the state array: AFFINITY_INFO of a vCPU's MPIDR (0 or 1) at level 0."""
+    fid = x0 & MASK32
+    mask = 2**64 - 1 if fid == AFFINITY_INFO64 else MASK32
+    return fid in (AFFINITY_INFO, AFFINITY_INFO64) and x1 & mask < SMP and x2 & mask == 0
+
+
 def run(image: Path, traced: bool, rules: list[Rule] | None = None) -> tuple[VirtArm64, int]:
     hub = TraceHub()
     if traced:
         hub.attach(Recorder())
     config = VirtConfig(
         console=lambda b: None,
+        smp=SMP,
         deterministic=True,  # the same stolen time in both runs
         extra_services=[BenchService(), FlakyService()],
         rules=rules or [],
@@ -140,8 +151,9 @@ def test_direct_and_dispatched_calls_leave_the_guest_the_same_answers_and_memory
         dispatched, dispatched_count = run(image, traced=True)
     assert guest_state(direct, len(calls)) == guest_state(dispatched, len(calls))
     assert direct.dispatcher.internal_errors == dispatched.dispatcher.internal_errors
-    eligible = sum(1 for x0, *_ in calls if x0 & 0xFFFF_FFFF in DIRECT_IDS)
-    assert direct_count == eligible  # every eligible call took the short route...
+    eligible = sum(1 for x0, x1, x2, _ in calls if x0 & MASK32 in DIRECT_IDS)
+    answered = sum(1 for x0, x1, x2, _ in calls if by_state(x0, x1, x2))
+    assert direct_count == eligible - answered  # every eligible call took a short route...
     assert dispatched_count == 0  # ...and none while tracing
 
 
@@ -153,6 +165,25 @@ def test_a_direct_handler_that_raises_answers_not_supported_and_is_counted(tmp_p
     assert words[4:8] == [NOT_SUPPORTED, 0, 0, 0]  # answered no sequence
     assert words[8:] == [4, 6, 6, 0]
     assert direct == 3 and machine.dispatcher.internal_errors == 2
+
+
+def test_affinity_info_at_level_0_is_answered_from_the_power_state_bytes(
+    tmp_path: Path,
+) -> None:
+    image = call_guest(
+        [(AFFINITY_INFO, 0, 0, 0), (AFFINITY_INFO64, 1, 0, 0), (AFFINITY_INFO, 1, 1, 0)],
+        tmp_path,
+    )
+    hub = TraceHub()
+    machine = VirtArm64(VirtConfig(console=lambda b: None, smp=SMP), image, hub)
+    engines: list = []  # type: ignore[type-arg]
+    machine.on_engine = engines.append
+    assert machine.run(30).kind is StopKind.SHUTDOWN
+    answers = [machine.memory.read_u64(RESULT + 32 * i) for i in range(3)]
+    assert answers == [0, 1, 0]  # vCPU 0 ON, vCPU 1 OFF; level 1: cluster 0 has one ON
+    trap = engines[0].trap
+    assert trap.direct_calls == 1  # only the level-1 query reached Python
+    assert list(machine.vm.power_codes) == [2, 0]  # ON, OFF (machine/power.py's codes)
 
 
 def test_a_policy_rule_takes_a_function_off_the_direct_route(tmp_path: Path) -> None:

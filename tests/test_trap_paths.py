@@ -16,7 +16,13 @@ from pvkit.abi.arm64_smccc import NOT_SUPPORTED_ANSWER
 from pvkit.backends import trap as trap_module
 from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.trap import TrapPath, compile_table, resolve_path
-from pvkit.hypercall.answer_table import AnswerTable, Entry, EntryKind, build_answer_table
+from pvkit.hypercall.answer_table import (
+    AnswerTable,
+    Entry,
+    EntryKind,
+    StateQuery,
+    build_answer_table,
+)
 from pvkit.hypercall.call import Call, Conduit
 from pvkit.hypercall.namespace import IdRange
 from pvkit.hypercall.policy import Action, PolicyError, Rule
@@ -153,3 +159,33 @@ def test_the_c_table_looks_up_exactly_like_the_python_table(
     asked = probes + [(e.function_id, e.key) for e in entries]
     for fid, key in asked:
         assert c.lookup(fid, key) == python.lookup(fid, key)
+
+
+_QUERIES = st.lists(
+    st.tuples(
+        st.integers(0, 2**32 - 1),  # function ID
+        st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=4),  # answers by state
+        st.dictionaries(st.integers(0, 2**64 - 1), st.integers(0, 7), max_size=8),  # ID: vCPU
+    ),
+    max_size=4,
+    unique_by=lambda q: q[0],
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    _QUERIES,
+    st.binary(min_size=8, max_size=8),  # 8 vCPUs' state bytes, some without an answer
+    st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2))),
+)
+def test_the_c_table_answers_by_vcpu_state_exactly_like_the_python_table(
+    raw: list[tuple[int, list[int], dict[int, int]]],
+    codes: bytes,
+    probes: list[tuple[int, int, int]],
+) -> None:
+    queries = [StateQuery(fid, tuple(answers), targets) for fid, answers, targets in raw]
+    python = AnswerTable([], 4, state_queries=queries, states=bytearray(b % 5 for b in codes))
+    c = compile_table(python, TrapPath.C)
+    asked = probes + [(q.function_id, key, 0) for q in queries for key in q.targets]
+    for fid, x1, x2 in asked:
+        assert c.lookup_state(fid, x1, x2) == python.lookup_state(fid, x1, x2)

@@ -31,8 +31,17 @@ typedef int (*uc_hook_del_fn)(void *uc, size_t hh);
  * AnswerTable: (function ID, kind, key) -> up to MAX_RESULTS constant results.
  * kind ANY: the answer whatever the arguments; KEYED: the answer when the first argument
  * equals key; DEFAULT: the answer for a keyed function when no KEYED entry matches;
- * DIRECT: no answer but a Python handler(vcpu, x1, x2, x3) -> results to call. */
-enum { KIND_ANY = 0, KIND_KEYED = 1, KIND_DEFAULT = 2, KIND_DIRECT = 3 };
+ * DIRECT: no answer but a Python handler(vcpu, x1, x2, x3) -> results to call;
+ * VCPU: x1 == key names vCPU results[0]; BY_STATE: x0 = results[c] for a vCPU whose byte in
+ * the state array is c (a per-vCPU state query such as PSCI AFFINITY_INFO, when x2 is 0). */
+enum {
+    KIND_ANY = 0,
+    KIND_KEYED = 1,
+    KIND_DEFAULT = 2,
+    KIND_DIRECT = 3,
+    KIND_VCPU = 4,
+    KIND_BY_STATE = 5
+};
 
 typedef struct {
     uint64_t key;
@@ -41,6 +50,7 @@ typedef struct {
     uint32_t fid;
     uint8_t kind;
     uint8_t used;
+    uint8_t count; /* BY_STATE: how many state codes have an answer */
 } Slot;
 
 typedef struct {
@@ -50,6 +60,8 @@ typedef struct {
     Py_ssize_t count;
     Py_ssize_t direct_count;
     PyObject *on_error; /* on_error(vcpu, fid, exc) -> results, for a direct handler that raised */
+    Py_buffer states;   /* one power-state byte per vCPU, read without the GIL */
+    int has_states;
     int nresults;
     int enabled;
 } TableObject;
@@ -116,6 +128,62 @@ static void table_free_slots(TableObject *t)
     t->slots = NULL;
 }
 
+/* `queries`: (fid, answers by state code, ((key, vCPU index), ...)) for BY_STATE and VCPU. */
+static int table_add_queries(TableObject *t, PyObject *queries)
+{
+    PyObject *seq = PySequence_Fast(queries, "state_queries must be a sequence");
+    if (!seq)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long fid;
+        PyObject *answers, *targets;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, i), "KOO", &fid, &answers, &targets))
+            goto fail;
+        uint64_t by_state[MAX_RESULTS] = {0};
+        PyObject *as = PySequence_Fast(answers, "answers must be a sequence");
+        if (!as)
+            goto fail;
+        Py_ssize_t na = PySequence_Fast_GET_SIZE(as);
+        for (Py_ssize_t j = 0; j < na && j < MAX_RESULTS; j++)
+            by_state[j] = PyLong_AsUnsignedLongLongMask(PySequence_Fast_GET_ITEM(as, j));
+        Py_DECREF(as);
+        if (PyErr_Occurred() || fid > 0xFFFFFFFFull || na < 1 || na > MAX_RESULTS) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a state query needs 1..4 answers");
+            goto fail;
+        }
+        if (table_insert(t, (uint32_t)fid, KIND_BY_STATE, 0, by_state) < 0)
+            goto fail;
+        Slot *q = (Slot *)table_find(t, (uint32_t)fid, KIND_BY_STATE, 0);
+        q->count = (uint8_t)na;
+        PyObject *ts = PySequence_Fast(targets, "targets must be a sequence");
+        if (!ts)
+            goto fail;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(ts); j++) {
+            unsigned long long key, index;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(ts, j), "KK", &key, &index) ||
+                (Py_ssize_t)index >= t->states.len) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "a target names no vCPU of the array");
+                Py_DECREF(ts);
+                goto fail;
+            }
+            uint64_t r[MAX_RESULTS] = {index};
+            if (table_insert(t, (uint32_t)fid, KIND_VCPU, key, r) < 0) {
+                Py_DECREF(ts);
+                goto fail;
+            }
+        }
+        Py_DECREF(ts);
+    }
+    Py_DECREF(seq);
+    return 0;
+fail:
+    Py_DECREF(seq);
+    return -1;
+}
+
 /* `direct`: (fid, handler) pairs for the DIRECT kind. */
 static int table_add_direct(TableObject *t, PyObject *direct)
 {
@@ -147,12 +215,22 @@ fail:
 
 static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"entries", "nresults", "direct", "on_error", NULL};
-    PyObject *entries, *direct = NULL, *on_error = Py_None;
+    static char *kwlist[] = {"entries", "nresults", "direct", "on_error", "state_queries",
+                             "states", NULL};
+    PyObject *entries, *direct = NULL, *on_error = Py_None, *queries = NULL, *states = Py_None;
     int nresults;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi|OO", kwlist, &entries, &nresults, &direct,
-                                     &on_error))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Oi|OOOO", kwlist, &entries, &nresults,
+                                     &direct, &on_error, &queries, &states))
         return -1;
+    if (self->has_states) {
+        PyBuffer_Release(&self->states);
+        self->has_states = 0;
+    }
+    if (states != Py_None) {
+        if (PyObject_GetBuffer(states, &self->states, PyBUF_SIMPLE) < 0)
+            return -1;
+        self->has_states = 1;
+    }
     if (on_error != Py_None && !PyCallable_Check(on_error)) {
         PyErr_SetString(PyExc_TypeError, "on_error must be callable");
         return -1;
@@ -160,6 +238,15 @@ static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
     Py_ssize_t ndirect = direct ? PyObject_Length(direct) : 0;
     if (ndirect < 0)
         return -1;
+    Py_ssize_t nq = queries ? PyObject_Length(queries) : 0;
+    if (nq < 0)
+        return -1;
+    if (nq && !self->has_states) {
+        PyErr_SetString(PyExc_ValueError, "state_queries need the states array");
+        return -1;
+    }
+    if (nq) /* room for a BY_STATE slot and a VCPU slot per vCPU, for each query */
+        ndirect += nq * ((Py_ssize_t)self->states.len + 1);
     if (nresults < 1 || nresults > MAX_RESULTS) {
         PyErr_Format(PyExc_ValueError, "nresults must be 1..%d", MAX_RESULTS);
         return -1;
@@ -219,6 +306,8 @@ static int table_init(TableObject *self, PyObject *args, PyObject *kwds)
     Py_DECREF(seq);
     if (direct && table_add_direct(self, direct) < 0)
         return -1;
+    if (nq && table_add_queries(self, queries) < 0)
+        return -1;
     return 0;
 fail:
     Py_DECREF(seq);
@@ -248,6 +337,8 @@ static void table_dealloc(TableObject *self)
     PyObject_GC_UnTrack(self);
     table_free_slots(self);
     Py_CLEAR(self->on_error);
+    if (self->has_states)
+        PyBuffer_Release(&self->states);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -299,11 +390,35 @@ static PyObject *table_lookup_direct_py(TableObject *self, PyObject *arg)
     return Py_NewRef(s ? s->handler : Py_None);
 }
 
+static PyObject *table_lookup_state_py(TableObject *self, PyObject *args)
+{
+    unsigned long long fid, x1, x2;
+    if (!PyArg_ParseTuple(args, "KKK", &fid, &x1, &x2))
+        return NULL;
+    if (!self->slots || !self->has_states || fid > 0xFFFFFFFFull || x2 != 0)
+        Py_RETURN_NONE;
+    const Slot *v = table_find(self, (uint32_t)fid, KIND_VCPU, x1);
+    const Slot *q = table_find(self, (uint32_t)fid, KIND_BY_STATE, 0);
+    if (!v || !q || v->results[0] >= (uint64_t)self->states.len)
+        Py_RETURN_NONE;
+    uint8_t code = ((const uint8_t *)self->states.buf)[v->results[0]];
+    if (code >= q->count)
+        Py_RETURN_NONE;
+    PyObject *out = PyTuple_New(self->nresults);
+    if (!out)
+        return NULL;
+    for (int j = 0; j < self->nresults; j++)
+        PyTuple_SET_ITEM(out, j, PyLong_FromUnsignedLongLong(j ? 0 : q->results[code]));
+    return out;
+}
+
 static PyMethodDef table_methods[] = {
     {"lookup", (PyCFunction)table_lookup_py, METH_VARARGS,
      "lookup(fid, key) -> results tuple, or None when the call must go to the dispatcher"},
     {"lookup_direct", (PyCFunction)table_lookup_direct_py, METH_O,
      "lookup_direct(fid) -> the function's direct handler, or None"},
+    {"lookup_state", (PyCFunction)table_lookup_state_py, METH_VARARGS,
+     "lookup_state(fid, x1, x2) -> results from the vCPU state array, or None"},
     {NULL}};
 
 static PyGetSetDef table_getset[] = {
@@ -561,6 +676,32 @@ static int delivered_needs_python(TrapObject *t, void *uc, uint32_t intno)
     return pc - vbar < VECTORS_SIZE;
 }
 
+/* A per-vCPU state query whose x1 named vCPU `v`: answered from the state array when x2
+ * (narrowed as the convention says) is 0 and the vCPU's state code has an answer. */
+static int answer_by_state(TrapObject *t, void *uc, const TableObject *table, const Slot *v,
+                           uint32_t fid)
+{
+    if (t->nregs - 1 < 3)
+        return 0;
+    t->read_batch(uc, t->regs + 2, t->val_ptrs + 2, 1);
+    uint64_t x2 = (fid & SMCCC_SMC64) ? t->vals[2] : (uint32_t)t->vals[2];
+    const Slot *q = table_find(table, fid, KIND_BY_STATE, 0);
+    uint64_t index = v->results[0];
+    if (x2 != 0 || !q || index >= (uint64_t)table->states.len)
+        return 0;
+    const uint8_t *codes = table->states.buf;
+    uint8_t code = __atomic_load_n(&codes[index], __ATOMIC_RELAXED); /* another vCPU writes it */
+    if (code >= q->count)
+        return 0;
+    uint64_t r[MAX_RESULTS] = {q->results[code]};
+    void *p[MAX_RESULTS];
+    for (int i = 0; i < table->nresults; i++)
+        p[i] = &r[i];
+    t->write_batch(uc, t->result_regs, p, table->nresults);
+    t->table_hits++;
+    return 1;
+}
+
 /* Registers are read in two batches: x0, x1 and PC first (all the answer table needs),
  * the remaining argument registers only when the call goes to Python. */
 static void trap_intr(void *uc, uint32_t intno, void *user)
@@ -596,6 +737,12 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
             t->write_batch(uc, t->result_regs, p, table->nresults);
             t->table_hits++;
             return;
+        }
+        if (table->has_states) {
+            uint64_t target = (fid & SMCCC_SMC64) ? x1 : (uint32_t)x1;
+            const Slot *v = table_find(table, fid, KIND_VCPU, target);
+            if (v && answer_by_state(t, uc, table, v, fid))
+                return;
         }
         const Slot *d = table->direct_count ? table_find(table, fid, KIND_DIRECT, 0) : NULL;
         if (d && t->vcpu) {

@@ -87,6 +87,8 @@ class CompiledTable(Protocol):
 
     def lookup_direct(self, function_id: int) -> DirectHandler | None: ...
 
+    def lookup_state(self, function_id: int, x1: int, x2: int) -> tuple[int, ...] | None: ...
+
 
 class Trap(Protocol):
     table_hits: int
@@ -110,6 +112,11 @@ def compile_table(table: AnswerTable, path: TrapPath) -> CompiledTable:
             table.nresults,
             direct=list(table.direct.items()),
             on_error=table.on_error,
+            state_queries=[
+                (q.function_id, q.answers, tuple(q.targets.items()))
+                for q in table.state_queries.values()
+            ],
+            states=table.states,
         )
         return compiled
     return table
@@ -269,6 +276,12 @@ class CtypesTrap:
             if imm == 0 and table is not None and table.enabled:
                 fid = vals[0] & MASK32
                 found = table.lookup(fid, table_key(fid, vals[1]))
+                if found is not None:
+                    self._write(found)
+                    self.table_hits += 1
+                    return
+                mask = MASK64 if fid & SMC64_BIT else MASK32
+                found = table.lookup_state(fid, vals[1] & mask, vals[2] & mask)
                 if found is not None:
                     self._write(found)
                     self.table_hits += 1

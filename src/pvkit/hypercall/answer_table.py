@@ -14,12 +14,16 @@ The same table names the functions a trap may hand straight to their `direct` ha
 (vCPU, x1, x2, x3 as integers in, a results tuple out: no Call, no decode, no dispatcher),
 under the same conditions: no rule covers the ID, nothing traces, immediate 0. A direct
 handler that raises is answered as the dispatcher answers a failed handler (`on_error`).
+
+A function with `by_vcpu_state` answers (PSCI AFFINITY_INFO) is answered from the VM's
+array of power-state bytes when x1 is some vCPU's ID (its MPIDR) and x2 is 0: the answer
+for that vCPU's state, without Python. Any other call of it goes on to its handler.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 
 from pvkit.hypercall.call import Call, Conduit
@@ -58,6 +62,24 @@ class Entry:
         return (self.function_id, self.kind.value, self.key, self.results)
 
 
+@dataclass(frozen=True, slots=True)
+class VcpuStates:
+    """The vCPUs as a state query names them (`ids[i]`: vCPU i's MPIDR) and the array of
+    their power-state bytes (machine/power.py), which the trap reads as it answers."""
+
+    ids: Sequence[int]
+    codes: bytearray
+
+
+@dataclass(frozen=True, slots=True)
+class StateQuery:
+    """One function answered by vCPU state: x0 by state code, vCPU index by x1."""
+
+    function_id: int
+    answers: tuple[int, ...]
+    targets: dict[int, int] = field(default_factory=dict)
+
+
 def table_key(function_id: int, arg1: int) -> int:
     """The queried function ID: w1, whatever the convention (a function ID is 32 bits, so
     a 64-bit FEATURES call such as PV_TIME_FEATURES also reads only w1, as KVM does)."""
@@ -73,11 +95,15 @@ class AnswerTable:
         nresults: int,
         direct: Iterable[tuple[int, DirectHandler]] = (),
         on_error: DirectError = _no_recovery,
+        state_queries: Iterable[StateQuery] = (),
+        states: bytearray | None = None,
     ):
         self.nresults = nresults
         self.entries = tuple(entries)
         self.direct = dict(direct)
         self.on_error = on_error
+        self.state_queries = {q.function_id: q for q in state_queries}
+        self.states = states
         self.enabled = True
         self._any: dict[int, tuple[int, ...]] = {}
         self._keyed: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -105,18 +131,33 @@ class AnswerTable:
         """The direct handler of a function outside the constant entries, if it has one."""
         return self.direct.get(function_id)
 
+    def lookup_state(self, function_id: int, x1: int, x2: int) -> tuple[int, ...] | None:
+        """The answer from the vCPU state array (x1, x2 narrowed as the ABI does), or None."""
+        query = self.state_queries.get(function_id)
+        if query is None or x2 != 0 or self.states is None:
+            return None
+        index = query.targets.get(x1)
+        if index is None:
+            return None
+        code = self.states[index]
+        if code >= len(query.answers):
+            return None
+        return (query.answers[code],) + (0,) * (self.nresults - 1)
+
 
 def build_answer_table(
     namespace: Namespace,
     policy: Policy,
     not_supported: tuple[int, ...],
     on_error: DirectError = _no_recovery,
+    vcpus: VcpuStates | None = None,
 ) -> AnswerTable:
     """Run every memoizable handler once per key and record what it answered.
 
     A BY_QUERIED_ID function gets one KEYED entry per served function ID, and a DEFAULT
     entry holding its answer for an ID nobody serves. Functions with a direct handler and
-    no rule are listed for the direct route.
+    no rule are listed for the direct route, and, given `vcpus`, those answered by vCPU
+    state with the value each vCPU ID has in their convention (w1 for 32-bit IDs).
     """
     entries: list[Entry] = []
     direct = [
@@ -142,7 +183,16 @@ def build_answer_table(
         probe = _probe_outside(keys)
         default = _answer(fn.handler, fn.function_id, probe, not_supported)
         entries.append(Entry(fn.function_id, EntryKind.DEFAULT, 0, default))
-    return AnswerTable(entries, len(not_supported), direct, on_error)
+    queries = []
+    if vcpus is not None:
+        for fn in namespace.functions:
+            if fn.by_vcpu_state is None or policy.rule_for(fn.function_id) is not None:
+                continue
+            wide = bool(fn.function_id & SMC64_BIT)
+            targets = {v: i for i, v in enumerate(vcpus.ids) if wide or v <= MASK32}
+            queries.append(StateQuery(fn.function_id, fn.by_vcpu_state, targets))
+    states = vcpus.codes if vcpus is not None else None
+    return AnswerTable(entries, len(not_supported), direct, on_error, queries, states)
 
 
 def _answer(

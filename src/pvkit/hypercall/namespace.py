@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -67,6 +68,9 @@ class Function:
     feature: int = 0  # value ARCH_FEATURES-style queries answer for this ID
     memo: Memo | None = None  # set when a trap may answer from the per-VM answer table
     direct: DirectHandler | None = None  # set when a trap may call it with plain integers
+    # x0 answers by the power state (machine/power.py POWER_ORDER) of the vCPU whose ID x1
+    # is, when x2 is 0: a trap may answer those calls from the VM's state array
+    by_vcpu_state: tuple[int, ...] | None = None
 
     @classmethod
     def served_directly(
@@ -75,6 +79,10 @@ class Function:
         """A function whose dispatcher handler is `direct` itself, so the trap's direct
         route and the dispatcher's give the same answers and side effects."""
         return cls(function_id, name, _call_through(direct), feature, direct=direct)
+
+    def answered_by_vcpu_state(self, answers: tuple[int, ...]) -> Function:
+        """The same function, also answered from the vCPUs' state array (see the field)."""
+        return dataclasses.replace(self, by_vcpu_state=answers)
 
 
 def _call_through(direct: DirectHandler) -> Handler:

@@ -1,7 +1,9 @@
 """The per-vCPU power state machine (OFF / ON_PENDING / ON), PSCI-shaped but ABI-free.
 
 Transitions happen under the vCPU's own lock, so two vCPUs racing to power on the same
-target see exactly one ACCEPTED.
+target see exactly one ACCEPTED. Each state is also written, as one byte (`POWER_CODES`),
+into an array of all the VM's vCPUs that C code can read without the GIL (the hypercall
+trap answers PSCI AFFINITY_INFO from it: hypercall/answer_table.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ class PowerState(Enum):
     OFF = "off"
     ON_PENDING = "on_pending"
     ON = "on"
+
+
+# A state's byte in the VM's array; `POWER_ORDER[code]` is the state of a code.
+POWER_ORDER = (PowerState.OFF, PowerState.ON_PENDING, PowerState.ON)
+POWER_CODES = {state: code for code, state in enumerate(POWER_ORDER)}
 
 
 class PowerOnResult(Enum):
@@ -38,11 +45,20 @@ class StartRequest:
 
 
 class VcpuPower:
-    def __init__(self) -> None:
+    def __init__(self, codes: bytearray | None = None, index: int = 0) -> None:
+        """`codes[index]` mirrors the state (see the module doc); None: no array."""
         self._cond = threading.Condition()
+        self._codes = codes
+        self._index = index
         self._state = PowerState.OFF
+        self._set(PowerState.OFF)
         self._start: StartRequest | None = None
         self._closed = False
+
+    def _set(self, state: PowerState) -> None:
+        self._state = state
+        if self._codes is not None:
+            self._codes[self._index] = POWER_CODES[state]
 
     @property
     def state(self) -> PowerState:
@@ -54,7 +70,7 @@ class VcpuPower:
                 return PowerOnResult.ALREADY_ON
             if self._state is PowerState.ON_PENDING:
                 return PowerOnResult.PENDING
-            self._state = PowerState.ON_PENDING
+            self._set(PowerState.ON_PENDING)
             self._start = start
             self._cond.notify_all()
             return PowerOnResult.ACCEPTED
@@ -71,11 +87,11 @@ class VcpuPower:
 
     def mark_on(self) -> None:
         with self._cond:
-            self._state = PowerState.ON
+            self._set(PowerState.ON)
 
     def power_off(self) -> None:
         with self._cond:
-            self._state = PowerState.OFF
+            self._set(PowerState.OFF)
             self._start = None
 
     def close(self) -> None:
@@ -87,5 +103,5 @@ class VcpuPower:
     def reopen(self) -> None:
         with self._cond:
             self._closed = False
-            self._state = PowerState.OFF
+            self._set(PowerState.OFF)
             self._start = None

@@ -71,7 +71,8 @@ class VirtualMachine:
         None (the guest was told; it runs on) or the time the vCPU must wait until."""
         if vcpu_count < 1:
             raise ValueError("a VM needs at least one vCPU")
-        self.power = [VcpuPower() for _ in range(vcpu_count)]
+        self.power_codes = bytearray(vcpu_count)  # each vCPU's power state, one byte each
+        self.power = [VcpuPower(self.power_codes, i) for i in range(vcpu_count)]
         self.trace = trace
         self.resets = 0
         self._factory = engine_factory

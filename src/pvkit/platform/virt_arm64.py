@@ -33,7 +33,7 @@ from pvkit.devices.pvpanic import (
 )
 from pvkit.discovery.dtb import DeviceTreeSpec, GicNode, build_dtb
 from pvkit.discovery.dtb_patch import patch_user_dtb
-from pvkit.hypercall.answer_table import build_answer_table
+from pvkit.hypercall.answer_table import VcpuStates, build_answer_table
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
 from pvkit.hypercall.policy import Policy, Rule
@@ -289,8 +289,9 @@ class VirtArm64(BoardPlatform):
             # Rules freeze now, so constant answers computed from them stay true.
             self.policy.freeze()
             failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
+            vcpus = VcpuStates(self.mpidrs, self.vm.power_codes)  # AFFINITY_INFO, in C
             table = build_answer_table(
-                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed
+                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed, vcpus=vcpus
             )
             answers = compile_table(table, self.trap_path)
             self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))

@@ -13,7 +13,7 @@ from enum import IntEnum
 from pvkit.abi.smccc import MASK32
 from pvkit.hypercall.call import Call, Outcome
 from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
-from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.machine.power import POWER_ORDER, PowerOnResult, PowerState, StartRequest
 from pvkit.services.base import Service, SystemEvent
 from pvkit.services.smccc_arch import SMCCC_VERSION
 
@@ -43,6 +43,11 @@ class AffinityState(IntEnum):
     ON_PENDING = 2
 
 
+AFFINITY_OF = {
+    PowerState.ON: AffinityState.ON,
+    PowerState.ON_PENDING: AffinityState.ON_PENDING,
+    PowerState.OFF: AffinityState.OFF,
+}
 MIGRATE_NOT_REQUIRED = 2  # multiprocessor or no Trusted OS
 RESET2_VENDOR = 1 << 31
 RESET2_WARM = 0
@@ -109,6 +114,8 @@ class PsciService(Service):
             "PSCI_FEATURES": Memo.BY_QUERIED_ID,
         }
         direct = {"AFFINITY_INFO": self._affinity_info}  # polled while CPUs come and go
+        # ...and at level 0 answered from the vCPUs' power-state bytes, without Python
+        by_state = {"AFFINITY_INFO": tuple(int(AFFINITY_OF[s]) for s in POWER_ORDER)}
         out = []
         for name, number, has64 in FUNCTIONS:
             m = memo.get(name)
@@ -117,7 +124,10 @@ class PsciService(Service):
                 ids.append((SMC64_BASE + number, f"{name}64"))
             for fid, fn_name in ids:
                 if name in direct:
-                    out.append(Function.served_directly(fid, fn_name, direct[name]))
+                    fn = Function.served_directly(fid, fn_name, direct[name])
+                    if name in by_state:
+                        fn = fn.answered_by_vcpu_state(by_state[name])
+                    out.append(fn)
                 else:
                     out.append(Function(fid, fn_name, handlers[name], memo=m))
         return out
