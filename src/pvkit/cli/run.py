@@ -13,7 +13,6 @@ from rich.table import Table
 
 from pvkit.cli.gdb_stub import start_gdb_stub
 from pvkit.cli.options import (
-    check_arm64_smp,
     fail,
     parse_host_cpus,
     parse_profile,
@@ -211,7 +210,6 @@ def run(
         else:
             if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
                 raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
-            check_arm64_smp(smp, gic)
             arm = virt_arm64.VirtArm64(
                 virt_arm64.VirtConfig(
                     smp=smp,

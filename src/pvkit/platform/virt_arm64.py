@@ -17,7 +17,7 @@ from pvkit.backends.host_heap import use_one_malloc_arena
 from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, resolve_path
 from pvkit.devices.arm64.gicv2 import MAX_CPUS as GICV2_MAX_CPUS
 from pvkit.devices.arm64.gicv2 import Gicv2
-from pvkit.devices.arm64.gicv3 import Gicv3
+from pvkit.devices.arm64.gicv3 import Gicv3, redistributor_capacity
 from pvkit.devices.cfi_flash import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, CfiFlash
 from pvkit.devices.pl011 import Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
@@ -157,6 +157,11 @@ def _check(config: VirtConfig) -> None:
         raise ConfigError(f"--gic {config.gic} is not 2 or 3")
     if config.gic == 2 and config.smp > GICV2_MAX_CPUS:
         raise ConfigError(f"GICv2 serves at most {GICV2_MAX_CPUS} vCPUs; use --gic 3")
+    if config.gic == 3 and config.smp > (capacity := redistributor_capacity()):
+        raise ConfigError(
+            f"--smp {config.smp} is more vCPUs than the GICv3's redistributor regions hold"
+            f" ({capacity})"
+        )
     if config.conduit not in ("hvc", "smc"):
         raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
     if not (1 << 20) <= config.memory <= MAX_RAM or config.memory % 4096:
