@@ -23,6 +23,7 @@ from pvkit.cli.options import (
 )
 from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
+from pvkit.cli.save import arm_save_point
 from pvkit.cli.swap import print_swap_stats, swap_spec
 from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
@@ -49,6 +50,7 @@ EXIT_CODES = {
     StopKind.IDLE: 3,
     StopKind.TIMEOUT: 4,
     StopKind.INTERRUPTED: 130,
+    StopKind.SAVED: 0,
 }
 
 
@@ -140,6 +142,10 @@ def run(
     swap_latency_ms: Annotated[
         float, typer.Option(help="how long the host takes to bring back an absent page")
     ] = 10.0,
+    save_at: Annotated[
+        float | None, typer.Option(help="save the VM when its clock reaches this many ms")
+    ] = None,
+    save: Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -238,6 +244,7 @@ def run(
         raise fail(str(exc)) from None
     except PolicyError as exc:
         raise fail(f"policy: {exc}") from None
+    save_point = arm_save_point(machine, image, save_at, save)
     counter = RuleCounter(rules)
     if stats and rules:
         hub.attach(counter)
@@ -261,6 +268,8 @@ def run(
             machine.uart.more_input = lambda: not host_input.wait(0)
             stack.enter_context(host_input.start())
         reason = machine.run(timeout)
+        if save_point is not None:
+            save_point.cancel()
         hub.close()
     sys.stdout.flush()
     err = Console(stderr=True)
