@@ -15,7 +15,19 @@ import typer
 
 from pvkit import __version__
 from pvkit.backends.host_heap import use_one_malloc_arena
-from pvkit.cli import bench, decode, dtb, fuzz, header, plot, run, sdk, services
+from pvkit.cli import (
+    bench,
+    decode,
+    dtb,
+    fuzz,
+    header,
+    plot,
+    restore,
+    run,
+    sdk,
+    services,
+    snapshot,
+)
 
 HELP = "A hypervisor built around the paravirtual interface."
 PLAIN_HELP_WIDTH = 120  # plain help is wrapped here, not at the 80 columns of a pipe
@@ -60,6 +72,8 @@ def build_app(rich_help: bool = True) -> typer.Typer:
     app.command(name="header")(header.header)
     app.command(name="sdk")(sdk.sdk)
     app.command(name="fuzz")(fuzz.fuzz)
+    app.command(name="restore")(restore.restore)
+    app.add_typer(snapshot.app, name="snapshot")
     return app
 
 

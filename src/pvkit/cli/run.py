@@ -23,6 +23,7 @@ from pvkit.cli.options import (
 )
 from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
+from pvkit.cli.save import arm_save_point
 from pvkit.cli.swap import print_swap_stats, swap_spec
 from pvkit.devices.console import BufferedConsole, HostInput
 from pvkit.hypercall.dispatcher import Dispatcher
@@ -49,6 +50,7 @@ EXIT_CODES = {
     StopKind.IDLE: 3,
     StopKind.TIMEOUT: 4,
     StopKind.INTERRUPTED: 130,
+    StopKind.SAVED: 0,
 }
 
 
@@ -148,6 +150,10 @@ def run(
     freeze: Annotated[
         bool, typer.Option("--freeze", "-S", help="wait for gdb before the first instruction")
     ] = False,
+    save_at: Annotated[
+        float | None, typer.Option(help="save the VM when its clock reaches this many ms")
+    ] = None,
+    save: Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -245,6 +251,7 @@ def run(
         raise fail(str(exc)) from None
     except PolicyError as exc:
         raise fail(f"policy: {exc}") from None
+    save_point = arm_save_point(machine, image, save_at, save)
     counter = RuleCounter(rules)
     if stats and rules:
         hub.attach(counter)
@@ -271,6 +278,8 @@ def run(
         reason = machine.run(timeout)
         if stub is not None:  # a client waiting for the VM hears how it ended
             stub.finish(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
+        if save_point is not None:
+            save_point.cancel()
         hub.close()
     sys.stdout.flush()
     err = Console(stderr=True)

@@ -7,8 +7,10 @@ target see exactly one ACCEPTED.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class PowerState(Enum):
@@ -35,6 +37,10 @@ class StartRequest:
     argument: int
     magic: int = 0
     real_mode: bool = False
+    # A vCPU restored from a snapshot: `restore(engine)` loads its saved state instead of
+    # a reset; `in_halt` if it was saved waiting in WFI/HLT.
+    restore: Callable[[Any], None] | None = None
+    in_halt: bool = False
 
 
 class VcpuPower:
@@ -43,6 +49,7 @@ class VcpuPower:
         self._state = PowerState.OFF
         self._start: StartRequest | None = None
         self._closed = False
+        self.parked = False  # the thread waits for a power-on (snapshots)
 
     @property
     def state(self) -> PowerState:
@@ -62,8 +69,10 @@ class VcpuPower:
     def wait_for_start(self) -> StartRequest | None:
         """Block the vCPU thread until it is asked to power on, or the VM closes."""
         with self._cond:
+            self.parked = True
             while self._start is None and not self._closed:
                 self._cond.wait()
+            self.parked = False
             if self._closed:
                 return None
             start, self._start = self._start, None
@@ -77,6 +86,13 @@ class VcpuPower:
         with self._cond:
             self._state = PowerState.OFF
             self._start = None
+
+    def resume_on(self, start: StartRequest) -> None:
+        """A restored vCPU is ON at once (its thread loads `start.restore`), as it was."""
+        with self._cond:
+            self._state = PowerState.ON
+            self._start = start
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Wake a waiting thread so it can exit; used when the VM stops."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
 from pvkit.machine.control import VmControl
@@ -29,6 +29,7 @@ class StopKind(Enum):
     IDLE = "idle"  # every vCPU is off or waits for an interrupt nothing can raise
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    SAVED = "saved"  # a snapshot was written (snapshot/save_point.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,16 @@ class StopReason:
     vcpu: int | None = None
     status: int | None = None  # an exit status the guest chose (x86 isa-debug-exit)
     pc: int | None = None  # where a fault happened
+
+
+class Resume(Protocol):
+    """A run that continues a saved VM instead of booting it (machine/vm_state.py)."""
+
+    def apply(self, vm: VirtualMachine) -> None:
+        """Before the vCPU threads start: the saved power, halt and schedule state."""
+
+    def release(self, vm: VirtualMachine) -> None:
+        """Once the threads run: wait until each took its saved place, then let them go."""
 
 
 _KICK_INTERVAL_S = 0.001
@@ -91,6 +102,8 @@ class VirtualMachine:
         self.reboot = reboot
         self._on_absent = on_absent
         self.control = VmControl(vcpu_count)  # stop/resume every vCPU; free until enabled
+        self._in_halt = [False] * vcpu_count  # the thread waits in _halt (snapshots)
+        self.resume: Resume | None = None  # the next run continues this saved state
 
     @property
     def vcpu_count(self) -> int:
@@ -122,8 +135,11 @@ class VirtualMachine:
             p.reopen()
             wakeup.clear()
             queue.clear()
-        boot = self._prepare()
+        plan, self.resume = self.resume, None
+        boot = self._prepare() if plan is None else None
         self.scheduler.resume()
+        if plan is not None:
+            plan.apply(self)
         threads = [
             threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
             for i in range(self.vcpu_count)
@@ -132,7 +148,10 @@ class VirtualMachine:
             t.start()
         ticker = threading.Thread(target=self._preempt, name="slices", daemon=True)
         ticker.start()
-        self.power_on(0, boot)
+        if plan is not None:
+            plan.release(self)
+        elif boot is not None:
+            self.power_on(0, boot)
         self._booted.set()
         try:
             if not self._stop.wait(timeout):
@@ -192,12 +211,15 @@ class VirtualMachine:
                 self._engines[index] = engine
             self.scheduler.attach(index, engine.executed)
             try:
-                engine.start_at(start)
+                if start.restore is not None:
+                    start.restore(engine)  # a saved vCPU, not a reset one
+                else:
+                    engine.start_at(start)
                 if control.enabled:
                     control.attach(index, engine)
                 power.mark_on()
                 self._note("vcpu_on", index, entry=f"{start.entry:#x}")
-                finished = self._run_engine(index, engine)
+                finished = self._run_engine(index, engine, start.in_halt)
             finally:
                 if control.enabled:
                     control.detach(index)
@@ -229,10 +251,15 @@ class VirtualMachine:
             if not control.enabled or not control.after_run(index, exit_):
                 return exit_
 
-    def _run_engine(self, index: int, engine: VcpuEngine) -> bool:
-        """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time."""
+    def _run_engine(self, index: int, engine: VcpuEngine, in_halt: bool = False) -> bool:
+        """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time;
+        `in_halt`: a restored vCPU that was saved waiting in its halt."""
         sched = self.scheduler
         budget = sched.slice_budget()
+        if in_halt:
+            if not self._wait(index, lambda: self._halt(index)):
+                return True
+            self._note("vcpu_wake", index)
         while not self._stop.is_set():
             if not self._wait(index, lambda: sched.acquire(index), ready=True):
                 return True
@@ -327,10 +354,14 @@ class VirtualMachine:
         """Wait for a wake-up; False when the VM stops instead. A wake-up sent before the
         halt is kept and ends it at once (as KVM keeps a PV kick for the next HLT)."""
         wakeup = self._wakeups[index]
-        self._check_idle()
-        while not wakeup.wait(_KICK_INTERVAL_S * 50):
-            if self._stop.is_set():
-                return False
+        self._in_halt[index] = True
+        try:
+            self._check_idle()
+            while not wakeup.wait(_KICK_INTERVAL_S * 50):
+                if self._stop.is_set():
+                    return False
+        finally:
+            self._in_halt[index] = False
         wakeup.clear()
         with self._lock:
             self._halted[index] = False

@@ -200,6 +200,7 @@ class PcX86(BoardPlatform):
             self._deadlines,
         )
         self._engines: dict[int, X86Engine] = {}  # the live engine of each vCPU
+        self.apics: dict[int, LocalApic] = {}  # the local APIC of each vCPU's engine
         swap = self.swap
         self.vm = VirtualMachine(
             config.smp,
@@ -258,11 +259,12 @@ class PcX86(BoardPlatform):
         )
 
     def _engine(self, index: int) -> X86Engine:
+        apic = self.apics[index] = LocalApic(index, self._on_ipi)
         engine = X86Engine(
             index,
             self.memory,
             FIRMWARE,
-            [LocalApic(index, self._on_ipi)],
+            [apic],
             self.ports,
             self.cpuid,
             self._abi,
@@ -293,6 +295,12 @@ class PcX86(BoardPlatform):
         if entry is None:
             entry = self.image.image.entry
         return StartRequest(entry, self.boot.info_address, self.boot.magic)
+
+    def resume(self) -> None:
+        """After a restore: what `_prepare` starts besides loading RAM."""
+        if self.swap is not None and self._deadlines is not None:
+            self._deadlines.stop()
+            self._deadlines.start()
 
     def _debug_exit(self, value: int, status: int) -> None:
         message = f"isa-debug-exit: the guest wrote {value:#x} (exit status {status})"

@@ -10,6 +10,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.snapshot.state import Fields
 
 
 class SystemEvent(Enum):
@@ -122,6 +123,11 @@ class Service(ABC):
     # status codes if it has a code space of its own (PSCI's, TRNG's).
     c_prefix: ClassVar[str] = ""
     return_codes: ClassVar[type[IntEnum] | None] = None
+    # Snapshots: a service that remembers anything about a guest overrides save_state
+    # and restore_state; one that remembers nothing says so with STATELESS. A service
+    # that does neither cannot be snapshotted (the snapshot names it).
+    STATELESS: ClassVar[bool] = False
+    STATE_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self._platform: Platform | None = None
@@ -147,6 +153,14 @@ class Service(ABC):
 
     def on_vcpu_entry(self, vcpu: int) -> None:  # noqa: B027  # optional hook
         """Called each time `vcpu` is about to run guest code (keep it cheap)."""
+
+    def save_state(self) -> dict[str, object]:
+        """What the guest set up with this service, as plain data (snapshot/state.py)."""
+        raise NotImplementedError(f"service {self.name!r} does not say what state it has")
+
+    def restore_state(self, state: Fields) -> None:
+        """Take back what `save_state` gave (the VM is stopped)."""
+        raise NotImplementedError(f"service {self.name!r} does not say what state it has")
 
     def msrs(self, abi: Abi) -> dict[int, Msr]:
         """x86 model-specific registers this service implements, by index."""

@@ -78,6 +78,7 @@ def affinity_mask(level: int) -> int:
 
 
 class PsciService(Service):
+    STATELESS = True  # the vCPUs' power states are the VM's, saved with it
     name = "psci"
     revision = f"{VERSION_1_1 >> 16}.{VERSION_1_1 & 0xFFFF} (PSCI_VERSION)"
     discovery = "the device tree's /psci node names the conduit; PSCI_FEATURES(ID) == 0"

@@ -44,6 +44,7 @@ def split(value: int) -> tuple[int, int]:
 
 
 class KvmPtpService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "ptp-kvm"
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:

@@ -22,6 +22,7 @@ _UNAFFECTED = 1
 
 
 class SmcccArchService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "smccc-arch"
     revision = f"{VERSION_1_1 >> 16}.{VERSION_1_1 & 0xFFFF} (SMCCC_VERSION)"
 

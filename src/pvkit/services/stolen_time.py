@@ -24,10 +24,12 @@ from pvkit.abi.smccc import SmcccReturn
 from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.services.base import Msr, Service
+from pvkit.snapshot.state import Fields, int_keys
 
 PV_TIME_FEATURES = 0xC500_0020
 PV_TIME_ST = 0xC500_0021
 RECORD_SIZE = 64
+RECORD_REVISION = 0  # DEN0057 revision 0 (the record's first word)
 MSR_KVM_STEAL_TIME = 0x4B56_4D03
 STEAL_ENABLE = 1
 STEAL_RESERVED = 0x3E  # bits 5:1
@@ -119,6 +121,31 @@ class StolenTimeService(Service):
         p.store_u64(record + _PREEMPTED, 0)
         p.store_u64(record + _VERSION, (version + 2) & 0xFFFF_FFFF)  # flags (+12) stay 0
         self._x86_versions[vcpu] = (version + 2) & 0xFFFF_FFFF
+
+    # -- snapshots -----------------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        """Which vCPUs asked for their record (arm64), each MSR_KVM_STEAL_TIME and its
+        version counter (x86); the records themselves are guest RAM."""
+        with self._lock:
+            return {
+                "revision": RECORD_REVISION,
+                "base": self._base,
+                "arm_records": int_keys(self._arm_records),
+                "x86_msr": int_keys(self._x86_msr),
+                "x86_versions": int_keys(self._x86_versions),
+            }
+
+    def restore_state(self, state: Fields) -> None:
+        if state.integer("revision") != RECORD_REVISION:
+            raise state.bad("revision", f"record revision {RECORD_REVISION}, which pvkit serves")
+        if state.opt_int("base") != self._base:
+            raise state.bad("base", "where this VM placed the stolen-time records")
+        records = state.int_map("arm_records")
+        if any(a != self.record_address(v) for v, a in records.items()):
+            raise state.bad("arm_records", "records inside the stolen-time region")
+        msr, versions = state.int_map("x86_msr"), state.int_map("x86_versions", 0xFFFF_FFFF)
+        with self._lock:
+            self._arm_records, self._x86_msr, self._x86_versions = records, msr, versions
 
     # -- both ----------------------------------------------------------------------------
     def on_vcpu_entry(self, vcpu: int) -> None:

@@ -61,6 +61,7 @@ def pack_entropy(value: int, width: int) -> tuple[int, int, int]:
 
 
 class TrngService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "trng"
     revision = f"{VERSION_1_0 >> 16}.{VERSION_1_0 & 0xFFFF} (TRNG_VERSION)"
     discovery = "SMCCC >= 1.1, TRNG_VERSION >= 1.0, then TRNG_FEATURES(ID) == 0"

@@ -31,6 +31,7 @@ BITMAP_FUNCTIONS = 128
 
 
 class VendorHypService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "vendor-hyp"
 
     def __init__(self, uid: bytes, features_name: str = "VENDOR_HYP_FEATURES"):

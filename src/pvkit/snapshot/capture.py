@@ -1,0 +1,82 @@
+"""Take a held board apart into a Snapshot: one section per component."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pvkit.backends.arm64 import cpu_state as arm64_cpu
+from pvkit.backends.x86 import cpu_state as x86_cpu
+from pvkit.backends.x86.engine import X86Engine
+from pvkit.machine import vm_state
+from pvkit.platform import pc_state
+from pvkit.platform.pc_x86 import PcX86
+from pvkit.snapshot import config, ram
+from pvkit.snapshot.format import Section, Snapshot, SnapshotError, json_section
+from pvkit.snapshot.sections import SERVICE
+from pvkit.snapshot.state import State
+
+Board = config.Board
+
+
+def _component(obj: Any) -> Section:
+    return json_section(obj.STATE_VERSION, obj.save_state())
+
+
+def _engine_extras(engine: Any) -> State:
+    """What a stopped engine holds besides registers: a kick not yet seen (it ends the
+    next run at once), and on x86 an exception waiting for entry and the MSR skip."""
+    extras: State = {"kicked": engine._kicked.is_set()}
+    if isinstance(engine, X86Engine):
+        if engine._raising is not None:
+            raise SnapshotError(f"vCPU {engine.vcpu} is in the middle of delivering a vector")
+        budget = engine._budget
+        raising = engine._to_raise
+        extras["to_raise"] = [raising[0], raising[1], int(raising[2])] if raising else None
+        extras["skip_at"] = budget.skip_at if budget is not None else None
+    return extras
+
+
+def capture(board: Board, image: Path, compress: bool = True) -> Snapshot:
+    """`board` is held with every vCPU thread parked (save_point.py)."""
+    vm = board.vm
+    x86 = isinstance(board, PcX86)
+    snap = Snapshot("x86_64" if x86 else "arm64")
+    s = snap.sections
+    s[config.STATE_SECTION] = json_section(config.STATE_VERSION, config.save_machine(board, image))
+    s[vm_state.STATE_SECTION] = json_section(vm_state.STATE_VERSION, vm_state.save_vm(vm))
+    s["scheduler"] = _component(vm.scheduler)
+    cpu = x86_cpu if x86 else arm64_cpu
+    for i in range(vm.vcpu_count):
+        engine = vm_state.live_engine(vm, i)
+        if engine is None:
+            continue
+        uc = engine._uc  # type: ignore[attr-defined]
+        if x86 and (why := x86_cpu.holdable(uc)) is not None:
+            raise SnapshotError(f"vCPU {i} cannot be saved now: {why}; save later")
+        regs = cpu.save_cpu(uc)
+        s[f"cpu:{i}"] = json_section(cpu.STATE_VERSION, {**regs, **_engine_extras(engine)})
+    if isinstance(board, PcX86):
+        s["uart16550"] = _component(board.uart)
+        s[pc_state.STATE_SECTION] = json_section(pc_state.STATE_VERSION, pc_state.save_pc(board))
+        for i, apic in sorted(board.apics.items()):
+            if vm_state.live_engine(vm, i) is not None:
+                s[f"local-apic:{i}"] = _component(apic)
+    else:
+        devices = board.cpu_devices
+        s["gic"] = _component(devices.gic)
+        for i, timer in enumerate(devices.timers):
+            s[f"timer:{i}"] = _component(timer)
+        s["cpu-devices"] = _component(devices)
+        s["pl011"] = _component(board.uart)
+        s["pl031"] = _component(board.rtc)
+    for service in board.services:
+        if service.STATELESS:
+            continue
+        try:
+            state = service.save_state()
+        except NotImplementedError as exc:
+            raise SnapshotError(f"{exc}: it cannot be saved (see docs/snapshot.md)") from None
+        s[f"{SERVICE}:{service.name}"] = json_section(service.STATE_VERSION, state)
+    s["ram"] = ram.save_ram(board.memory, compress)
+    return snap
