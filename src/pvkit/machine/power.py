@@ -48,6 +48,7 @@ class VcpuPower:
         self._cond = threading.Condition()
         self._state = PowerState.OFF
         self._start: StartRequest | None = None
+        self._pending: StartRequest | None = None  # ON_PENDING's request, until it is on
         self._closed = False
         self.parked = False  # the thread waits for a power-on (snapshots)
 
@@ -62,7 +63,7 @@ class VcpuPower:
             if self._state is PowerState.ON_PENDING:
                 return PowerOnResult.PENDING
             self._state = PowerState.ON_PENDING
-            self._start = start
+            self._start = self._pending = start
             self._cond.notify_all()
             return PowerOnResult.ACCEPTED
 
@@ -78,14 +79,20 @@ class VcpuPower:
             start, self._start = self._start, None
             return start
 
+    def pending_start(self) -> StartRequest | None:
+        """While ON_PENDING: where the vCPU will start (snapshots keep it)."""
+        with self._cond:
+            return self._pending if self._state is PowerState.ON_PENDING else None
+
     def mark_on(self) -> None:
         with self._cond:
             self._state = PowerState.ON
+            self._pending = None
 
     def power_off(self) -> None:
         with self._cond:
             self._state = PowerState.OFF
-            self._start = None
+            self._start = self._pending = None
 
     def resume_on(self, start: StartRequest) -> None:
         """A restored vCPU is ON at once (its thread loads `start.restore`), as it was."""
@@ -104,4 +111,4 @@ class VcpuPower:
         with self._cond:
             self._closed = False
             self._state = PowerState.OFF
-            self._start = None
+            self._start = self._pending = None

@@ -115,6 +115,11 @@ class Scheduler(ABC):
         """vCPUs whose slice is over while another vCPU waits (wall clock only)."""
         return []
 
+    def lift_hold(self) -> None:
+        """Let a held VM go on (deterministic time holds one before a slice to save it;
+        the wall clock never holds)."""
+        return
+
     def stop(self) -> None:
         with self._cond:
             self._stopping = True

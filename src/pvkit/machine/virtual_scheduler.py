@@ -10,7 +10,7 @@ engine (backends/_budget.c), so the same run gives the same times to the nanosec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pvkit.machine.scheduling import Activity, Scheduler
 from pvkit.snapshot.state import Fields, State
@@ -182,18 +182,27 @@ class VirtualScheduler(Scheduler):
     STATE_SECTION = "scheduler"
     STATE_VERSION = 1
 
-    def save_state(self) -> State:
-        """Every vCPU's clock, activity and accounting, and the host CPUs' free times
-        (taken while held: no vCPU runs)."""
+    def save_state(self, off: Collection[int] = ()) -> State:
+        """Every vCPU's clock, activity and accounting, and the host CPUs' free times,
+        taken while no vCPU executes. At the save point (held) none is in a slice; a
+        vCPU the control plane stopped in the middle of one is saved as if its slice
+        ended there: runnable, or idle if it is in `off` (that run turned it off)."""
         with self._cond:
-            if self._running is not None:
-                raise RuntimeError("the scheduler is saved while a vCPU runs")
+            times = [[t.run_ns, t.steal_ns, t.idle_ns] for t in self.times]
+            activity = [a.value for a in self._activity]
+            since, host, free_at = list(self._since), list(self._host), list(self._free_at)
+            clock, ready_at = list(self._clock), list(self._ready_at)
+            v = self._running
+            if v is not None:
+                end = self.now_ns(v)
+                times[v][0] += max(0, end - since[v])
+                then = Activity.IDLE if v in off else Activity.RUNNABLE
+                activity[v], since[v], clock[v], ready_at[v] = then.value, end, end, end
+                free_at[host[v]], host[v] = end, -1
             return {
-                "times": [[t.run_ns, t.steal_ns, t.idle_ns] for t in self.times],
-                "activity": [a.value for a in self._activity],
-                "since": list(self._since), "host": list(self._host),
-                "free_at": list(self._free_at), "clock": list(self._clock),
-                "ready_at": list(self._ready_at), "slice_start": list(self._slice_start),
+                "times": times, "activity": activity, "since": since, "host": host,
+                "free_at": free_at, "clock": clock, "ready_at": ready_at,
+                "slice_start": list(self._slice_start),
                 "slice_steal": list(self._slice_steal), "chosen": self._chosen,
                 "wake_at": list(self._wake_at),
             }  # fmt: skip

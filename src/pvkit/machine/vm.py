@@ -109,6 +109,11 @@ class VirtualMachine:
     def vcpu_count(self) -> int:
         return len(self.power)
 
+    @property
+    def stopping(self) -> bool:
+        """A stop reason has arrived: the run is ending."""
+        return self._stop.is_set()
+
     def request_stop(self, reason: StopReason) -> None:
         """Thread-safe; the first reason wins."""
         with self._lock:
@@ -203,7 +208,7 @@ class VirtualMachine:
         power = self.power[index]
         control = self.control
         while not self._stop.is_set():
-            start = self._wait(index, power.wait_for_start, hold=False)
+            start = self._wait(index, power.wait_for_start, starting=True)
             if start is None:
                 return
             engine = self._factory(index)
@@ -230,10 +235,11 @@ class VirtualMachine:
                 return
 
     def _wait(
-        self, index: int, wait: Callable[[], _T], hold: bool = True, ready: bool = False
+        self, index: int, wait: Callable[[], _T], ready: bool = False, starting: bool = False
     ) -> _T:
         """A blocking wait of vCPU `index`'s thread: parked meanwhile for the control
-        plane, and (`hold`) kept there afterwards while a pause holds the VM."""
+        plane, and kept there afterwards while a pause holds the VM (`starting`: a
+        power-on, see VmControl.unpark)."""
         control = self.control
         if not control.enabled:
             return wait()
@@ -241,7 +247,7 @@ class VirtualMachine:
         try:
             return wait()
         finally:
-            control.unpark(index, hold, ready)
+            control.unpark(index, ready=ready, starting=starting)
 
     def _run_slice(self, index: int, engine: VcpuEngine) -> VcpuExit:
         """One engine run; a stop of the control plane's own is invisible here."""
@@ -263,6 +269,8 @@ class VirtualMachine:
         while not self._stop.is_set():
             if not self._wait(index, lambda: sched.acquire(index), ready=True):
                 return True
+            if self._stop.is_set():
+                return True  # stopped while a pause held it here: no guest code runs now
             if self._halted[index]:  # back from a deterministic sleep
                 with self._lock:
                     self._halted[index] = False

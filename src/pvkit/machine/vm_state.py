@@ -1,18 +1,21 @@
 """The run loop's own state in a snapshot, and the plan that continues it.
 
-A VM is saved only while it is held (VirtualScheduler.hold_at): no vCPU executes, and
-every vCPU thread is parked in one of three places: waiting for a power-on (OFF), waiting
-for a host CPU (ON), or waiting in its halt for a wake-up (ON, in WFI/HLT with nothing
-timed). The snapshot records which, with the pending wake-ups and interrupt vectors; a
-restore puts each thread back in the same place before the hold is lifted, so the
-schedule goes on exactly as it would have. This module reads the run loop's private
-fields: it is the run loop's own snapshot code, kept out of vm.py.
+A VM is saved only while no vCPU executes. At the deterministic save point
+(VirtualScheduler.hold_at) every vCPU thread is parked in one of three places: waiting
+for a power-on (OFF), waiting for a host CPU (ON), or waiting in its halt for a wake-up
+(ON, in WFI/HLT with nothing timed). The snapshot records which, with the pending
+wake-ups and interrupt vectors; a restore puts each thread back in the same place before
+the hold is lifted, so the schedule goes on exactly as it would have. A VM stopped by the
+control plane (machine/control.py) may also have vCPUs at the checkpoint after an engine
+run (saved as runnable, or off if that run turned them off) and vCPUs powered on but not
+started yet (ON_PENDING: saved with where they start). This module reads the run loop's
+private fields: it is the run loop's own snapshot code, kept out of vm.py.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +25,7 @@ from pvkit.machine.vm import VirtualMachine
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "vm"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: "starts" of vCPUs powered on but not started yet
 _POLL_S = 0.001
 
 
@@ -52,11 +55,22 @@ def live_engine(vm: VirtualMachine, vcpu: int) -> VcpuEngine | None:
         return vm._engines[vcpu]
 
 
-def save_vm(vm: VirtualMachine) -> State:
-    """Taken while every thread is parked."""
+def _start(start: StartRequest | None) -> State | None:
+    if start is None:
+        return None
+    return {"entry": start.entry, "argument": start.argument, "magic": start.magic,
+            "real_mode": start.real_mode}  # fmt: skip
+
+
+def save_vm(vm: VirtualMachine, off: Collection[int] = ()) -> State:
+    """Taken while every thread is parked; `off`: vCPUs stopped right after the engine
+    run that turned them off (they are off for the snapshot)."""
     with vm._lock:
         return {
-            "power": [p.state.value for p in vm.power],
+            "power": [
+                PowerState.OFF.value if i in off else p.state.value for i, p in enumerate(vm.power)
+            ],
+            "starts": [_start(p.pending_start()) for p in vm.power],
             "in_halt": list(vm._in_halt),
             "halted": list(vm._halted),
             "wakeups": [w.is_set() for w in vm._wakeups],
@@ -74,6 +88,7 @@ class VmResume:
     restore_scheduler: Callable[[], None]
     lift_hold: Callable[[], None]
     _power: list[str] = field(default_factory=list)
+    _starts: dict[int, StartRequest] = field(default_factory=dict)
 
     def check(self, vcpu_count: int) -> None:
         """Before anything runs: the saved map fits this VM (SnapshotError if not)."""
@@ -81,11 +96,26 @@ class VmResume:
         power = s.raw("power")
         if not isinstance(power, list) or len(power) != vcpu_count:
             raise s.bad("power", f"{vcpu_count} power states")
-        if not set(power) <= {PowerState.ON.value, PowerState.OFF.value}:
-            raise s.bad("power", "on or off for each vCPU")
+        if not set(power) <= {p.value for p in PowerState}:
+            raise s.bad("power", "on, off or on_pending for each vCPU")
         on = {i for i, p in enumerate(power) if p == PowerState.ON.value}
         if on != set(self.engines):
             raise s.bad("power", "on exactly for the vCPUs whose registers it holds")
+        starts = s.raw("starts") if s.has("starts") else [None] * vcpu_count
+        if not isinstance(starts, list) or len(starts) != vcpu_count:
+            raise s.bad("starts", f"{vcpu_count} start requests or nulls")
+        self._starts = {}
+        for i, (p, start) in enumerate(zip(power, starts, strict=True)):
+            if (p == PowerState.ON_PENDING.value) != (start is not None):
+                raise s.bad("starts", "a start request exactly for each on_pending vCPU")
+            if start is not None:
+                if not isinstance(start, dict):
+                    raise s.bad("starts", "a list of start requests")
+                f = Fields(f"{s.section}.starts[{i}]", start)
+                self._starts[i] = StartRequest(
+                    f.integer("entry"), f.integer("argument"), f.integer("magic"),
+                    f.flag("real_mode"),
+                )  # fmt: skip
         for key in ("in_halt", "halted", "wakeups"):
             s.flags(key, vcpu_count)
         vectors = s.raw("interrupts")
@@ -110,7 +140,11 @@ class VmResume:
                 queue.post(vector)
         for i, restore in self.engines.items():
             vm.power[i].resume_on(StartRequest(0, 0, restore=restore, in_halt=in_halt[i]))
+        for i, start in self._starts.items():
+            vm.power_on(i, start)  # powered on, not started yet: it starts afresh
 
     def release(self, vm: VirtualMachine) -> None:
-        if wait_parked(vm, vm._stop.is_set):
+        """Deterministic time: once every thread has taken its place, the schedule
+        goes on (wall-clock time holds nothing: the threads just run)."""
+        if vm.scheduler.deterministic and wait_parked(vm, vm._stop.is_set):
             self.lift_hold()

@@ -22,7 +22,7 @@ from pvkit.snapshot.format import SnapshotError
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "machine"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: "deterministic" (wall-clock VMs are saved too)
 Board = virt_arm64.VirtArm64 | pc_x86.PcX86
 
 
@@ -39,8 +39,6 @@ def _boot_file(path: Path | None) -> dict[str, str] | None:
 def unsupported(board: Board, image: Path | None) -> str | None:
     """Why this VM cannot be snapshotted yet (one phrase), or None."""
     c = board.config
-    if not c.deterministic:
-        return "its time is the host's wall clock (snapshots need --deterministic)"
     if c.extra_services or tuple(c.rules):
         return "it has --service, --deny or --forward (not yet held by snapshots)"
     if c.swap is not None and c.swap.active:
@@ -59,6 +57,7 @@ def save_machine(board: Board, image: Path) -> State:
         "smp": c.smp, "memory": c.memory, "profile": c.profile.name,
         "bootargs": c.bootargs, "disabled": sorted(c.disabled), "slice_ns": c.slice_ns,
         "host_cpus": c.host_cpus, "reboot": c.reboot, "image": _boot_file(image),
+        "deterministic": c.deterministic,
         "services": {s.name: s.revision for s in board.services},
     }  # fmt: skip
     if isinstance(board, virt_arm64.VirtArm64):
@@ -113,7 +112,7 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
     saved_cpus = state.opt_int("host_cpus", 1, 4096)
     timing = {
         "host_cpus": saved_cpus if host.keep_host_cpus else host.host_cpus,
-        "deterministic": True,
+        "deterministic": state.flag("deterministic") if state.has("deterministic") else True,
         "slice_ns": host.slice_ns or state.integer("slice_ns", 1000),
         "record_slices": host.record_slices,
     }

@@ -88,14 +88,15 @@ def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
         _load(snapshot, "pl011", board.uart)
         _load(snapshot, "pl031", board.rtc)
     sched = vm.scheduler
+    clock = sched.STATE_SECTION  # type: ignore[attr-defined]  # each clock its own section
     plan = vm_state.VmResume(
         fields(snapshot, vm_state.STATE_SECTION),
         engines,
-        partial(_load, snapshot, "scheduler", sched),
-        sched.lift_hold,  # type: ignore[attr-defined]
+        partial(_load, snapshot, clock, sched),
+        sched.lift_hold,
     )
     plan.check(vm.vcpu_count)
-    _load(snapshot, "scheduler", sched)  # now too: a damaged one is refused before the run
+    _load(snapshot, clock, sched)  # now too: a damaged one is refused before the run
     ram.restore_ram(board.memory, snapshot.section("ram"))
     if x86:
         board.resume()  # type: ignore[union-attr]

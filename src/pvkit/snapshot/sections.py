@@ -16,6 +16,7 @@ from pvkit.devices.pl031 import Pl031
 from pvkit.devices.uart16550 import Uart16550
 from pvkit.machine import vm_state
 from pvkit.machine.virtual_scheduler import VirtualScheduler
+from pvkit.machine.wall_scheduler import WallScheduler
 from pvkit.platform import pc_state
 from pvkit.platform.virt_cpu import VirtCpuDevices
 from pvkit.snapshot import config, ram
@@ -28,6 +29,7 @@ KNOWN: dict[str, int] = {
     "ram": ram.RAM_VERSION,
     vm_state.STATE_SECTION: vm_state.STATE_VERSION,
     VirtualScheduler.STATE_SECTION: VirtualScheduler.STATE_VERSION,
+    WallScheduler.STATE_SECTION: WallScheduler.STATE_VERSION,
     arm64_cpu.STATE_SECTION: max(arm64_cpu.STATE_VERSION, x86_cpu.STATE_VERSION),
     gic_state.STATE_SECTION: gic_state.STATE_VERSION,
     GenericTimer.STATE_SECTION: GenericTimer.STATE_VERSION,

@@ -36,6 +36,10 @@ class Fields:
     def bad(self, key: str, what: str) -> SnapshotError:
         return SnapshotError(f"section {self.section!r} is damaged: {key!r} is not {what}")
 
+    def has(self, key: str) -> bool:
+        """For a field a newer version added: an older file lacks it."""
+        return key in self._state
+
     def raw(self, key: str) -> object:
         if key not in self._state:
             raise SnapshotError(f"section {self.section!r} lacks {key!r}")
