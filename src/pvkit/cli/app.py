@@ -21,6 +21,7 @@ from pvkit.cli import (
     dtb,
     fuzz,
     header,
+    monitor,
     plot,
     restore,
     run,
@@ -73,6 +74,7 @@ def build_app(rich_help: bool = True) -> typer.Typer:
     app.command(name="sdk")(sdk.sdk)
     app.command(name="fuzz")(fuzz.fuzz)
     app.command(name="restore")(restore.restore)
+    app.command(name="monitor")(monitor.monitor)
     app.add_typer(snapshot.app, name="snapshot")
     return app
 

@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
-from pvkit.cli.run import EXIT_CODES, _print_stats, _print_vcpu_times
-from pvkit.cli.save import arm_save_point
+from pvkit.cli.session import (
+    FreezeOption,
+    GdbDefaultOption,
+    GdbOption,
+    MonitorOption,
+    SaveAtOption,
+    SaveOption,
+    Session,
+    StatsOption,
+    TimelineOption,
+    TimeoutOption,
+    TraceOption,
+    run_and_report,
+)
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
 from pvkit.snapshot.config import HostChoices
 from pvkit.snapshot.format import SnapshotError, read_snapshot
 from pvkit.snapshot.resume import restore as restore_board
 from pvkit.snapshot.sections import KNOWN
-from pvkit.trace.jsonl import JsonLinesSink
-from pvkit.trace.stats import CallStats
-from pvkit.trace.timeline import TimelineSink
 
 
 def restore(
-    file: Annotated[Path, typer.Argument(help="a snapshot written by --save-at/--save")],
+    file: Annotated[Path, typer.Argument(help="a snapshot written by --save-at/--save or savevm")],
     host_cpus: Annotated[
         int | None, typer.Option(help="host CPUs the vCPUs share (default: as saved)")
     ] = None,
@@ -35,19 +41,23 @@ def restore(
     disable: Annotated[
         list[str] | None, typer.Option(help="leave this service out (refused if the guest has it)")
     ] = None,
-    trace: Annotated[Path | None, typer.Option(help="write JSON-lines trace here")] = None,
-    stats: Annotated[bool, typer.Option(help="print per-function call statistics")] = False,
-    timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
-    timeline: Annotated[
-        Path | None, typer.Option(help="write a Perfetto/Chrome trace-event JSON file here")
-    ] = None,
-    save_at: Annotated[
-        float | None, typer.Option(help="save again when the clock reaches this many ms")
-    ] = None,
-    save: Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")] = None,
+    trace: TraceOption = None,
+    stats: StatsOption = False,
+    timeout: TimeoutOption = None,
+    timeline: TimelineOption = None,
+    gdb: GdbOption = None,
+    gdb_default: GdbDefaultOption = False,
+    freeze: FreezeOption = False,
+    monitor: MonitorOption = None,
+    save_at: SaveAtOption = None,
+    save: SaveOption = None,
 ) -> None:
     """Continue the VM saved in FILE; refuses, before anything runs, one this host cannot serve."""
-    timeout = parse_timeout(timeout)
+    session = Session(
+        trace, stats, timeline, parse_timeout(timeout), gdb, gdb_default, freeze, monitor,
+        save_at, save,
+    )  # fmt: skip
+    session.check()
     console = BufferedConsole()
     choices = HostChoices(
         host_cpus=parse_host_cpus(host_cpus),
@@ -57,43 +67,10 @@ def restore(
         disabled=frozenset(disable or ()),
         console=console,
     )
-    if timeline is not None and not timeline.parent.is_dir():
-        raise fail(f"cannot write timeline {timeline}: no directory {timeline.parent}")
     try:
         snapshot = read_snapshot(file, KNOWN)
         board, image = restore_board(snapshot, choices)
     except SnapshotError as exc:
         raise fail(str(exc)) from None
-    save_point = arm_save_point(board, image, save_at, save)
-    hub = board.trace
-    call_stats = CallStats()
-    if stats:
-        hub.attach(call_stats)
-    sched = board.vm.scheduler
-    sink = TimelineSink(sched.now_ns) if timeline is not None else None
-    if sink is not None:
-        hub.attach(sink)
-    with contextlib.ExitStack() as stack:
-        if trace is not None:
-            try:
-                stream = stack.enter_context(trace.open("w", encoding="utf-8"))
-            except OSError as exc:
-                raise fail(f"cannot write trace file {trace}: {exc.strerror}") from None
-            hub.attach(JsonLinesSink(stream, sched.now_ns))
-        stack.callback(console.close)
-        reason = board.run(timeout)
-        if save_point is not None:
-            save_point.cancel()
-        hub.close()
-    sys.stdout.flush()
-    if timeline is not None and sink is not None:
-        try:
-            sink.write(timeline, sched)
-        except OSError as exc:
-            raise fail(f"cannot write timeline {timeline}: {exc.strerror}") from None
-    if stats:
-        heading = "nr" if isinstance(board, pc_x86.PcX86) else "function ID"
-        _print_stats(Console(stderr=True), call_stats, heading)
-        _print_vcpu_times(sched)
-    typer.echo(f"pvkit: {reason.kind.value}: {reason.message}", err=True)
-    raise typer.Exit(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
+    arch = "x86_64" if isinstance(board, pc_x86.PcX86) else "arm64"
+    run_and_report(board, arch, image, session, console)

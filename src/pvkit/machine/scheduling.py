@@ -139,6 +139,10 @@ class Scheduler(ABC):
                 self._account(v, end)
                 self._since[v] = end
 
+    def activity(self, vcpu: int) -> Activity:
+        with self._cond:
+            return self._activity[vcpu]
+
     def steal_ns(self, vcpu: int) -> int:
         with self._cond:
             return self.times[vcpu].steal_ns

@@ -30,6 +30,7 @@ class StopKind(Enum):
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
     SAVED = "saved"  # a snapshot was written (snapshot/save_point.py)
+    QUIT = "quit"  # the host asked (the monitor's quit)
 
 
 @dataclass(frozen=True, slots=True)
