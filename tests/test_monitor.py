@@ -27,7 +27,7 @@ from pvkit.monitor.client import call
 from pvkit.monitor.protocol import MAX_LINE
 
 from .conftest import PREBUILT, ROOT, SMP_HELLO, X86_HELLO, pvkit
-from .test_gdb_stub import Client
+from .test_gdb_stub import Client, _assemble
 
 STEAL = PREBUILT / "steal.Image"
 STEAL_X86 = PREBUILT / "steal-x86.elf"
@@ -176,6 +176,40 @@ def test_a_restored_vm_stands_at_its_saved_pc_and_continues(tmp_path: Path) -> N
     assert again.ok("cont") == {}
     rc, out, err = again.finish()
     assert rc == 0 and "all 1 secondary cpus came and went" in out, err
+
+
+COUNTER = """
+  movz x1, #0x4800, lsl #16
+  mov x2, #0
+1: add x2, x2, #1
+  str x2, [x1]
+  b 1b
+"""  # counts at 0x48000000 for ever: running whenever the monitor asks
+
+
+def test_savevm_of_a_running_vm_saves_and_lets_it_run_on(tmp_path: Path) -> None:
+    guest = _assemble(tmp_path, COUNTER)
+    code = range(0x4008_0000, 0x4008_0014)  # its five instructions (it may not have begun)
+    vm = start(tmp_path, "run", str(guest))
+    saved = vm.ok("savevm", file=str(tmp_path / "run.snap"))
+    assert saved["bytes"] > 0
+    info = vm.ok("info")
+    assert info["status"] == "running" and info["running"] is True and info["held-by"] == []
+    assert info["vcpus"][0]["pc"] in code
+    assert vm.ok("stop") == {} and vm.ok("query-status")["status"] == "paused"
+    vm.ok("savevm", file=str(tmp_path / "stopped.snap"))
+    assert vm.ok("query-status")["status"] == "paused"  # a stopped VM stays stopped
+    vm.ok("quit")
+    rc, _out, err = vm.finish()
+    assert rc == 0 and "pvkit: quit: quit from the monitor" in err
+    for name in ("run.snap", "stopped.snap"):
+        again = start(tmp_path, "restore", str(tmp_path / name), "-S")
+        info = again.ok("info")
+        assert info["vcpus"][0]["pc"] in code and info["status"] == "paused"
+        again.ok("cont")
+        assert again.ok("info")["clock"]["ns"] >= info["clock"]["ns"]  # it goes on from there
+        again.ok("quit")
+        assert again.finish()[0] == 0
 
 
 @pytest.mark.parametrize(
