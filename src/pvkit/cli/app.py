@@ -20,6 +20,7 @@ from pvkit.cli import (
     decode,
     dtb,
     fuzz,
+    fw,
     header,
     plot,
     restore,
@@ -72,6 +73,7 @@ def build_app(rich_help: bool = True) -> typer.Typer:
     app.command(name="header")(header.header)
     app.command(name="sdk")(sdk.sdk)
     app.command(name="fuzz")(fuzz.fuzz)
+    app.command(name="fw")(fw.fw)
     app.command(name="restore")(restore.restore)
     app.add_typer(snapshot.app, name="snapshot")
     return app

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from pvkit.cli.firmware import restored_revision_notice
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
 from pvkit.cli.run import EXIT_CODES, _print_stats, _print_vcpu_times
 from pvkit.cli.save import arm_save_point
@@ -45,6 +46,10 @@ def restore(
         float | None, typer.Option(help="save again when the clock reaches this many ms")
     ] = None,
     save: Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")] = None,
+    pv_time_revision: Annotated[
+        int | None,
+        typer.Option(help="arm64: the revision a VM booted here gets; the guest keeps its own"),
+    ] = None,
 ) -> None:
     """Continue the VM saved in FILE; refuses, before anything runs, one this host cannot serve."""
     timeout = parse_timeout(timeout)
@@ -64,6 +69,7 @@ def restore(
         board, image = restore_board(snapshot, choices)
     except SnapshotError as exc:
         raise fail(str(exc)) from None
+    restored_revision_notice(board, pv_time_revision)
     save_point = arm_save_point(board, image, save_at, save)
     hub = board.trace
     call_stats = CallStats()

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pvkit.cli.firmware import apply_firmware, firmware_settings
 from pvkit.cli.gdb_stub import start_gdb_stub
 from pvkit.cli.options import (
     fail,
@@ -154,6 +155,13 @@ def run(
         float | None, typer.Option(help="save the VM when its clock reaches this many ms")
     ] = None,
     save: Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")] = None,
+    fw: Annotated[
+        list[str] | None,
+        typer.Option(help="arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
+    ] = None,
+    pv_time_revision: Annotated[
+        int | None, typer.Option(help="arm64: stolen-time record revision, 0 (Linux's) or 1")
+    ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -181,6 +189,7 @@ def run(
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
+        registers = firmware_settings(fw or [], pv_time_revision, chosen)
         extra = load_services(service or [])
         rules = policy_rules(deny or [], forward or [], chosen)
         machine: Machine
@@ -239,6 +248,7 @@ def run(
                 image,
                 hub,
             )
+            apply_firmware(arm, registers)
             if dump_dtb is not None:
                 write_file(dump_dtb, arm.dtb)
             if arm.plan.dtb_changes:

@@ -70,6 +70,7 @@ def capture(board: Board, image: Path, compress: bool = True) -> Snapshot:
         s["cpu-devices"] = _component(devices)
         s["pl011"] = _component(board.uart)
         s["pl031"] = _component(board.rtc)
+        s[board.firmware.STATE_SECTION] = _component(board.firmware)
     for service in board.services:
         if service.STATELESS:
             continue

@@ -18,6 +18,7 @@ from pvkit.machine import vm_state
 from pvkit.machine.virtual_scheduler import VirtualScheduler
 from pvkit.platform import pc_state
 from pvkit.platform.virt_cpu import VirtCpuDevices
+from pvkit.services.firmware import Firmware
 from pvkit.snapshot import config, ram
 
 SERVICE = "service"  # "service:NAME", versioned by each service's STATE_VERSION
@@ -37,5 +38,6 @@ KNOWN: dict[str, int] = {
     Uart16550.STATE_SECTION: Uart16550.STATE_VERSION,
     LocalApic.STATE_SECTION: LocalApic.STATE_VERSION,
     pc_state.STATE_SECTION: pc_state.STATE_VERSION,
+    Firmware.STATE_SECTION: Firmware.STATE_VERSION,
     SERVICE: SERVICE_VERSION,
 }
