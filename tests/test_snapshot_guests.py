@@ -106,7 +106,10 @@ def test_snapshot_info_explains_the_file(arm64_steal: Split) -> None:
     out = info.stdout
     assert "pvkit snapshot format 1.0, arm64" in out
     assert re.search(r"cpu:3\s+version 1", out) and re.search(r"gic\s+version 1", out)
-    assert re.search(r"stolen-time\s+0 \(the record's revision field\)", out)
+    assert re.search(r"^  stolen-time\s+0$", out, re.M)  # the record revision the guest uses
+    assert re.search(r"^  psci\s+1\.1$", out, re.M)
+    assert re.search(r"^  pv-time-revision\s+0x0$", out, re.M)
+    assert re.search(r"^  vendor-hyp-bmap\s+0x3$", out, re.M)
     assert "restorable here: yes" in out
 
 
@@ -115,9 +118,8 @@ def test_restore_refuses_a_host_without_a_service_the_guest_has(arm64_steal: Spl
     assert out.returncode == 2
     assert out.stdout == ""  # nothing ran
     assert out.stderr.strip().splitlines() == [
-        "pvkit: cannot restore here: service 'stolen-time' (revision 0 (the record's "
-        "revision field)): the guest was booted with it and may use it, but this host "
-        "leaves it out"
+        "pvkit: cannot restore here: service 'stolen-time' revision 0: the guest may use it, "
+        "but this host leaves it out"
     ]
 
 

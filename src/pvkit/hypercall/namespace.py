@@ -106,6 +106,10 @@ class Namespace:
     def is_hidden(self, function_id: int) -> bool:
         return function_id in self._hidden
 
+    def defined(self, function_id: int) -> Function | None:
+        """The function with this ID, served or hidden (to name it in traces)."""
+        return self._all.get(function_id)
+
     def claim_for(self, function_id: int) -> Claim | None:
         i = bisect.bisect_right(self._starts, function_id) - 1
         if i >= 0 and function_id in self._claims[i].ids:

@@ -411,7 +411,7 @@ class VirtArm64(BoardPlatform):
         return StartRequest(self.plan.entry, self.plan.x0)
 
     def name_of(self, function_id: int) -> str:
-        fn = self.namespace.lookup(function_id)
+        fn = self.namespace.defined(function_id)
         return fn.name if fn is not None else describe(function_id)
 
     # -- Platform (what services see) ----------------------------------------------------

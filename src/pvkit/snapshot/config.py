@@ -121,10 +121,7 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
     pvkit cannot build it."""
     arch = state.text("arch")
     if arch not in ARCHES:
-        raise SnapshotError(
-            f"cannot restore here: machine: the guest is an {arch!r} VM; this pvkit builds "
-            f"{' and '.join(ARCHES)} VMs"
-        )
+        raise _foreign(arch)
     profile = PROFILES.get(state.text("profile"))
     if profile is None:
         raise SnapshotError(f"the snapshot's host profile {state.text('profile')!r} is unknown")
@@ -163,8 +160,12 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
             return pc_x86.PcX86(pc, image), image
     except ConfigError as exc:
         raise SnapshotError(f"this host cannot build the snapshot's VM: {exc}") from None
-    raise SnapshotError(
-        f"cannot restore here: machine: the guest is an {arch!r} VM; this pvkit builds "
+    raise _foreign(arch)
+
+
+def _foreign(arch: str) -> SnapshotError:
+    return SnapshotError(
+        f"cannot restore here: machine: the guest is a {arch!r} VM; this pvkit builds "
         f"{' and '.join(ARCHES)} VMs"
     )
 
