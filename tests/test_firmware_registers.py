@@ -251,9 +251,9 @@ def test_fw_list_shows_names_kvm_names_defaults_and_values() -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "psci-version  KVM_REG_ARM_PSCI_VERSION (0x6030000000140000)  default 0x10001" in lines
-    assert "vendor-hyp-bmap  KVM_REG_ARM_VENDOR_HYP_BMAP (0x6030000000160002)  default 3" in lines
+    assert "vendor-hyp-bmap  KVM_REG_ARM_VENDOR_HYP_BMAP (0x6030000000160002)  default 0x3" in lines
     assert "  values: any of: bit 0 FUNC_FEAT (vendor-hyp), bit 1 PTP (ptp-kvm)" in lines
     assert "pv-time-revision  pvkit's own register (KVM has none)  default 0" in lines
     trng_off = pvkit("fw", "std-bmap", "--disable", "trng")
-    assert "std-bmap  KVM_REG_ARM_STD_BMAP (0x6030000000160000)  default 0" in trng_off.stdout
+    assert "std-bmap  KVM_REG_ARM_STD_BMAP (0x6030000000160000)  default 0x0" in trng_off.stdout
     assert pvkit("fw").returncode == 2

@@ -56,7 +56,7 @@ def register_lines(reg: Register) -> list[str]:
     own = "pvkit's own register (KVM has none)"
     kvm = f"{reg.kvm_name} ({reg.kvm_id:#018x})" if reg.kvm_name and reg.kvm_id else own
     return [
-        f"{reg.name}  {kvm}  default {shown(reg.default)}",
+        f"{reg.name}  {kvm}  default {shown(reg, reg.default)}",
         f"  values: {reg.allowed}",
         f"  {reg.summary}",
     ]

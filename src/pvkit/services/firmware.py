@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 MASK64 = (1 << 64) - 1
 
 
-def shown(value: int) -> str:
-    """A register value as people write it: small ones in decimal, others in hex."""
-    return str(value) if value < 10 else f"{value:#x}"
+def shown(reg: Register, value: int) -> str:
+    """A register value as people write it: a revision in decimal, the others in hex."""
+    return str(value) if reg.decimal else f"{value:#x}"
 
 
 class Refusal(Enum):
@@ -66,6 +66,7 @@ class Register:
     summary: str  # what it changes for the guest
     # Why a value is refused (a phrase), or None; the bitmaps' checks are built here.
     refuse: Callable[[int], str | None]
+    decimal: bool = False  # shown in decimal (a revision number), not hex (bits, versions)
     value: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -172,13 +173,13 @@ class Firmware:
             raise FirmwareError(f"{what} = {value}: not a 64-bit value", Refusal.INVALID)
         if self.frozen and value != reg.value:
             raise FirmwareError(
-                f"{what} cannot change from {shown(reg.value)} to {shown(value)}: a vCPU of "
-                "the VM has run, so the guest may have read it",
+                f"{what} cannot change from {shown(reg, reg.value)} to {shown(reg, value)}: "
+                "a vCPU of the VM has run, so the guest may have read it",
                 Refusal.BUSY,
             )
         why = reg.refuse(value)
         if why is not None:
-            raise FirmwareError(f"{what} = {shown(value)}: {why}", Refusal.INVALID)
+            raise FirmwareError(f"{what} = {shown(reg, value)}: {why}", Refusal.INVALID)
         changed = value != reg.value
         reg.value = value
         if changed and self._on_change is not None:

@@ -66,7 +66,7 @@ class StolenTimeService(Service):
             "pv-time-revision", None, None, RECORD_REVISION,
             "0 (DEN0057, as KVM and Linux have it), 1 (pvkit's own: adds updated_ns at +16)",
             "the revision of the arm64 stolen-time record PV_TIME_ST hands out",
-            self._refuse_revision,
+            self._refuse_revision, decimal=True,
         )  # fmt: skip
         self._base: int | None = None
         self._lock = threading.Lock()

@@ -94,10 +94,11 @@ def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
     board, image = compatibility(snapshot, host)
     vm = board.vm
     x86 = isinstance(board, PcX86)
+    hidden = set(config.hidden_services(board))
     for service in board.services:
         name = f"{SERVICE}:{service.name}"
-        if service.STATELESS:
-            continue
+        if service.STATELESS or (service.name in hidden and name not in snapshot.sections):
+            continue  # a service the guest cannot see keeps its reset state
         if name not in snapshot.sections:
             raise SnapshotError(f"the snapshot lacks the state of service {service.name!r}")
         if snapshot.sections[name].version > service.STATE_VERSION:
