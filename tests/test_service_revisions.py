@@ -227,3 +227,10 @@ def test_what_this_host_cannot_serve_is_refused_before_anything_runs(
     assert reason in lines[0]
     info = pvkit("snapshot", "info", str(bad))
     assert info.returncode == 1 and "restorable here: no: cannot restore here: " in info.stdout
+
+
+def test_services_lists_the_revisions_each_can_serve() -> None:
+    out = pvkit("services", "--arch", "arm64").stdout.splitlines()
+    at = out.index("psci  (ABIs: smccc; revision 1.1 (PSCI_VERSION))")
+    assert out[at + 1] == "  revisions served: 0.2, 1.0, 1.1 (a snapshot keeps the guest's)"
+    assert "  revisions served: 0, 1 (a snapshot keeps the guest's)" in out
