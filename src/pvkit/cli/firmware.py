@@ -23,8 +23,9 @@ PV_TIME_REGISTER = "pv-time-revision"
 
 def firmware_settings(
     fw: Sequence[str], pv_time_revision: int | None, arch: str
-) -> list[tuple[str, int]]:
-    """(register, value) pairs in the order given; bad text exits with one sentence."""
+) -> list[tuple[str, str, int]]:
+    """(option as given, register, value) in the order given; bad text exits with one
+    sentence."""
     if (fw or pv_time_revision is not None) and arch != "arm64":
         raise fail(
             "--fw and --pv-time-revision apply to arm64 guests (KVM's arm64 firmware "
@@ -36,21 +37,21 @@ def firmware_settings(
         if not sep or not name or not value:
             raise fail(f"--fw {text!r}: give NAME=VALUE, e.g. psci-version=0x10000")
         try:
-            out.append((name.strip(), int(value.strip(), 0)))
+            out.append((f"--fw {text}", name.strip(), int(value.strip(), 0)))
         except ValueError:
             raise fail(f"--fw {text!r}: {value!r} is not a number (use 0x... for hex)") from None
     if pv_time_revision is not None:
-        out.append((PV_TIME_REGISTER, pv_time_revision))
+        out.append((f"--pv-time-revision {pv_time_revision}", PV_TIME_REGISTER, pv_time_revision))
     return out
 
 
-def apply_firmware(machine: VirtArm64, settings: Sequence[tuple[str, int]]) -> None:
+def apply_firmware(machine: VirtArm64, settings: Sequence[tuple[str, str, int]]) -> None:
     """Write the registers before the VM runs; refused writes exit 2."""
-    for name, value in settings:
+    for option, name, value in settings:
         try:
             machine.firmware.set(name, value)
         except FirmwareError as exc:
-            raise fail(f"--fw {name}={value:#x}: {exc}") from None
+            raise fail(f"{option}: {exc}") from None
 
 
 def restored_revision_notice(board: object, pv_time_revision: int | None) -> None:
