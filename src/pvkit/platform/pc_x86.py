@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
 from pvkit.backends.host_heap import use_one_malloc_arena
+from pvkit.backends.trap import TrapUnavailable, resolve_path
 from pvkit.backends.x86 import regs as x
 from pvkit.backends.x86.engine import X86Engine
 from pvkit.backends.x86.interfaces import Firmware
@@ -91,6 +92,7 @@ class PcConfig:
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
     swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
     guard_ram: bool = False  # PROT_NONE guard pages around RAM (machine/memory.py)
+    trap: str = "auto"  # c, ctypes, or auto (C when built; $PVKIT_TRAP overrides auto)
 
 
 def _check(config: PcConfig) -> None:
@@ -143,6 +145,10 @@ class PcX86(BoardPlatform):
         self.protocol = self._protocol(config.boot)
         self.boot = boot_data(self.protocol, config.memory, config.bootargs)
         self.vendor = VENDORS[config.vendor]
+        try:
+            self.trap_path = resolve_path(config.trap)
+        except (ValueError, TrapUnavailable) as exc:
+            raise ConfigError(str(exc)) from None
 
         self.services = select_services(
             config.profile, Abi.KVM_X86, config.extra_services, config.disabled
@@ -274,6 +280,7 @@ class PcX86(BoardPlatform):
             msrs=self if self._msrs else None,
             counting=self.scheduler.deterministic,
             residency=self.swap.residency if self.swap is not None else None,
+            trap_path=self.trap_path,
         )
         self._engines[index] = engine
         return engine
