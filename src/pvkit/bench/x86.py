@@ -50,7 +50,9 @@ def x86_loop(
 def samplers(alu: int, calls: int) -> dict[str, Callable[[], float]]:
     """`x86_mips_bare` (profile none), `x86_mips_pvkit` (kvm), `x86_vmcall_us`, `x86_msr_us`."""
     return {
-        "x86_mips_bare": lambda: alu * ALU_INSTRUCTIONS / x86_loop(f"alu {alu}", profile=NONE) / 1e6,
+        "x86_mips_bare": lambda: (
+            alu * ALU_INSTRUCTIONS / x86_loop(f"alu {alu}", profile=NONE) / 1e6
+        ),
         "x86_mips_pvkit": lambda: alu * ALU_INSTRUCTIONS / x86_loop(f"alu {alu}") / 1e6,
         "x86_vmcall_us": lambda: x86_loop(f"vmcall {BENCH_SUM:#x} {calls}") / calls * 1e6,
         "x86_msr_us": lambda: x86_loop(f"rdmsr {MSR_KVM_SYSTEM_TIME_NEW:#x} {calls}") / calls * 1e6,

@@ -253,10 +253,9 @@ class X86Engine(UnicornVcpu):
         """A native hypercall the trap decoded: RAX for the guest (the trap writes it and
         moves RIP past the instruction), or None after reporting a fault."""
         assert self._port is not None
-        if self._native_moved():
-            if (x.VMMCALL if vmmcall else x.VMCALL) != self._native:
-                self._on_invalid()  # now the other vendor's instruction
-                return None
+        if self._native_moved() and (x.VMMCALL if vmmcall else x.VMCALL) != self._native:
+            self._on_invalid()  # now the other vendor's instruction
+            return None
         try:
             conduit = Conduit.VMMCALL if vmmcall else Conduit.VMCALL
             call = self._port.on_hypercall(gprs, conduit, cpl, long_mode, self.vcpu)

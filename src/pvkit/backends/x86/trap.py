@@ -118,9 +118,7 @@ def make_x86_trap(
             on_msr=on_msr,
         )
         return trap
-    return CtypesX86Trap(
-        uc, memory, native, hypercalls, watch_msr, on_call, on_invalid, on_msr
-    )
+    return CtypesX86Trap(uc, memory, native, hypercalls, watch_msr, on_call, on_invalid, on_msr)
 
 
 def c_available() -> bool:
@@ -429,6 +427,8 @@ class CtypesX86Trap:
             if write:
                 self._write([(5, address + 2)])
             else:
-                self._write([(0, out & 0xFFFF_FFFF), (3, out >> 32 & 0xFFFF_FFFF), (5, address + 2)])
+                self._write(
+                    [(0, out & 0xFFFF_FFFF), (3, out >> 32 & 0xFFFF_FFFF), (5, address + 2)]
+                )
         except BaseException as exc:
             self._fail(exc)
