@@ -76,12 +76,8 @@ def test_x86_saved_and_restored_equals_the_uninterrupted_run(x86_steal: Split) -
     assert s.restored.returncode == s.whole.returncode, s.restored.stderr
     assert s.saved.stdout + s.restored.stdout == s.whole.stdout
     assert "steal: cpu 1 stolen" in s.restored.stdout
-    whole, restored = times(s.whole.stderr), times(s.restored.stderr)
-    # Stolen time is exact. The last few instructions after isa-debug-exit are a race of
-    # the host's stop with the engine (seen in uninterrupted runs too), so run_ns and
-    # idle_ns may differ there by a couple of instructions.
-    assert [t[2] for t in restored] == [t[2] for t in whole]
-    assert all(abs(a[1] - b[1]) <= 8 for a, b in zip(whole, restored, strict=True))
+    assert times(s.restored.stderr) == times(s.whole.stderr)
+    assert len(times(s.whole.stderr)) == 2
 
 
 def test_smp_guest_on_shared_host_cpus_restores_exactly(tmp_path: Path) -> None:
