@@ -1,4 +1,4 @@
-"""The C hypercall trap and instruction budget; optional, so pvkit still installs without gcc
+"""The C hypercall traps (arm64, x86) and instruction budget; optional, so pvkit still installs without gcc
 (with its ctypes trap; only --deterministic needs the budget)."""
 
 from setuptools import Extension, setup
@@ -14,6 +14,12 @@ setup(
         Extension(
             "pvkit.backends.arm64._sysreg",
             ["src/pvkit/backends/arm64/_sysreg.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
+            "pvkit.backends.x86._x86trap",
+            ["src/pvkit/backends/x86/_x86trap.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

@@ -34,6 +34,11 @@ SPREADS = {
     "boot_to_off_qemu_s",
     *EXCEPTION_SPREADS,
     *IRQ_SPREADS,
+    # the performance issue's x86 keys: the kvm profile beside none, Python-served calls
+    "x86_mips_bare",
+    "x86_mips_pvkit",
+    "x86_vmcall_us",
+    "x86_msr_us",
 }
 # The async-PF issue: the apf guests' time to finish their walks and the compute task's
 # rounds per second, with the service on and off (deterministic runs).
@@ -55,6 +60,8 @@ NUMBERS = {
     "mips_mem_swap_ratio",
     "apf_arm64_speedup",
     "apf_x86_speedup",
+    "x86_mips_ratio",
+    "x86_vmcall_vs_arm64",
 }
 
 
@@ -84,6 +91,10 @@ def test_quick_bench_reports_every_metric_as_json(tmp_path: Path) -> None:
     ratio = report["svc_roundtrip_us"]["median"] / report["svc_roundtrip_qemu_us"]["median"]
     assert math.isfinite(report["svc_roundtrip_ratio"]) and report["svc_roundtrip_ratio"] > 0
     assert abs(report["svc_roundtrip_ratio"] - ratio) < 1e-9
+    ratio = report["x86_mips_pvkit"]["median"] / report["x86_mips_bare"]["median"]
+    assert report["x86_mips_ratio"] == pytest.approx(ratio)
+    ratio = report["x86_vmcall_us"]["median"] / report["python_call_us"]["median"]
+    assert report["x86_vmcall_vs_arm64"] == pytest.approx(ratio)
     # Deterministic runs: async page faults finish the same walks sooner, every time.
     for arch in ("arm64", "x86"):
         on, off = (report[f"apf_{arch}_done_ms_{m}"]["median"] for m in ("on", "off"))

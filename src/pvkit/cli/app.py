@@ -20,6 +20,7 @@ from pvkit.cli import (
     decode,
     dtb,
     fuzz,
+    fw,
     header,
     monitor,
     plot,
@@ -73,6 +74,7 @@ def build_app(rich_help: bool = True) -> typer.Typer:
     app.command(name="header")(header.header)
     app.command(name="sdk")(sdk.sdk)
     app.command(name="fuzz")(fuzz.fuzz)
+    app.command(name="fw")(fw.fw)
     app.command(name="restore")(restore.restore)
     app.command(name="monitor")(monitor.monitor)
     app.add_typer(snapshot.app, name="snapshot")

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pvkit.cli.firmware import restored_revision_notice
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
 from pvkit.cli.session import (
     FreezeOption,
@@ -51,6 +52,10 @@ def restore(
     monitor: MonitorOption = None,
     save_at: SaveAtOption = None,
     save: SaveOption = None,
+    pv_time_revision: Annotated[
+        int | None,
+        typer.Option(help="arm64: the revision a VM booted here gets; the guest keeps its own"),
+    ] = None,
 ) -> None:
     """Continue the VM saved in FILE; refuses, before anything runs, one this host cannot serve."""
     session = Session(
@@ -72,5 +77,6 @@ def restore(
         board, image = restore_board(snapshot, choices)
     except SnapshotError as exc:
         raise fail(str(exc)) from None
+    restored_revision_notice(board, pv_time_revision)
     arch = "x86_64" if isinstance(board, pc_x86.PcX86) else "arm64"
     run_and_report(board, arch, image, session, console)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pvkit.cli.firmware import apply_firmware, firmware_settings
 from pvkit.cli.options import (
     fail,
     parse_host_cpus,
@@ -130,6 +131,13 @@ def run(
     monitor: MonitorOption = None,
     save_at: SaveAtOption = None,
     save: SaveOption = None,
+    fw: Annotated[
+        list[str] | None,
+        typer.Option(help="arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
+    ] = None,
+    pv_time_revision: Annotated[
+        int | None, typer.Option(help="arm64: stolen-time record revision, 0 (Linux's) or 1")
+    ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -156,6 +164,7 @@ def run(
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
+        registers = firmware_settings(fw or [], pv_time_revision, chosen)
         extra = load_services(service or [])
         rules = policy_rules(deny or [], forward or [], chosen)
         machine: virt_arm64.VirtArm64 | pc_x86.PcX86
@@ -214,6 +223,7 @@ def run(
                 image,
                 hub,
             )
+            apply_firmware(arm, registers)
             if dump_dtb is not None:
                 write_file(dump_dtb, arm.dtb)
             if arm.plan.dtb_changes:

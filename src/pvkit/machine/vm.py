@@ -116,11 +116,16 @@ class VirtualMachine:
         return self._stop.is_set()
 
     def request_stop(self, reason: StopReason) -> None:
-        """Thread-safe; the first reason wins."""
+        """Thread-safe; the first reason wins. Every engine is kicked here, not later by
+        the thread that waits for the stop: a stop asked by a vCPU (a device exit, a
+        reset) ends its run at that instruction, so its count is the same every run."""
         with self._lock:
             if self._reason is None:
                 self._reason = reason
+            engines = [e for e in self._engines if e is not None]
         self._stop.set()
+        for engine in engines:
+            engine.kick()
 
     def run(self, timeout: float | None = None) -> StopReason:
         """Run to a stop reason; `timeout` bounds the whole run, resets included."""

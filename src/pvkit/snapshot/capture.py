@@ -115,8 +115,10 @@ def capture(
         s["cpu-devices"] = _component(devices)
         s["pl011"] = _component(board.uart)
         s["pl031"] = _component(board.rtc)
+        s[board.firmware.STATE_SECTION] = _component(board.firmware)
+    hidden = set(config.hidden_services(board))  # the guest cannot have set anything up
     for service in board.services:
-        if service.STATELESS:
+        if service.STATELESS or service.name in hidden:
             continue
         try:
             state = service.save_state()

@@ -1,10 +1,13 @@
 """The "machine" section: what a VM was built from, to build it again on restore.
 
 It holds the board configuration (not the command line), the boot files by path and
-SHA-256 (a guest reset after a restore boots them again), and the services with the
-revision of each, so that a restore can say before anything runs why this pvkit cannot
-serve the guest. What may differ on restore is the host's side: host CPUs, tracing,
-timelines; what the guest has seen (vCPUs, RAM, services, the GIC, the CPU vendor) may not.
+SHA-256 (a guest reset after a restore boots them again), and the services the guest can
+see with the revision it is served of each (a service its firmware registers hide is not
+among them), so that a restore can say before anything runs why this pvkit cannot serve
+the guest. Version 1 listed every service, revisions as their listing text.
+
+What may differ on restore is the host's side: host CPUs, tracing, timelines; what the
+guest has seen (vCPUs, RAM, services, the GIC, the CPU vendor) may not.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pvkit.hypercall.namespace import Abi
 from pvkit.machine.residency import SwapSpec
 from pvkit.platform import pc_x86, virt_arm64
 from pvkit.platform.board import ConfigError
@@ -22,8 +26,20 @@ from pvkit.snapshot.format import SnapshotError
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "machine"
-STATE_VERSION = 2  # 2: "deterministic" (wall-clock VMs are saved too)
+STATE_VERSION = 2  # 2: "deterministic" (wall-clock VMs too); only the services the guest sees
 Board = virt_arm64.VirtArm64 | pc_x86.PcX86
+ARCHES = ("arm64", "x86_64")
+
+
+def hidden_services(board: Board) -> list[str]:
+    """Services the guest cannot discover: their firmware bitmap bit is clear (arm64)."""
+    return board.firmware.hidden_services() if isinstance(board, virt_arm64.VirtArm64) else []
+
+
+def visible_revisions(board: Board) -> dict[str, str | None]:
+    """Each service the guest can see, with the revision it is served."""
+    hidden = set(hidden_services(board))
+    return {s.name: s.revision_in_use() for s in board.services if s.name not in hidden}
 
 
 def file_digest(path: Path) -> str:
@@ -58,7 +74,7 @@ def save_machine(board: Board, image: Path) -> State:
         "bootargs": c.bootargs, "disabled": sorted(c.disabled), "slice_ns": c.slice_ns,
         "host_cpus": c.host_cpus, "reboot": c.reboot, "image": _boot_file(image),
         "deterministic": c.deterministic,
-        "services": {s.name: s.revision for s in board.services},
+        "services": visible_revisions(board),
     }  # fmt: skip
     if isinstance(board, virt_arm64.VirtArm64):
         a = board.config
@@ -103,6 +119,8 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
     """The VM the snapshot was taken of, with the host's choices; SnapshotError if this
     pvkit cannot build it."""
     arch = state.text("arch")
+    if arch not in ARCHES:
+        raise _foreign(arch)
     profile = PROFILES.get(state.text("profile"))
     if profile is None:
         raise SnapshotError(f"the snapshot's host profile {state.text('profile')!r} is unknown")
@@ -141,7 +159,14 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
             return pc_x86.PcX86(pc, image), image
     except ConfigError as exc:
         raise SnapshotError(f"this host cannot build the snapshot's VM: {exc}") from None
-    raise SnapshotError(f"the snapshot is of an {arch!r} VM, which pvkit does not build")
+    raise _foreign(arch)
+
+
+def _foreign(arch: str) -> SnapshotError:
+    return SnapshotError(
+        f"cannot restore here: machine: the guest is a {arch!r} VM; this pvkit builds "
+        f"{' and '.join(ARCHES)} VMs"
+    )
 
 
 def _names(state: Fields, key: str) -> list[str]:
@@ -152,30 +177,37 @@ def _names(state: Fields, key: str) -> list[str]:
 
 
 def saved_services(state: Fields) -> dict[str, str | None]:
+    """Service -> revision the guest uses (version 1's listing text: its first word)."""
     value = state.raw("services")
     if not isinstance(value, dict) or not all(
-        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in value.items()
+        isinstance(k, str) and (v is None or (isinstance(v, str) and v.split()))
+        for k, v in value.items()
     ):
         raise state.bad("services", "a map of service names to revisions")
-    return value
+    return {k: v.split()[0] if v else None for k, v in value.items()}
 
 
 def service_mismatch(saved: dict[str, str | None], board: Board) -> str | None:
-    """Why `board` cannot serve a guest that was booted with `saved` services, or None."""
-    here = {s.name: s.revision for s in board.services}
+    """Why `board` (its firmware registers already the guest's) cannot serve a guest that
+    sees `saved` services, or None: each must be here, visible, at the same revision, and
+    no service the guest could not see may appear."""
+    hidden = set(hidden_services(board))
+    here = {s.name: s for s in board.services}
+    abi = Abi.KVM_X86 if isinstance(board, pc_x86.PcX86) else Abi.SMCCC
     for name, revision in sorted(saved.items()):
-        if name not in here:
-            rev = f" (revision {revision})" if revision else ""
-            return (
-                f"service {name!r}{rev}: the guest was booted with it and may use it, but "
-                "this host leaves it out"
-            )
-        if here[name] != revision:
+        rev = f" revision {revision}" if revision else ""
+        service = here.get(name)
+        if service is None or name in hidden:
+            where = "this host leaves it out" if service is None else "its firmware bit is clear"
+            return f"service {name!r}{rev}: the guest may use it, but {where}"
+        in_use = service.revision_in_use()
+        if in_use != revision:
+            served = ", ".join(service.revisions(abi)) or "none"
             return (
                 f"service {name!r}: the guest uses revision {revision}, this host serves "
-                f"revision {here[name]}"
+                f"revision {in_use} (of {served}) and cannot switch"
             )
-    extra = sorted(set(here) - set(saved))
+    extra = sorted(set(here) - set(saved) - hidden)
     if extra:
         return f"service {extra[0]!r}: this host adds it, but the guest was booted without it"
     return None

@@ -1,7 +1,9 @@
 """Put a board back together from a Snapshot, refusing before anything runs.
 
-Order: the machine section builds the VM (with the host's choices); the compatibility
-check compares what the guest was booted with against what this VM serves; then every
+Order: the machine section builds the VM (with the host's choices); every service the
+guest can see must be here; the firmware registers take the guest's values (refused as
+KVM refuses a register it cannot honour); the services must then serve the guest at the
+revisions it uses, and nothing it could not see may appear; then every
 component takes its section back, RAM last; the run loop gets a Resume plan whose vCPU
 threads load their registers and take the places they were saved in.
 """
@@ -19,6 +21,8 @@ from pvkit.backends.x86.engine import X86Engine
 from pvkit.machine import vm_state
 from pvkit.platform import pc_state
 from pvkit.platform.pc_x86 import PcX86
+from pvkit.platform.virt_arm64 import VirtArm64
+from pvkit.services.firmware import Firmware, FirmwareError
 from pvkit.snapshot import config, ram
 from pvkit.snapshot.format import Snapshot, SnapshotError
 from pvkit.snapshot.sections import SERVICE
@@ -42,7 +46,17 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
     if machine.text("arch") != snapshot.arch:
         raise SnapshotError("the snapshot is damaged: its header and machine disagree on the arch")
     board, image = config.build_board(machine, host)
-    why = config.service_mismatch(config.saved_services(machine), board)
+    saved = config.saved_services(machine)
+    here = {s.name for s in board.services}
+    for name, revision in sorted(saved.items()):
+        if name not in here:
+            rev = f" revision {revision}" if revision else ""
+            raise SnapshotError(
+                f"cannot restore here: service {name!r}{rev}: the guest may use it, but this "
+                "host leaves it out"
+            )
+    _load_firmware(snapshot, board)
+    why = config.service_mismatch(saved, board)
     if why is not None:
         raise SnapshotError(f"cannot restore here: {why}")
     for name in snapshot.sections:
@@ -52,15 +66,39 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
     return board, image
 
 
+def _load_firmware(snapshot: Snapshot, board: Board) -> None:
+    """The guest's firmware registers onto this VM (which has not run): a register this
+    VM lacks or a value it cannot serve refuses the restore."""
+    name = Firmware.STATE_SECTION
+    if not isinstance(board, VirtArm64):
+        if name in snapshot.sections:
+            raise SnapshotError(f"the snapshot is damaged: an {snapshot.arch} VM has no {name!r}")
+        return
+    values: dict[str, int] = {}
+    if name in snapshot.sections:  # a file from before firmware registers: the defaults
+        state = fields(snapshot, name)
+        registers = state.raw("registers")
+        if not isinstance(registers, dict) or not all(
+            isinstance(k, str) and type(v) is int for k, v in registers.items()
+        ):
+            raise state.bad("registers", "a map of register names to integers")
+        values = registers
+    try:
+        board.firmware.load_values(values)
+    except FirmwareError as exc:
+        raise SnapshotError(f"cannot restore here: {exc}") from None
+
+
 def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
     """A board whose next `run` continues the saved VM."""
     board, image = compatibility(snapshot, host)
     vm = board.vm
     x86 = isinstance(board, PcX86)
+    hidden = set(config.hidden_services(board))
     for service in board.services:
         name = f"{SERVICE}:{service.name}"
-        if service.STATELESS:
-            continue
+        if service.STATELESS or (service.name in hidden and name not in snapshot.sections):
+            continue  # a service the guest cannot see keeps its reset state
         if name not in snapshot.sections:
             raise SnapshotError(f"the snapshot lacks the state of service {service.name!r}")
         if snapshot.sections[name].version > service.STATE_VERSION:

@@ -19,6 +19,7 @@ from pvkit.machine.virtual_scheduler import VirtualScheduler
 from pvkit.machine.wall_scheduler import WallScheduler
 from pvkit.platform import pc_state
 from pvkit.platform.virt_cpu import VirtCpuDevices
+from pvkit.services.firmware import Firmware
 from pvkit.snapshot import config, ram
 
 SERVICE = "service"  # "service:NAME", versioned by each service's STATE_VERSION
@@ -39,5 +40,6 @@ KNOWN: dict[str, int] = {
     Uart16550.STATE_SECTION: Uart16550.STATE_VERSION,
     LocalApic.STATE_SECTION: LocalApic.STATE_VERSION,
     pc_state.STATE_SECTION: pc_state.STATE_VERSION,
+    Firmware.STATE_SECTION: Firmware.STATE_VERSION,
     SERVICE: SERVICE_VERSION,
 }
