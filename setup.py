@@ -1,4 +1,4 @@
-"""The C hypercall trap and instruction budget; optional, so pvkit still installs without gcc
+"""The C hypercall traps (arm64, x86) and instruction budget; optional, so pvkit still installs without gcc
 (with its ctypes trap; only --deterministic needs the budget)."""
 
 from setuptools import Extension, setup
@@ -20,6 +20,12 @@ setup(
         Extension(
             "pvkit.backends._uart",
             ["src/pvkit/backends/_uart.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
+        Extension(
+            "pvkit.backends.x86._x86trap",
+            ["src/pvkit/backends/x86/_x86trap.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

@@ -37,6 +37,11 @@ SPREADS = {
     "uart_qemu_us_per_byte",
     *EXCEPTION_SPREADS,
     *IRQ_SPREADS,
+    # the performance issue's x86 keys: the kvm profile beside none, Python-served calls
+    "x86_mips_bare",
+    "x86_mips_pvkit",
+    "x86_vmcall_us",
+    "x86_msr_us",
 }
 # The async-PF issue: the apf guests' time to finish their walks and the compute task's
 # rounds per second, with the service on and off (deterministic runs).
@@ -60,6 +65,8 @@ NUMBERS = {
     "apf_x86_speedup",
     "uart_ratio",  # the performance issue's
     "boot_to_off_ratio",
+    "x86_mips_ratio",
+    "x86_vmcall_vs_arm64",
 }
 
 
@@ -90,6 +97,10 @@ def test_quick_bench_reports_every_metric_as_json(tmp_path: Path) -> None:
     ratio = report["svc_roundtrip_us"]["median"] / report["svc_roundtrip_qemu_us"]["median"]
     assert math.isfinite(report["svc_roundtrip_ratio"]) and report["svc_roundtrip_ratio"] > 0
     assert abs(report["svc_roundtrip_ratio"] - ratio) < 1e-9
+    ratio = report["x86_mips_pvkit"]["median"] / report["x86_mips_bare"]["median"]
+    assert report["x86_mips_ratio"] == pytest.approx(ratio)
+    ratio = report["x86_vmcall_us"]["median"] / report["python_call_us"]["median"]
+    assert report["x86_vmcall_vs_arm64"] == pytest.approx(ratio)
     # Deterministic runs: async page faults finish the same walks sooner, every time.
     for arch in ("arm64", "x86"):
         on, off = (report[f"apf_{arch}_done_ms_{m}"]["median"] for m in ("on", "off"))

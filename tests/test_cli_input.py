@@ -23,7 +23,7 @@ from pvkit import __version__
 from pvkit.bench.probes import BenchError
 from pvkit.cli.app import main
 from pvkit.cli.bench import MAX_REPS
-from pvkit.cli.run import EXIT_CODES
+from pvkit.cli.session import EXIT_CODES
 
 from .conftest import ROOT, SMP_HELLO, pvkit
 

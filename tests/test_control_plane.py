@@ -36,7 +36,7 @@ def _pc(dbg: Debugger, vcpu: int) -> int:
 def test_freeze_breakpoints_on_later_vcpus_and_resume() -> None:
     machine = VirtArm64(VirtConfig(smp=2, console=lambda b: None), SMP_HELLO)
     dbg = Debugger(machine.vm.control, Arm64Registers())
-    machine.vm.control.pause(FREEZE, vcpu=0)
+    dbg.pause(FREEZE, vcpu=0)
     thread, reasons = _start(machine)
     stop = dbg.wait(30)
     assert stop is not None and stop.vcpu == 0 and stop.cause == FREEZE
@@ -68,7 +68,7 @@ def test_breakpoints_survive_resets_and_an_interrupt_stops_a_spinning_vm(asm) ->
     resetter: Path = asm("mov x1, #1\nldr x0, =0x84000009\nhvc #0\nb .")  # SYSTEM_RESET
     machine = VirtArm64(VirtConfig(console=lambda b: None), resetter)
     dbg = Debugger(machine.vm.control, Arm64Registers())
-    machine.vm.control.pause(FREEZE, vcpu=0)
+    dbg.pause(FREEZE, vcpu=0)
     thread, reasons = _start(machine)
     assert dbg.wait(30) is not None
     assert dbg.insert(0, ENTRY + 4, 4)
@@ -106,7 +106,7 @@ def test_memory_reads_go_through_the_guests_page_tables() -> None:
     machine = VirtArm64(VirtConfig(console=lambda b: None), image)
     dbg = Debugger(machine.vm.control, Arm64Registers())
     names = [r.name for r in dbg.arch.registers]
-    machine.vm.control.pause(FREEZE, vcpu=0)
+    dbg.pause(FREEZE, vcpu=0)
     thread, reasons = _start(machine)
     assert dbg.wait(30) is not None
     after = [machine.plan.entry + o for o in _after_sctlr_writes(image.read_bytes())]

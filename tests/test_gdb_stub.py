@@ -24,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from pvkit.debug.packets import Packet, PacketReader, frame
 
-from .conftest import ROOT, SMP_HELLO, X86_HELLO
+from .conftest import ROOT, SMP_HELLO, X86_HELLO, assemble
 
 GDB_MULTIARCH = shutil.which("gdb-multiarch")
 GDB_X86 = shutil.which("gdb") or GDB_MULTIARCH
@@ -229,26 +229,6 @@ def test_x86_application_processors_under_gdb() -> None:
     assert re.search(r"Old value = 0\s+New value = 1", out), out
 
 
-def _assemble(tmp_path: Path, source: str) -> Path:
-    src = tmp_path / "guest.S"
-    src.write_text(".text\n.globl _start\n_start:\n" + source + "\n")
-    elf = tmp_path / "guest.elf"
-    subprocess.run(
-        [
-            "aarch64-linux-gnu-gcc",
-            "-nostdlib",
-            "-static",
-            "-Wl,-Ttext=0x40080000",
-            "-Wl,--build-id=none",
-            "-o",
-            str(elf),
-            str(src),
-        ],
-        check=True,
-    )
-    return elf
-
-
 # Stores 1..5 to 0x48000000 (reading 0x48000008 after each), counts x4 up to x5, powers off.
 LOOP_GUEST = """
   movz x1, #0x4800, lsl #16
@@ -271,7 +251,7 @@ LOOP_GUEST = """
 def test_watchpoints_and_ctrl_c(tmp_path: Path, timing: list[str]) -> None:
     """Write and read watchpoints stop after the access; gdb's Ctrl-C (SIGINT to gdb)
     stops a spinning VM, which then runs on to a clean exit."""
-    stub = start(str(_assemble(tmp_path, LOOP_GUEST)), *timing)
+    stub = start(str(assemble(tmp_path, LOOP_GUEST)), *timing)
     script = ["watch *(long *)0x48000000", "continue", "continue", "p $x2", "delete"]
     script += ["rwatch *(long *)0x48000008", "continue", "p/x $pc", "delete"]
     script += ["set $x5 = 4000000000", "echo counting\\n", "continue"]
@@ -334,7 +314,7 @@ class Client:
 
 
 def test_malformed_packets_and_disconnects_never_stop_the_vm(tmp_path: Path) -> None:
-    stub = start(str(_assemble(tmp_path, LOOP_GUEST)))
+    stub = start(str(assemble(tmp_path, LOOP_GUEST)))
     c = Client(stub.port)
     assert c.ask(b"?") == b"T05thread:1;"
     c.send(b"$m40080000,4#00")  # a bad checksum: asked again, not answered
@@ -383,7 +363,7 @@ def test_malformed_packets_and_disconnects_never_stop_the_vm(tmp_path: Path) -> 
 
 
 def test_kill_from_gdb_ends_the_run(tmp_path: Path) -> None:
-    stub = start(str(_assemble(tmp_path, "1: b 1b")))
+    stub = start(str(assemble(tmp_path, "1: b 1b")))
     c = Client(stub.port)
     assert c.ask(b"?") == b"T05thread:1;"
     c.send(frame(b"k"))

@@ -14,6 +14,8 @@ import pytest
 from pvkit.devices.arm64 import gicv3 as v3
 from pvkit.devices.arm64.gicv3 import Gicv3
 from pvkit.devices.base import MmioDevice
+from pvkit.platform.board import ConfigError
+from pvkit.platform.virt_arm64 import VirtConfig, virt_device_tree
 
 ARE, DS, EN0, EN1 = 1 << 4, 1 << 6, 1 << 0, 1 << 1
 GICD_CTLR, GICD_TYPER, GICD_IIDR = 0x0, 0x4, 0x8
@@ -562,3 +564,13 @@ def test_device_threads_and_vcpu_threads_can_race() -> None:
     for c, level in irq.calls:
         assert levels.get(c, False) != level  # every call is a change
         levels[c] = level
+
+
+@pytest.mark.parametrize("gic", [2, 3])
+def test_the_board_refuses_more_vcpus_than_its_gic_serves(gic: int) -> None:
+    """Checked by the board itself, so a library caller gets the sentence the CLI prints."""
+
+    too_many = 9 if gic == 2 else v3.redistributor_capacity() + 1
+    with pytest.raises(ConfigError, match=r"GICv2 serves at most 8|redistributor regions hold"):
+        virt_device_tree(VirtConfig(smp=too_many, gic=gic))
+    virt_device_tree(VirtConfig(smp=too_many - 1, gic=gic))  # one fewer fits

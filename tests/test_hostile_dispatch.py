@@ -49,9 +49,9 @@ def test_any_function_id_and_arguments_answer_without_host_error(fid: int, args:
     st.lists(u64, min_size=7, max_size=7),
 )
 def test_garbage_arguments_to_every_psci_call_get_a_psci_code(
-    fn: tuple[str, int, bool], wide: bool, args: list[int]
+    fn: tuple[str, int, bool, int], wide: bool, args: list[int]
 ) -> None:
-    name, number, has64 = fn
+    name, number, has64, _since = fn
     fid = (SMC64_BASE if wide and has64 else SMC32_BASE) + number
     call = SmcccAbi.decode([fid, *args], Conduit.SMC, 0, vcpu=0)
     M.dispatcher.dispatch(call, NOT_SUPPORTED_ANSWER)

@@ -12,16 +12,17 @@ the iterations must add up to the bound exactly, on either vendor.
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from pvkit.guest_sdk import sdk_variables
 from pvkit.machine.vm import StopKind
 
-from .conftest import ROOT, boot_x86
+from .conftest import boot_x86
 
-GUESTS = ROOT / "guests"
 BOUND = 100_000
 SOURCE = r"""
 #include <pvkit/x86.h>
@@ -84,20 +85,14 @@ void guest_main(const struct boot *boot)
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The guest above, built with the x86 SDK as guests/Makefile builds its guests."""
+    """The guest above, built with the x86 SDK's own flags (its sdk.mk, as `pvkit sdk` says)."""
     out = tmp_path_factory.mktemp("atomics")
     src = out / "atomics.c"
     src.write_text(SOURCE % {"bound": BOUND})
     elf = out / "atomics.elf"
-    subprocess.run(
-        ["gcc", "-O2", "-std=gnu11", "-m64", "-ffreestanding", "-fno-builtin", "-nostdlib",
-         "-fno-stack-protector", "-fno-pic", "-fno-pie", "-mno-red-zone", "-mgeneral-regs-only",
-         "-fno-asynchronous-unwind-tables", "-Ix86/sdk/include", "-static", "-no-pie",
-         "-Wl,--build-id=none", "-Wl,-T,x86/sdk/link.ld", "-Wl,-z,noexecstack",
-         "-Wl,--no-warn-rwx-segments", "-Wl,-z,max-page-size=0x1000", "-o", str(elf), str(src),
-         "x86/sdk/src/boot.S", "x86/sdk/src/runtime.c"],
-        check=True, cwd=GUESTS,
-    )  # fmt: skip
+    sdk = {k: shlex.split(v) for k, v in sdk_variables("x86_64").items()}
+    command = [*sdk["CC"], *sdk["CFLAGS"], *sdk["LDFLAGS"], "-o", str(elf), str(src)]
+    subprocess.run([*command, *sdk["SOURCES"]], check=True)
     return elf
 
 

@@ -17,7 +17,7 @@ from pvkit.hypercall.policy import Action, Rule
 from pvkit.machine.vm import StopKind
 from pvkit.platform.pc_x86 import PcX86
 
-from .conftest import boot_x86
+from .conftest import X86_HELLO, boot_x86, pvkit
 
 PASS_STATUS = 1  # isa-debug-exit: the guest writes 0, the VM exits with (0 << 1) | 1
 VENDOR = {"intel": ("GenuineIntel", VMCALL, VMMCALL), "amd": ("AuthenticAMD", VMMCALL, VMCALL)}
@@ -128,3 +128,15 @@ def _profile(name: str) -> object:
     from pvkit.services.profiles import PROFILES
 
     return PROFILES[name]
+
+
+def test_deterministic_runs_repeat_to_the_nanosecond_up_to_the_exit() -> None:
+    """x86-hello ends through isa-debug-exit: the vCPU that writes it stops there, not
+    a few instructions later when another thread gets round to it (as the CLI runs it,
+    where that thread is slowest)."""
+    runs = [
+        pvkit("run", str(X86_HELLO), "--smp", "2", "--deterministic", "--stats") for _ in range(6)
+    ]
+    times = [[line for line in r.stderr.splitlines() if "run_ns=" in line] for r in runs]
+    assert len(times[0]) == 2 and all(r.returncode == runs[0].returncode for r in runs)
+    assert all(t == times[0] for t in times), times

@@ -266,8 +266,3 @@ void guest_main(const void *fdt)
     pv_discover(fdt, &env);
     psci_system_off(&env); /* returns only without PSCI: then halt */
 }
-
-void guest_secondary(uint64_t context)
-{
-    (void)context;
-}

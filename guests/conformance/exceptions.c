@@ -302,5 +302,3 @@ void guest_main(const void *fdt)
     run(fdt);
     power_off();
 }
-
-void guest_secondary(uint64_t context) { (void)context; }

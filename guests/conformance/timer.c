@@ -150,5 +150,3 @@ void guest_main(const void *fdt)
     }
     psci_system_off(&env);
 }
-
-void guest_secondary(uint64_t context) { (void)context; }

@@ -396,5 +396,3 @@ void guest_main(const void *fdt)
     kprintf("apf: done in %lu us\n", elapsed_us(t1 - t0));
     power_off();
 }
-
-void guest_secondary(uint64_t context) { (void)context; }

@@ -129,9 +129,3 @@ void guest_main(const void *fdt)
     psci_system_off(&env);
     halt();
 }
-
-void guest_secondary(uint64_t context)
-{
-    (void)context;
-    halt();
-}

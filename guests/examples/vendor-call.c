@@ -1,10 +1,12 @@
-/* vendor-call: find one vendor hypercall the safe way, then call it (docs/library.md).
+/* vendor-call: find one vendor hypercall the safe way, then call it (pvkit's docs/library.md).
  *
- * The call is MYHV_ADD of guests/examples/myhv.py; its ID and bitmap bit come from myhv.h,
- * which `pvkit header myhv:MyService -o myhv.h` generates from that Python definition.
- * Discovery is the SDK's (pv_discover): the device tree names the conduit, then the PSCI
- * and SMCCC versions, the vendor Call UID and the features bitmap. Only when the bitmap
- * has MYHV_ADD's bit does the guest issue the call; elsewhere it issues none. */
+ * The call is MYHV_ADD of myhv.py (pvkit's copy: guests/examples/myhv.py); its ID and bitmap
+ * bit come from myhv.h, which `pvkit header myhv:MyService -o myhv.h` generates from that
+ * Python definition. Discovery is the SDK's (pv_discover): the device tree names the conduit,
+ * then the PSCI and SMCCC versions, the vendor Call UID and the features bitmap. Only when
+ * the bitmap has MYHV_ADD's bit does the guest issue the call; elsewhere it issues none.
+ * `pvkit sdk new DIR` starts a guest of your own from this file. It runs on one CPU and so
+ * defines no guest_secondary: the SDK's default parks any other CPU. */
 #include <pvkit/console.h>
 #include <pvkit/psci.h>
 #include <pvkit/runtime.h>
@@ -27,9 +29,4 @@ void guest_main(const void *fdt)
         }
     }
     psci_system_off(&env); /* without PSCI this returns NOT_SUPPORTED, and the CPU halts */
-}
-
-void guest_secondary(uint64_t context)
-{
-    (void)context; /* one CPU: never started */
 }

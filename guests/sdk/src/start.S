@@ -57,6 +57,10 @@ stack_for:
         mov     sp, x1
         ret
 
+/* The default guest_secondary, for guests that start no other CPU or give it nothing to do:
+ * park the CPU in WFI (it sleeps, it does not spin). A guest's own definition replaces it. */
+        .weak   guest_secondary
+guest_secondary:
         .globl  halt
 halt:   wfi
         b       halt

@@ -473,8 +473,6 @@ static int final_check(void)
 	return bad;
 }
 
-void guest_ap_main(int cpu) { (void)cpu; }
-
 void guest_main(const struct boot *boot)
 {
 	__asm__ volatile("cli");

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
 
+from pvkit.hypercall.answer_table import AnswerTable, EntryKind
 from pvkit.hypercall.call import Call, Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
 
@@ -101,6 +102,15 @@ class KvmHypercallAbi:
         """`gates`: hypercall nr -> KVM_CPUID_FEATURES bit that must be shown for it."""
         self._dispatcher = dispatcher
         self._hidden = {nr: bit for nr, bit in gates.items() if not cpuid_features >> bit & 1}
+
+    def constant_answers(self, table: AnswerTable) -> dict[int, int]:
+        """RAX by nr for a CPL-0 64-bit caller, from the answer table's constants: the
+        x86 trap answers those without the dispatcher (gated-off numbers stay out)."""
+        return {
+            e.function_id: e.results[0]
+            for e in table.entries
+            if e.kind is EntryKind.ANY and e.function_id not in self._hidden
+        }
 
     def on_hypercall(
         self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int

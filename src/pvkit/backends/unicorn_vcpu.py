@@ -57,6 +57,10 @@ class UnicornVcpu:
         if uc is not None:
             uc.emu_stop()
 
+    def pc(self) -> int:
+        """The program counter (read it only while the engine is stopped)."""
+        return int(self._uc.reg_read(self.PC_REG))
+
     def _debug_pending(self) -> bool:
         hold = self._debug_hold
         return self._debug_stop or (hold is not None and hold.hold != 0)

@@ -2,7 +2,8 @@
 
 The handler is a direct one (docs/hot-path.md): the trap hands it x1..x3 as integers. It
 lives in the OEM service range (owner 3), which no default service claims, and is
-only ever added to benchmark VMs.
+only ever added to benchmark VMs. On x86 the same number is the hypercall nr in RAX
+(a0..a2 in RBX, RCX, RDX; the sum comes back in RAX): KVM defines nothing there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _MASK64 = (1 << 64) - 1
 
 class BenchService(Service):
     name = "bench"
+    abis = frozenset({Abi.SMCCC, Abi.KVM_X86})
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return [BENCH_RANGE]

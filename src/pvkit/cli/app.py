@@ -28,7 +28,11 @@ from pvkit.backends.host_heap import use_one_malloc_arena
 HELP = "A hypervisor built around the paravirtual interface."
 PLAIN_HELP_WIDTH = 120  # plain help is wrapped here, not at the 80 columns of a pipe
 # verb -> the module (under pvkit.cli) whose function of the same name implements it
-VERBS = ("run", "decode", "dtb", "bench", "plot", "services", "header", "fuzz")
+VERBS = (
+    "run", "decode", "dtb", "bench", "plot", "services", "header", "sdk", "fuzz", "fw",
+    "restore", "monitor", "snapshot",
+)  # fmt: skip
+GROUPS = ("snapshot",)
 
 
 def _verb(name: str) -> Callable[..., Any]:
@@ -68,7 +72,11 @@ def build_app(rich_help: bool = True, verbs: Iterable[str] = VERBS) -> typer.Typ
     )
     app.callback()(_root)
     for name in verbs:
-        app.command(name=name)(_verb(name))
+        if name in GROUPS:  # a verb with verbs of its own (`pvkit snapshot info`)
+            group: typer.Typer = importlib.import_module(f"pvkit.cli.{name}").app
+            app.add_typer(group, name=name)
+        else:
+            app.command(name=name)(_verb(name))
     return app
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pvkit.cli.options import check_arm64_smp, fail, parse_profile, parse_size, write_file
+from pvkit.cli.options import fail, parse_profile, parse_size, write_file
 from pvkit.machine.memory import HostMemoryError
 from pvkit.platform.board import ConfigError
 from pvkit.platform.virt_arm64 import VirtConfig, virt_device_tree
@@ -21,7 +21,6 @@ def dtb(
     profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
 ) -> None:
     """Write the flattened device tree for a VM (decompile it with `dtc -I dtb`)."""
-    check_arm64_smp(smp)
     try:
         config = VirtConfig(
             smp=smp, memory=parse_size(mem), conduit=conduit, profile=parse_profile(profile)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import typer
 
-from pvkit.devices.arm64.gicv3 import redistributor_capacity
 from pvkit.services.profiles import PROFILES, HostProfile
 
 _SIZE = re.compile(r"^(\d+)([KMG]?)i?B?$", re.IGNORECASE)
@@ -52,15 +51,6 @@ def parse_host_cpus(count: int | None) -> int | None:
     if count is None or 1 <= count <= MAX_HOST_CPUS:
         return count
     raise fail(f"--host-cpus {count} must be at least 1 and at most {MAX_HOST_CPUS}")
-
-
-def check_arm64_smp(smp: int, gic: int = 3) -> None:
-    """The virt board's GICv3 has redistributors for so many vCPUs, and no more."""
-    capacity = redistributor_capacity()
-    if gic == 3 and smp > capacity:
-        raise fail(
-            f"--smp {smp} is more vCPUs than the GICv3's redistributor regions hold ({capacity})"
-        )
 
 
 def parse_profile(name: str) -> HostProfile:

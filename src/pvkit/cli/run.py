@@ -6,16 +6,13 @@ timeline writers and the table printer are imported only when a run needs them.
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pvkit.cli.gdb_stub import start_gdb_stub
+from pvkit.cli.firmware import apply_firmware, firmware_settings
 from pvkit.cli.options import (
-    check_arm64_smp,
     fail,
     parse_host_cpus,
     parse_profile,
@@ -26,41 +23,34 @@ from pvkit.cli.options import (
 )
 from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
-from pvkit.cli.swap import print_swap_stats, swap_spec
-from pvkit.devices.console import BufferedConsole, HostInput
-from pvkit.hypercall.dispatcher import Dispatcher
+from pvkit.cli.session import (
+    FreezeOption,
+    GdbDefaultOption,
+    GdbOption,
+    MonitorOption,
+    SaveAtOption,
+    SaveOption,
+    Session,
+    StatsOption,
+    TimelineOption,
+    TimeoutOption,
+    TraceOption,
+    run_and_report,
+)
+from pvkit.cli.swap import swap_spec
+from pvkit.devices.console import BufferedConsole
 from pvkit.hypercall.namespace import NamespaceClash
 from pvkit.hypercall.policy import PolicyError
 from pvkit.loader.detect import ARCHES, detect_arch
 from pvkit.loader.image import ImageError
 from pvkit.loader.symbols import SymbolTable
 from pvkit.machine.memory import HostMemoryError
-from pvkit.machine.scheduling import Scheduler
-from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform import virt_arm64
 from pvkit.platform.board import ConfigError
 from pvkit.trace.events import TraceHub
-from pvkit.trace.stats import CallStats
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
-EXIT_CODES = {
-    StopKind.SHUTDOWN: 0,
-    StopKind.RESET: 0,
-    StopKind.FAULT: 1,
-    StopKind.PANIC: 5,
-    StopKind.IDLE: 3,
-    StopKind.TIMEOUT: 4,
-    StopKind.INTERRUPTED: 130,
-}
-
-
-class Machine(Protocol):
-    dispatcher: Dispatcher
-    vm: VirtualMachine
-
-    def run(self, timeout: float | None = None) -> StopReason: ...
+    from pvkit.platform import pc_x86
 
 
 def run(
@@ -99,9 +89,9 @@ def run(
         str, typer.Option("--mem", "-m", help="guest RAM, e.g. 256M or 1G (bare number: MiB)")
     ] = "256M",
     profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
-    trace: Annotated[Path | None, typer.Option(help="write JSON-lines trace here")] = None,
-    stats: Annotated[bool, typer.Option(help="print per-function call statistics")] = False,
-    timeout: Annotated[float | None, typer.Option(help="stop after this many seconds")] = None,
+    trace: TraceOption = None,
+    stats: StatsOption = False,
+    timeout: TimeoutOption = None,
     append: Annotated[str, typer.Option("--append", "-append", help="kernel command line")] = "",
     conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
     trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
@@ -134,9 +124,7 @@ def run(
         bool, typer.Option(help="time from guest instructions: the same run, the same times")
     ] = False,
     slice_ms: Annotated[float, typer.Option(help="scheduler time slice in ms")] = 10.0,
-    timeline: Annotated[
-        Path | None, typer.Option(help="write a Perfetto/Chrome trace-event JSON file here")
-    ] = None,
+    timeline: TimelineOption = None,
     swap_out: Annotated[
         list[str] | None,
         typer.Option(help="RAM absent on the host at boot: FRACTION, FIRST-LAST or FIRST+SIZE"),
@@ -144,14 +132,19 @@ def run(
     swap_latency_ms: Annotated[
         float, typer.Option(help="how long the host takes to bring back an absent page")
     ] = 10.0,
-    gdb: Annotated[
-        str | None,
-        typer.Option("--gdb", "-gdb", help="serve gdb on tcp::PORT or tcp:HOST:PORT"),
+    gdb: GdbOption = None,
+    gdb_default: GdbDefaultOption = False,
+    freeze: FreezeOption = False,
+    monitor: MonitorOption = None,
+    save_at: SaveAtOption = None,
+    save: SaveOption = None,
+    fw: Annotated[
+        list[str] | None,
+        typer.Option(help="arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
     ] = None,
-    gdb_default: Annotated[bool, typer.Option("-s", help="shorthand for --gdb tcp::1234")] = False,
-    freeze: Annotated[
-        bool, typer.Option("--freeze", "-S", help="wait for gdb before the first instruction")
-    ] = False,
+    pv_time_revision: Annotated[
+        int | None, typer.Option(help="arm64: stolen-time record revision, 0 (Linux's) or 1")
+    ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     if image is not None and kernel is not None:
@@ -159,14 +152,13 @@ def run(
     image = image if image is not None else kernel
     if image is None and bios is None:
         raise fail("nothing to boot: give IMAGE (or --kernel FILE) or --bios FILE")
-    timeout = parse_timeout(timeout)
+    session = Session(
+        trace, stats, timeline, parse_timeout(timeout), gdb, gdb_default, freeze, monitor,
+        save_at, save,
+    )  # fmt: skip
+    session.check()
     hub = TraceHub()
-    call_stats = CallStats()
     console = BufferedConsole()
-    if stats:
-        hub.attach(call_stats)
-    if timeline is not None and not timeline.parent.is_dir():
-        raise fail(f"cannot write timeline {timeline}: no directory {timeline.parent}")
     timing = {
         "host_cpus": parse_host_cpus(host_cpus),
         "deterministic": deterministic,
@@ -179,9 +171,10 @@ def run(
         chosen = arch or (detect_arch(image) if image is not None else "arm64")
         if chosen not in ARCHES:
             raise fail(f"--arch {chosen!r} is not one of {', '.join(ARCHES)}")
+        registers = firmware_settings(fw or [], pv_time_revision, chosen)
         extra = load_services(service or [])
         rules = policy_rules(deny or [], forward or [], chosen)
-        machine: Machine
+        machine: virt_arm64.VirtArm64 | pc_x86.PcX86
         if chosen == "x86_64":
             from pvkit.platform import pc_x86
 
@@ -216,7 +209,6 @@ def run(
         else:
             if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
                 raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
-            check_arm64_smp(smp, gic)
             arm = virt_arm64.VirtArm64(
                 virt_arm64.VirtConfig(
                     smp=smp,
@@ -240,6 +232,7 @@ def run(
                 image,
                 hub,
             )
+            apply_firmware(arm, registers)
             if dump_dtb is not None:
                 write_file(dump_dtb, arm.dtb)
             if arm.plan.dtb_changes:
@@ -252,61 +245,8 @@ def run(
         raise fail(str(exc)) from None
     except PolicyError as exc:
         raise fail(f"policy: {exc}") from None
-    counter = RuleCounter(rules)
-    if stats and rules:
-        hub.attach(counter)
-    stub = start_gdb_stub(machine.vm, chosen, gdb, gdb_default, freeze)
-    sched = machine.vm.scheduler
-    sink = None
-    if timeline is not None:
-        from pvkit.trace.timeline import TimelineSink
-
-        sink = TimelineSink(sched.now_ns)
-        hub.attach(sink)
-    with contextlib.ExitStack() as stack:
-        if trace is not None:
-            try:
-                stream = stack.enter_context(trace.open("w", encoding="utf-8"))
-            except OSError as exc:
-                raise fail(f"cannot write trace file {trace}: {exc.strerror}") from None
-            from pvkit.trace.jsonl import JsonLinesSink
-
-            hub.attach(JsonLinesSink(stream, sched.now_ns))  # the timeline's clock
-        stack.callback(console.close)
-        if isinstance(machine, virt_arm64.VirtArm64):
-            # The guest's console reads the host's stdin (raw mode on a terminal, restored
-            # on every way out); input arrives as PL011 receive interrupts.
-            vm = machine.vm
-            host_input = HostInput(machine.uart.feed, on_end=vm.check_idle)
-            machine.uart.more_input = lambda: not host_input.wait(0)
-            stack.enter_context(host_input.start())
-        reason = machine.run(timeout)
-        if stub is not None:  # a client waiting for the VM hears how it ended
-            stub.finish(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
-        hub.close()
-    sys.stdout.flush()
-    if timeline is not None and sink is not None:
-        try:
-            sink.write(timeline, sched)
-        except OSError as exc:
-            raise fail(f"cannot write timeline {timeline}: {exc.strerror}") from None
-    if stats:
-        from rich.console import Console
-
-        id_heading = "nr" if chosen == "x86_64" else "function ID"
-        _print_stats(Console(stderr=True), call_stats, id_heading)
-        _print_vcpu_times(sched)
-        print_swap_stats(getattr(machine, "swap", None))
-        counter.print(chosen)
-    if machine.dispatcher.internal_errors:  # pvkit's own lines: typer.echo, never wrapped
-        errors = machine.dispatcher.internal_errors
-        typer.echo(f"pvkit: {errors} hypercall handler error(s)", err=True)
-    resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
-    message = reason.message
-    if table is not None and reason.pc is not None and (where := table.describe(reason.pc)):
-        message += f" ({where})"
-    typer.echo(f"pvkit: {reason.kind.value}{resets}: {message}", err=True)
-    raise typer.Exit(reason.status if reason.status is not None else EXIT_CODES[reason.kind])
+    counter = RuleCounter(rules) if rules else None
+    run_and_report(machine, chosen, image, session, console, counter, table)
 
 
 def _number(text: str, option: str) -> int:
@@ -314,29 +254,3 @@ def _number(text: str, option: str) -> int:
         return int(text, 0)
     except ValueError:
         raise fail(f"{option} {text!r} is not a number (use 0x... for hex)") from None
-
-
-def _print_vcpu_times(sched: Scheduler) -> None:
-    """One line per vCPU, exact (ns) for scripts and readable (steal share) for people."""
-    clock = "deterministic" if sched.deterministic else "wall clock"
-    typer.echo(f"pvkit: vCPU time ({clock}, {sched.host_cpus} host CPU(s))", err=True)
-    for v, t in enumerate(sched.times):
-        busy = t.run_ns + t.steal_ns
-        share = f"{100 * t.steal_ns / busy:.1f}%" if busy else "-"
-        typer.echo(
-            f"pvkit: vcpu {v} run_ns={t.run_ns} steal_ns={t.steal_ns} idle_ns={t.idle_ns} "
-            f"steal={share}",
-            err=True,
-        )
-
-
-def _print_stats(console: Console, stats: CallStats, id_heading: str) -> None:
-    """`id_heading`: "function ID" (SMCCC, W0) or "nr" (KVM x86, RAX); both shown in hex."""
-    from rich.table import Table
-
-    table = Table(title="hypercalls")
-    for col in (id_heading, "name", "count", "mean µs"):
-        table.add_column(col, justify="right" if col in ("count", "mean µs") else "left")
-    for row in stats.rows():
-        table.add_row(f"{row.function_id:#010x}", row.name, str(row.count), f"{row.mean_us:.1f}")
-    console.print(table)

@@ -60,6 +60,9 @@ def service_lines(service: Service, abi: Abi) -> list[str]:
     head = f"{info.name}  (ABIs: {', '.join(a.value for a in info.abis)}"
     head += f"; revision {info.revision})" if info.revision else ")"
     lines = [head]
+    served = service.revisions(abi)
+    if len(served) > 1:
+        lines.append(f"  revisions served: {', '.join(served)} (a snapshot keeps the guest's)")
     if info.discovery:
         lines.append(f"  discovery: {info.discovery}")
     lines.append("  claims: " + (", ".join(str(r) for r in info.claims) or "none"))

@@ -44,7 +44,8 @@ class Debugger:
         self._watches: dict[Watchpoint, int] = {}  # how many times each was inserted
         self._step_alone: int | None = None
         self._halted = False  # the VM stands and its engines may be used
-        control.enable(
+        self._front = control.front_end(
+            "gdb",
             after_run=self._after_run,
             on_attach=self._attach,
             on_detach=self._detach,
@@ -177,14 +178,18 @@ class Debugger:
             self._step_alone = step if chosen is not None else None
             if step is not None and step in ports:
                 ports[step].arm_step()
-            self._control.resume(chosen)
+            self._front.resume(chosen)
+
+    def pause(self, cause: object, vcpu: int | None = None) -> None:
+        """Stop the VM (FREEZE before it runs, ATTACH when a client connects)."""
+        self._front.pause(cause, vcpu)
 
     def interrupt(self) -> None:
-        self._control.pause(INTERRUPT)
+        self._front.pause(INTERRUPT)
 
     def wait(self, timeout: float | None) -> Stop | None:
         """The stop, once the VM stands; None at the timeout or when the VM has ended."""
-        stop = self._control.wait_stopped(timeout)
+        stop = self._front.wait_stopped(timeout)
         if stop is not None:
             with self._lock:
                 self._halted = True
@@ -216,10 +221,10 @@ class Debugger:
             return
         hit = port.take_hit()
         if hit is not None:
-            self._control.report(vcpu, hit)
+            self._front.report(vcpu, hit)
         elif self._step_alone == vcpu and port.stepping and exit_.kind in _YIELDS:
             self._step_alone = None
-            self._control.resume()  # its step needs the others to run first
+            self._front.resume()  # its step needs the others to run first
 
     def _closing(self) -> None:
         with self._lock:  # waits for a request using an engine to finish

@@ -60,7 +60,7 @@ class GdbServer:
         self._listener.settimeout(0.1)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         if freeze:
-            control.pause(FREEZE, vcpu=0)
+            self._debugger.pause(FREEZE, vcpu=0)
         self._status = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="gdb-stub", daemon=True)
@@ -99,7 +99,7 @@ class GdbServer:
 
     def _client(self, conn: socket.socket) -> None:
         dbg = self._debugger
-        self._control.pause(ATTACH)
+        self._debugger.pause(ATTACH)
         stop = self._wait_stop()
         if stop is None:
             return  # the VM ended before it stood still
@@ -172,7 +172,7 @@ class GdbServer:
         if self._control.ended:
             return
         if not dbg.halted:
-            self._control.pause(ATTACH)
+            self._debugger.pause(ATTACH)
             if self._wait_stop() is None:
                 return
         dbg.clear()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from pvkit.machine.memory import Region
+from pvkit.snapshot.state import Fields, State
 
 APIC_BASE = 0xFEE0_0000
 APIC_SIZE = 0x1000
@@ -53,6 +54,18 @@ class LocalApic:
         self.apic_id = apic_id
         self._send = send
         self._regs: dict[int, int] = {}
+
+    STATE_SECTION = "local-apic"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        return {"regs": {str(k): v for k, v in sorted(self._regs.items())}}
+
+    def restore_state(self, state: Fields) -> None:
+        regs = state.int_map("regs", 0xFFFF_FFFF)
+        if any(k >= APIC_SIZE or k & 3 for k in regs):
+            raise state.bad("regs", "registers of the APIC page")
+        self._regs = regs
 
     def read(self, offset: int, size: int) -> int:
         if offset == REG_ID:

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pvkit.machine.memory import Region
+from pvkit.snapshot.state import Fields, State
 
 UARTDR = 0x000
 UARTRSR = 0x004  # receive status / error clear: no errors are ever recorded here
@@ -151,6 +152,40 @@ class Pl011:
             self._dropped += max(0, len(data) - room)
             self._refill()
             self._drive()
+
+    # -- snapshots ----------------------------------------------------------------------------
+    STATE_SECTION = "pl011"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        """Registers, the receive FIFO and host input not yet taken (the interrupt level
+        is kept as it was: the GIC saves its input lines)."""
+        with self._lock:
+            return {
+                "regs": {str(k): v for k, v in sorted(self._regs.items())},
+                "lcr_h": self._lcr_h, "imsc": self._imsc, "ris": self._ris,
+                "level": self._level, "loopback": self._loopback,
+                "rx": list(self._rx), "backlog": bytes(self._backlog).hex(),
+            }  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        regs = state.int_map("regs", 0xFFFF)
+        if set(regs) != set(_STORED):
+            raise state.bad("regs", "the PL011's stored registers")
+        rx = state.integers("rx", hi=0xFF)
+        try:
+            backlog = bytes.fromhex(state.text("backlog"))
+        except ValueError:
+            raise state.bad("backlog", "hex bytes") from None
+        if len(rx) > FIFO_DEPTH or len(backlog) > BACKLOG_LIMIT:
+            raise state.bad("rx", "a FIFO the PL011 can hold")
+        with self._lock:
+            self._regs = regs
+            self._lcr_h = state.integer("lcr_h", hi=0xFF)
+            self._imsc = state.integer("imsc", hi=INT_ALL)
+            self._ris = state.integer("ris", hi=INT_ALL)
+            self._level, self._loopback = state.flag("level"), state.flag("loopback")
+            self._rx, self._backlog = deque(rx), deque(backlog)
 
     # -- MMIO ---------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

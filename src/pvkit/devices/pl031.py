@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from pvkit.machine.memory import Region
+from pvkit.snapshot.state import Fields, State
 
 PL031_BASE = 0x0901_0000
 PL031_SIZE = 0x1000
@@ -85,6 +86,28 @@ class Pl031:
         """Bring RTCRIS and the interrupt line up to the clock's current time."""
         with self._lock:
             self._sync(self._clock())
+
+    # -- snapshots ----------------------------------------------------------------------------
+    STATE_SECTION = "pl031"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        with self._lock:
+            return {
+                "origin_ns": self._origin_ns, "offset": self._offset, "mr": self._mr,
+                "lr": self._lr, "imsc": self._imsc, "ris": self._ris, "level": self._level,
+                "match_ns": self._match_ns,
+            }  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        with self._lock:
+            self._origin_ns = state.integer("origin_ns")
+            self._offset = state.integer("offset", hi=_MASK32)
+            self._mr, self._lr = state.integer("mr", hi=_MASK32), state.integer("lr", hi=_MASK32)
+            self._imsc = state.integer("imsc", hi=INT_RTC)
+            self._ris = state.integer("ris", hi=INT_RTC)
+            self._level = state.flag("level")
+            self._match_ns = state.opt_int("match_ns", hi=1 << 96)
 
     # -- MMIO ---------------------------------------------------------------------------------
     def read(self, offset: int, size: int) -> int:

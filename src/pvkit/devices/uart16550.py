@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pvkit.snapshot.state import Fields, State
+
 COM1 = 0x3F8
 THR = 0  # transmit holding (write, DLAB = 0); RBR on read
 IER = 1
@@ -27,6 +29,16 @@ class Uart16550:
         self._output = output
         self._regs = [0] * 8
         self._divisor = [0, 0]
+
+    STATE_SECTION = "uart16550"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        return {"regs": list(self._regs), "divisor": list(self._divisor)}
+
+    def restore_state(self, state: Fields) -> None:
+        regs, divisor = state.integers("regs", 8, 0xFF), state.integers("divisor", 2, 0xFF)
+        self._regs, self._divisor = regs, divisor
 
     def read_port(self, port: int, size: int) -> int:
         offset = port - self._base

@@ -58,6 +58,7 @@ class DeviceTreeSpec:
     pvpanic: Region | None = None  # a qemu,pvpanic-mmio device
     flash: Sequence[Region] = field(default_factory=tuple)  # CFI flash banks, one node
     flash_bank_width: int = 4
+    psci_1_0: bool = True  # PSCI 1.0 or later served: "arm,psci-1.0" leads the compatible
 
 
 def _strings(values: Sequence[str]) -> bytes:
@@ -134,7 +135,9 @@ def build_dtb(spec: DeviceTreeSpec) -> bytes:
 
     if spec.psci_method:
         sw.begin_node("psci")
-        sw.property("compatible", _strings(PSCI_COMPATIBLE))
+        # As QEMU's virt board names the version it serves (hw/arm/virt.c, fdt_add_psci_node).
+        compatible = PSCI_COMPATIBLE if spec.psci_1_0 else PSCI_COMPATIBLE[1:]
+        sw.property("compatible", _strings(compatible))
         sw.property_string("method", spec.psci_method)
         for name, fid in PSCI_0_1_IDS.items():
             sw.property_u32(name, fid)

@@ -8,8 +8,8 @@ around guest RAM, and checks (docs/fuzzing.md):
 
 - no host exception: the dispatcher counted no failing handler, and the run ended by the
   guest's own power-off (SYSTEM_OFF, isa-debug-exit 0) after it printed its summary;
-- every call no service served (trace action "unknown", "rejected" or "deny") got the ABI's
-  refusal: SMCCC NOT_SUPPORTED, -KVM_ENOSYS, or -KVM_EPERM for a call from CPL > 0;
+- every call no service served (trace action "unknown", "hidden", "rejected" or "deny") got
+  the ABI's refusal: SMCCC NOT_SUPPORTED, -KVM_ENOSYS, or -KVM_EPERM for a call from CPL > 0;
 - the guest saw no register the ABI preserves change (its own count);
 - no host write outside guest RAM: RAM sits between PROT_NONE guard pages, so a stray host
   write kills the process (a fault, never a silent overwrite); Python-side accesses are
@@ -41,7 +41,7 @@ DEFAULT_SMP = 2
 SMCCC_NOT_SUPPORTED = (1 << 64) - 1
 KVM_ENOSYS = kvm_error(KvmError.ENOSYS)
 KVM_EPERM = kvm_error(KvmError.EPERM)
-UNSERVED = frozenset({"unknown", "rejected", "deny"})
+UNSERVED = frozenset({"unknown", "hidden", "rejected", "deny"})
 TRNG_RND = frozenset({0x8400_0053, 0xC400_0053})
 _SUMMARY = re.compile(r"^fuzz: arch=(\S+) seed=(\d+) calls=(\d+) (.*)hash=(0x[0-9a-f]+)\s*$", re.M)
 _FIELD = re.compile(r"(\w+)=(\d+)")

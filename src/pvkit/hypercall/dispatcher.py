@@ -76,7 +76,7 @@ class Dispatcher:
         else:
             fn = self.namespace.lookup(call.function_id)
             if fn is None:
-                return "unknown", None
+                return ("hidden" if self.namespace.is_hidden(call.function_id) else "unknown"), None
             handler = fn.handler
             action = "handle"
         try:

@@ -129,6 +129,22 @@ class Namespace:
             if fn.function_id in self._functions:
                 raise NamespaceClash(f"{owner!r} registers {fn.function_id:#010x} twice")
             self._functions[fn.function_id] = fn
+        self._all = dict(self._functions)
+        self._hidden: frozenset[int] = frozenset()
+
+    def hide(self, ids: frozenset[int]) -> None:
+        """Serve none of `ids` (the firmware registers hid them) and every other function;
+        the IDs stay claimed by their owners. Called before the VM runs."""
+        self._hidden = frozenset(i for i in ids if i in self._all)
+        self._functions.clear()  # in place: by_id views stay live
+        self._functions.update((i, f) for i, f in self._all.items() if i not in self._hidden)
+
+    def is_hidden(self, function_id: int) -> bool:
+        return function_id in self._hidden
+
+    def defined(self, function_id: int) -> Function | None:
+        """The function with this ID, served or hidden (to name it in traces)."""
+        return self._all.get(function_id)
 
     def claim_for(self, function_id: int) -> Claim | None:
         i = bisect.bisect_right(self._starts, function_id) - 1

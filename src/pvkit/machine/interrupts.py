@@ -26,6 +26,11 @@ class InterruptQueue:
             self._pending.discard(vector)
             return vector
 
+    def pending(self) -> list[int]:
+        """The pending vectors, lowest first (snapshots)."""
+        with self._lock:
+            return sorted(self._pending)
+
     def clear(self) -> None:
         with self._lock:
             self._pending.clear()

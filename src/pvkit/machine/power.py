@@ -9,8 +9,10 @@ trap answers PSCI AFFINITY_INFO from it: hypercall/answer_table.py).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class PowerState(Enum):
@@ -42,6 +44,10 @@ class StartRequest:
     argument: int
     magic: int = 0
     real_mode: bool = False
+    # A vCPU restored from a snapshot: `restore(engine)` loads its saved state instead of
+    # a reset; `in_halt` if it was saved waiting in WFI/HLT.
+    restore: Callable[[Any], None] | None = None
+    in_halt: bool = False
 
 
 class VcpuPower:
@@ -53,7 +59,9 @@ class VcpuPower:
         self._state = PowerState.OFF
         self._set(PowerState.OFF)
         self._start: StartRequest | None = None
+        self._pending: StartRequest | None = None  # ON_PENDING's request, until it is on
         self._closed = False
+        self.parked = False  # the thread waits for a power-on (snapshots)
 
     def _set(self, state: PowerState) -> None:
         self._state = state
@@ -71,28 +79,43 @@ class VcpuPower:
             if self._state is PowerState.ON_PENDING:
                 return PowerOnResult.PENDING
             self._set(PowerState.ON_PENDING)
-            self._start = start
+            self._start = self._pending = start
             self._cond.notify_all()
             return PowerOnResult.ACCEPTED
 
     def wait_for_start(self) -> StartRequest | None:
         """Block the vCPU thread until it is asked to power on, or the VM closes."""
         with self._cond:
+            self.parked = True
             while self._start is None and not self._closed:
                 self._cond.wait()
+            self.parked = False
             if self._closed:
                 return None
             start, self._start = self._start, None
             return start
 
+    def pending_start(self) -> StartRequest | None:
+        """While ON_PENDING: where the vCPU will start (snapshots keep it)."""
+        with self._cond:
+            return self._pending if self._state is PowerState.ON_PENDING else None
+
     def mark_on(self) -> None:
         with self._cond:
             self._set(PowerState.ON)
+            self._pending = None
 
     def power_off(self) -> None:
         with self._cond:
             self._set(PowerState.OFF)
-            self._start = None
+            self._start = self._pending = None
+
+    def resume_on(self, start: StartRequest) -> None:
+        """A restored vCPU is ON at once (its thread loads `start.restore`), as it was."""
+        with self._cond:
+            self._set(PowerState.ON)
+            self._start = start
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Wake a waiting thread so it can exit; used when the VM stops."""
@@ -104,4 +127,4 @@ class VcpuPower:
         with self._cond:
             self._closed = False
             self._set(PowerState.OFF)
-            self._start = None
+            self._start = self._pending = None

@@ -115,6 +115,11 @@ class Scheduler(ABC):
         """vCPUs whose slice is over while another vCPU waits (wall clock only)."""
         return []
 
+    def lift_hold(self) -> None:
+        """Let a held VM go on (deterministic time holds one before a slice to save it;
+        the wall clock never holds)."""
+        return
+
     def stop(self) -> None:
         with self._cond:
             self._stopping = True
@@ -133,6 +138,10 @@ class Scheduler(ABC):
             for v in range(self.vcpu_count):
                 self._account(v, end)
                 self._since[v] = end
+
+    def activity(self, vcpu: int) -> Activity:
+        with self._cond:
+            return self._activity[vcpu]
 
     def steal_ns(self, vcpu: int) -> int:
         with self._cond:

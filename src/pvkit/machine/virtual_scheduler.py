@@ -10,7 +10,10 @@ engine (backends/_budget.c), so the same run gives the same times to the nanosec
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from pvkit.machine.scheduling import Activity, Scheduler
+from pvkit.snapshot.state import Fields, State
 
 NS_PER_INSTRUCTION = 1  # the virtual CPU retires one instruction per nanosecond
 
@@ -28,6 +31,13 @@ class VirtualScheduler(Scheduler):
         self._running: int | None = None
         self._chosen: int | None = None
         self._wake_at: list[int | None] = [None] * vcpu_count  # idle until a timer's time
+        # A hold (snapshots): the first slice chosen to start at or after `_hold_at` is
+        # chosen, but its vCPU waits until the hold is lifted, so that the VM can be
+        # saved between two slices at a point the same run always reaches.
+        self._hold_at: int | None = None
+        self._on_hold: Callable[[], None] | None = None
+        self._held = False
+        self._waiting: set[int] = set()  # vCPUs blocked in acquire
 
     def slice_budget(self) -> int:
         return max(1, self.slice_ns // NS_PER_INSTRUCTION)
@@ -56,8 +66,10 @@ class VirtualScheduler(Scheduler):
             if self._activity[vcpu] is Activity.IDLE and self._wake_at[vcpu] is None:
                 self._make_runnable(vcpu, self._clock[vcpu])
             self._decide()
-            while not self._stopping and self._chosen != vcpu:
+            self._waiting.add(vcpu)
+            while not self._stopping and (self._chosen != vcpu or self._held):
                 self._cond.wait()
+            self._waiting.discard(vcpu)
             if self._stopping:
                 return False
             self._chosen = None
@@ -144,4 +156,93 @@ class VirtualScheduler(Scheduler):
         self._slice_steal[vcpu] = self.times[vcpu].steal_ns
         self._clock[vcpu] = start
         self._chosen = vcpu
+        if self._hold_at is not None and start >= self._hold_at:
+            self._hold_at, self._held = None, True
+            if self._on_hold is not None:
+                self._on_hold()
         self._cond.notify_all()
+
+    # -- holds and snapshots ----------------------------------------------------------------
+    def hold_at(self, at_ns: int, on_hold: Callable[[], None]) -> None:
+        """Hold the VM before the first slice that starts at or after `at_ns`;
+        `on_hold()` is called then (with the scheduler's lock held: keep it short)."""
+        with self._cond:
+            self._hold_at, self._on_hold = at_ns, on_hold
+
+    def lift_hold(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def waiting(self, vcpu: int) -> bool:
+        """Is `vcpu`'s thread blocked waiting for a host CPU (parked, for a snapshot)?"""
+        with self._cond:
+            return vcpu in self._waiting
+
+    STATE_SECTION = "scheduler"
+    STATE_VERSION = 1
+
+    def save_state(self, off: Collection[int] = ()) -> State:
+        """Every vCPU's clock, activity and accounting, and the host CPUs' free times,
+        taken while no vCPU executes. At the save point (held) none is in a slice; a
+        vCPU the control plane stopped in the middle of one is saved as if its slice
+        ended there: runnable, or idle if it is in `off` (that run turned it off)."""
+        with self._cond:
+            times = [[t.run_ns, t.steal_ns, t.idle_ns] for t in self.times]
+            activity = [a.value for a in self._activity]
+            since, host, free_at = list(self._since), list(self._host), list(self._free_at)
+            clock, ready_at = list(self._clock), list(self._ready_at)
+            v = self._running
+            if v is not None:
+                end = self.now_ns(v)
+                times[v][0] += max(0, end - since[v])
+                then = Activity.IDLE if v in off else Activity.RUNNABLE
+                activity[v], since[v], clock[v], ready_at[v] = then.value, end, end, end
+                free_at[host[v]], host[v] = end, -1
+            return {
+                "times": times, "activity": activity, "since": since, "host": host,
+                "free_at": free_at, "clock": clock, "ready_at": ready_at,
+                "slice_start": list(self._slice_start),
+                "slice_steal": list(self._slice_steal), "chosen": self._chosen,
+                "wake_at": list(self._wake_at),
+            }  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        """Take a saved schedule over; the VM stays held until `lift_hold`. A different
+        number of host CPUs keeps the vCPUs' times (the new ones are free from the
+        latest time any was)."""
+        n = self.vcpu_count
+        times = state.raw("times")
+        if not (isinstance(times, list) and len(times) == n):
+            raise state.bad("times", f"{n} vCPU accounts")
+        accounts = [Fields(state.section, {"t": t}).integers("t", 3) for t in times]
+        try:
+            activity = [Activity(a) for a in state.raw("activity")]  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            raise state.bad("activity", "vCPU activities") from None
+        chosen = state.opt_int("chosen", hi=n - 1)
+        running = {v for v, a in enumerate(activity) if a is Activity.RUNNING}
+        if len(activity) != n or not running <= {chosen}:
+            raise state.bad("activity", f"{n} activities, running only the chosen vCPU")
+        free = state.integers("free_at")
+        host = state.integers("host", n, self.host_cpus - 1, lo=-1) if len(free) == \
+            self.host_cpus else [-1] * n  # fmt: skip
+        lists = {k: state.integers(k, n) for k in
+                 ("since", "clock", "ready_at", "slice_start", "slice_steal")}  # fmt: skip
+        wake = state.raw("wake_at")
+        if not isinstance(wake, list) or len(wake) != n:
+            raise state.bad("wake_at", f"{n} wake-up times")
+        wake_at = [None if w is None else Fields(state.section, {"w": w}).integer("w")
+                   for w in wake]  # fmt: skip
+        with self._cond:
+            for t, (run, steal, idle) in zip(self.times, accounts, strict=True):
+                t.run_ns, t.steal_ns, t.idle_ns = run, steal, idle
+            self._activity, self._host = activity, host
+            self._since, self._clock = lists["since"], lists["clock"]
+            self._ready_at, self._slice_start = lists["ready_at"], lists["slice_start"]
+            self._slice_steal, self._wake_at = lists["slice_steal"], wake_at
+            latest = max(free, default=0)
+            self._free_at = (free + [latest] * self.host_cpus)[: self.host_cpus]
+            self._running, self._chosen, self._held = None, chosen, True
+            if chosen is not None and self._host[chosen] < 0:
+                self._host[chosen] = min(range(self.host_cpus), key=lambda h: self._free_at[h])

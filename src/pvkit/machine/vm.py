@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from pvkit.backends.base import EngineFactory, ExitKind, VcpuEngine, VcpuExit
 from pvkit.machine.control import VmControl
@@ -29,6 +29,8 @@ class StopKind(Enum):
     IDLE = "idle"  # every vCPU is off or waits for an interrupt nothing can raise
     TIMEOUT = "timeout"
     INTERRUPTED = "interrupted"
+    SAVED = "saved"  # a snapshot was written (snapshot/save_point.py)
+    QUIT = "quit"  # the host asked (the monitor's quit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,16 @@ class StopReason:
     vcpu: int | None = None
     status: int | None = None  # an exit status the guest chose (x86 isa-debug-exit)
     pc: int | None = None  # where a fault happened
+
+
+class Resume(Protocol):
+    """A run that continues a saved VM instead of booting it (machine/vm_state.py)."""
+
+    def apply(self, vm: VirtualMachine) -> None:
+        """Before the vCPU threads start: the saved power, halt and schedule state."""
+
+    def release(self, vm: VirtualMachine) -> None:
+        """Once the threads run: wait until each took its saved place, then let them go."""
 
 
 _KICK_INTERVAL_S = 0.001
@@ -92,17 +104,29 @@ class VirtualMachine:
         self.reboot = reboot
         self._on_absent = on_absent
         self.control = VmControl(vcpu_count)  # stop/resume every vCPU; free until enabled
+        self._in_halt = [False] * vcpu_count  # the thread waits in _halt (snapshots)
+        self.resume: Resume | None = None  # the next run continues this saved state
 
     @property
     def vcpu_count(self) -> int:
         return len(self.power)
 
+    @property
+    def stopping(self) -> bool:
+        """A stop reason has arrived: the run is ending."""
+        return self._stop.is_set()
+
     def request_stop(self, reason: StopReason) -> None:
-        """Thread-safe; the first reason wins."""
+        """Thread-safe; the first reason wins. Every engine is kicked here, not later by
+        the thread that waits for the stop: a stop asked by a vCPU (a device exit, a
+        reset) ends its run at that instruction, so its count is the same every run."""
         with self._lock:
             if self._reason is None:
                 self._reason = reason
+            engines = [e for e in self._engines if e is not None]
         self._stop.set()
+        for engine in engines:
+            engine.kick()
 
     def run(self, timeout: float | None = None) -> StopReason:
         """Run to a stop reason; `timeout` bounds the whole run, resets included."""
@@ -123,8 +147,11 @@ class VirtualMachine:
             p.reopen()
             wakeup.clear()
             queue.clear()
-        boot = self._prepare()
+        plan, self.resume = self.resume, None
+        boot = self._prepare() if plan is None else None
         self.scheduler.resume()
+        if plan is not None:
+            plan.apply(self)
         threads = [
             threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
             for i in range(self.vcpu_count)
@@ -133,7 +160,10 @@ class VirtualMachine:
             t.start()
         ticker = threading.Thread(target=self._preempt, name="slices", daemon=True)
         ticker.start()
-        self.power_on(0, boot)
+        if plan is not None:
+            plan.release(self)
+        elif boot is not None:
+            self.power_on(0, boot)
         self._booted.set()
         try:
             if not self._stop.wait(timeout):
@@ -185,7 +215,7 @@ class VirtualMachine:
         power = self.power[index]
         control = self.control
         while not self._stop.is_set():
-            start = self._wait(index, power.wait_for_start, hold=False)
+            start = self._wait(index, power.wait_for_start, starting=True)
             if start is None:
                 return
             engine = self._factory(index)
@@ -193,12 +223,15 @@ class VirtualMachine:
                 self._engines[index] = engine
             self.scheduler.attach(index, engine.executed)
             try:
-                engine.start_at(start)
+                if start.restore is not None:
+                    start.restore(engine)  # a saved vCPU, not a reset one
+                else:
+                    engine.start_at(start)
                 if control.enabled:
                     control.attach(index, engine)
                 power.mark_on()
                 self._note("vcpu_on", index, entry=f"{start.entry:#x}")
-                finished = self._run_engine(index, engine)
+                finished = self._run_engine(index, engine, start.in_halt)
             finally:
                 if control.enabled:
                     control.detach(index)
@@ -209,10 +242,11 @@ class VirtualMachine:
                 return
 
     def _wait(
-        self, index: int, wait: Callable[[], _T], hold: bool = True, ready: bool = False
+        self, index: int, wait: Callable[[], _T], ready: bool = False, starting: bool = False
     ) -> _T:
         """A blocking wait of vCPU `index`'s thread: parked meanwhile for the control
-        plane, and (`hold`) kept there afterwards while a pause holds the VM."""
+        plane, and kept there afterwards while a pause holds the VM (`starting`: a
+        power-on, see VmControl.unpark)."""
         control = self.control
         if not control.enabled:
             return wait()
@@ -220,7 +254,7 @@ class VirtualMachine:
         try:
             return wait()
         finally:
-            control.unpark(index, hold, ready)
+            control.unpark(index, ready=ready, starting=starting)
 
     def _run_slice(self, index: int, engine: VcpuEngine) -> VcpuExit:
         """One engine run; a stop of the control plane's own is invisible here."""
@@ -230,13 +264,20 @@ class VirtualMachine:
             if not control.enabled or not control.after_run(index, exit_):
                 return exit_
 
-    def _run_engine(self, index: int, engine: VcpuEngine) -> bool:
-        """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time."""
+    def _run_engine(self, index: int, engine: VcpuEngine, in_halt: bool = False) -> bool:
+        """Run until the vCPU powers off (False) or the VM stops (True), a slice at a time;
+        `in_halt`: a restored vCPU that was saved waiting in its halt."""
         sched = self.scheduler
         budget = sched.slice_budget()
+        if in_halt:
+            if not self._wait(index, lambda: self._halt(index)):
+                return True
+            self._note("vcpu_wake", index)
         while not self._stop.is_set():
             if not self._wait(index, lambda: sched.acquire(index), ready=True):
                 return True
+            if self._stop.is_set():
+                return True  # stopped while a pause held it here: no guest code runs now
             if self._halted[index]:  # back from a deterministic sleep
                 with self._lock:
                     self._halted[index] = False
@@ -328,10 +369,14 @@ class VirtualMachine:
         """Wait for a wake-up; False when the VM stops instead. A wake-up sent before the
         halt is kept and ends it at once (as KVM keeps a PV kick for the next HLT)."""
         wakeup = self._wakeups[index]
-        self._check_idle()
-        while not wakeup.wait(_KICK_INTERVAL_S * 50):
-            if self._stop.is_set():
-                return False
+        self._in_halt[index] = True
+        try:
+            self._check_idle()
+            while not wakeup.wait(_KICK_INTERVAL_S * 50):
+                if self._stop.is_set():
+                    return False
+        finally:
+            self._in_halt[index] = False
         wakeup.clear()
         with self._lock:
             self._halted[index] = False

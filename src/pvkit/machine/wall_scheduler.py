@@ -1,15 +1,18 @@
 """Wall-clock scheduling: vCPU threads take one of M host-CPU tokens, first come first served.
 
-Time is the host's monotonic clock from the start of the run. A ticker (`preempt_due`,
-polled by the VM) ends a slice once it has lasted `slice_ns` while another vCPU waits.
+Time is the host's monotonic clock from the start of the run (a restored VM's clock goes
+on from the time it was saved at). A ticker (`preempt_due`, polled by the VM) ends a
+slice once it has lasted `slice_ns` while another vCPU waits.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Collection
 
 from pvkit.machine.scheduling import Activity, Scheduler
+from pvkit.snapshot.state import Fields, State
 
 
 class WallScheduler(Scheduler):
@@ -72,3 +75,34 @@ class WallScheduler(Scheduler):
                 if self._activity[v] is Activity.RUNNING
                 and now - self._slice_start[v] >= self.slice_ns
             ]
+
+    STATE_SECTION = "wall-scheduler"
+    STATE_VERSION = 1
+
+    def save_state(self, off: Collection[int] = ()) -> State:
+        """The clock and every vCPU's run, steal and idle time up to now (who holds a
+        host CPU is not kept: a restored vCPU asks for one again)."""
+        with self._cond:
+            now = self.now_ns(0)
+            times = []
+            for v, t in enumerate(self.times):
+                account = {a: 0 for a in Activity}
+                account[self._activity[v]] = max(0, now - self._since[v])
+                times.append([t.run_ns + account[Activity.RUNNING],
+                              t.steal_ns + account[Activity.RUNNABLE],
+                              t.idle_ns + account[Activity.IDLE]])  # fmt: skip
+            return {"now_ns": now, "times": times}
+
+    def restore_state(self, state: Fields) -> None:
+        """The clock goes on from the saved time, so the guest's counters never go back."""
+        n = self.vcpu_count
+        now = state.integer("now_ns", hi=(1 << 63) - 1)
+        times = state.raw("times")
+        if not (isinstance(times, list) and len(times) == n):
+            raise state.bad("times", f"{n} vCPU accounts")
+        accounts = [Fields(state.section, {"t": t}).integers("t", 3) for t in times]
+        with self._cond:
+            for t, (run, steal, idle) in zip(self.times, accounts, strict=True):
+                t.run_ns, t.steal_ns, t.idle_ns = run, steal, idle
+            self._t0 = time.monotonic_ns() - now
+            self._since = [now] * n

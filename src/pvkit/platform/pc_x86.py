@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvkit.abi.x86_kvm import KvmHypercallAbi, describe
+from pvkit.abi.x86_kvm import NOT_SUPPORTED_ANSWER, KvmHypercallAbi, describe
 from pvkit.backends.host_heap import use_one_malloc_arena
+from pvkit.backends.trap import TrapUnavailable, resolve_path
 from pvkit.backends.x86 import regs as x
 from pvkit.backends.x86.engine import X86Engine
 from pvkit.backends.x86.interfaces import Firmware
@@ -24,6 +25,7 @@ from pvkit.devices.isa_debug_exit import IsaDebugExit
 from pvkit.devices.local_apic import DeliveryMode, Ipi, LocalApic, Shorthand
 from pvkit.devices.uart16550 import Uart16550
 from pvkit.discovery.cpuid import DEFAULT_BASE, VENDORS, CpuidTable, CpuVendor
+from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.call import Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, Namespace
@@ -91,6 +93,7 @@ class PcConfig:
     reboot: bool = True  # False: a guest reset ends the run (QEMU's -no-reboot)
     swap: SwapSpec | None = None  # RAM pages the host does not hold at boot (swap.py)
     guard_ram: bool = False  # PROT_NONE guard pages around RAM (machine/memory.py)
+    trap: str = "auto"  # c, ctypes, or auto (C when built; $PVKIT_TRAP overrides auto)
 
 
 def _check(config: PcConfig) -> None:
@@ -143,6 +146,10 @@ class PcX86(BoardPlatform):
         self.protocol = self._protocol(config.boot)
         self.boot = boot_data(self.protocol, config.memory, config.bootargs)
         self.vendor = VENDORS[config.vendor]
+        try:
+            self.trap_path = resolve_path(config.trap)
+        except (ValueError, TrapUnavailable) as exc:
+            raise ConfigError(str(exc)) from None
 
         self.services = select_services(
             config.profile, Abi.KVM_X86, config.extra_services, config.disabled
@@ -200,6 +207,8 @@ class PcX86(BoardPlatform):
             self._deadlines,
         )
         self._engines: dict[int, X86Engine] = {}  # the live engine of each vCPU
+        self.apics: dict[int, LocalApic] = {}  # the local APIC of each vCPU's engine
+        self._answers: dict[int, int] | None = None  # constant hypercall answers by nr
         swap = self.swap
         self.vm = VirtualMachine(
             config.smp,
@@ -245,6 +254,10 @@ class PcX86(BoardPlatform):
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
         self.policy.freeze()
+        if self._abi is not None and self._answers is None:
+            # Rules are frozen now, so constant answers computed from them stay true.
+            table = build_answer_table(self.namespace, self.policy, NOT_SUPPORTED_ANSWER)
+            self._answers = self._abi.constant_answers(table)
         try:
             return self.vm.run(timeout)
         finally:
@@ -258,11 +271,12 @@ class PcX86(BoardPlatform):
         )
 
     def _engine(self, index: int) -> X86Engine:
+        apic = self.apics[index] = LocalApic(index, self._on_ipi)
         engine = X86Engine(
             index,
             self.memory,
             FIRMWARE,
-            [LocalApic(index, self._on_ipi)],
+            [apic],
             self.ports,
             self.cpuid,
             self._abi,
@@ -274,7 +288,12 @@ class PcX86(BoardPlatform):
             msrs=self if self._msrs else None,
             counting=self.scheduler.deterministic,
             residency=self.swap.residency if self.swap is not None else None,
+            trap_path=self.trap_path,
         )
+        if self._answers:
+            trap = engine.trap
+            trap.set_answers(self._answers)
+            self.trace.watch(lambda tracing: setattr(trap, "answers_enabled", not tracing))
         self._engines[index] = engine
         return engine
 
@@ -293,6 +312,12 @@ class PcX86(BoardPlatform):
         if entry is None:
             entry = self.image.image.entry
         return StartRequest(entry, self.boot.info_address, self.boot.magic)
+
+    def resume(self) -> None:
+        """After a restore: what `_prepare` starts besides loading RAM."""
+        if self.swap is not None and self._deadlines is not None:
+            self._deadlines.stop()
+            self._deadlines.start()
 
     def _debug_exit(self, value: int, status: int) -> None:
         message = f"isa-debug-exit: the guest wrote {value:#x} (exit status {status})"

@@ -5,6 +5,7 @@ This is the one place that knows every layer; each layer below knows only its ow
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pvkit.backends.trap import CompiledTable, TrapUnavailable, compile_table, r
 from pvkit.backends.uart_path import make_tx_path
 from pvkit.devices.arm64.gicv2 import MAX_CPUS as GICV2_MAX_CPUS
 from pvkit.devices.arm64.gicv2 import Gicv2
-from pvkit.devices.arm64.gicv3 import Gicv3
+from pvkit.devices.arm64.gicv3 import Gicv3, redistributor_capacity
 from pvkit.devices.cfi_flash import FLASH0_BASE, FLASH1_BASE, FLASH_BANK_SIZE, CfiFlash
 from pvkit.devices.pl011 import UARTDR, UARTFR, Pl011
 from pvkit.devices.pl031 import PL031_BASE, PL031_SIZE, Pl031
@@ -56,7 +57,9 @@ from pvkit.platform.timekeeping import chain_hooks, entry_hooks, place_service_r
 from pvkit.platform.virt_boot import plan_boot, read_file
 from pvkit.platform.virt_cpu import GIC_VERSIONS, ID_AA64PFR0_EL1, VirtCpuDevices
 from pvkit.services.base import Service
+from pvkit.services.firmware import Firmware
 from pvkit.services.profiles import KVM, HostProfile
+from pvkit.services.psci import VERSION_1_0, VERSION_1_1
 from pvkit.services.smccc_arch import ARCH_RANGES
 from pvkit.trace.events import TraceHub, VmEvent
 
@@ -113,8 +116,10 @@ def virt_device_tree(
     ram: Region | None = None,
     reserved: list[Region] | None = None,
     initrd: Region | None = None,
+    psci_version: int = VERSION_1_1,
 ) -> bytes:
-    """The DTB a VM with `config` gets; its nodes follow from the services it serves."""
+    """The DTB a VM with `config` gets; its nodes follow from the services it serves (and
+    the PSCI node's compatible from the `psci-version` firmware register)."""
     _check(config)
     if services is None:
         services = _services(config)
@@ -137,6 +142,7 @@ def virt_device_tree(
             initrd=initrd,
             pvpanic=Region(PVPANIC_MMIO_BASE, PVPANIC_MMIO_SIZE, "pvpanic-mmio"),
             flash=FLASH_BANKS if config.bios is not None else (),
+            psci_1_0=psci_version >= VERSION_1_0,
         )
     )
 
@@ -158,6 +164,11 @@ def _check(config: VirtConfig) -> None:
         raise ConfigError(f"--gic {config.gic} is not 2 or 3")
     if config.gic == 2 and config.smp > GICV2_MAX_CPUS:
         raise ConfigError(f"GICv2 serves at most {GICV2_MAX_CPUS} vCPUs; use --gic 3")
+    if config.gic == 3 and config.smp > (capacity := redistributor_capacity()):
+        raise ConfigError(
+            f"--smp {config.smp} is more vCPUs than the GICv3's redistributor regions hold"
+            f" ({capacity})"
+        )
     if config.conduit not in ("hvc", "smc"):
         raise ConfigError(f"conduit {config.conduit!r} is not hvc or smc")
     if not (1 << 20) <= config.memory <= MAX_RAM or config.memory % 4096:
@@ -225,6 +236,8 @@ class VirtArm64(BoardPlatform):
         self._abi = SmcccAbi(self.dispatcher) if config.profile.has_hypervisor else None
         for s in self.services:
             s.bind(self)
+        # Settable until the VM first runs (`firmware.set`), then frozen, as KVM's are.
+        self.firmware = Firmware(self.services, on_change=self._firmware_changed)
         self.trap_path = resolve_path(config.trap)
         self.answers: CompiledTable | None = None
         # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
@@ -267,7 +280,9 @@ class VirtArm64(BoardPlatform):
         say; with what was changed in it."""
         ram = self.memory.region
         if user_dtb is None:
-            return virt_device_tree(self.config, self.services, ram, self.reserved, initrd), []
+            psci = self.firmware.get("psci-version") if self._serves("psci") else VERSION_1_1
+            dtb = virt_device_tree(self.config, self.services, ram, self.reserved, initrd, psci)
+            return dtb, []
         source = str(self.config.dtb)
         return patch_user_dtb(user_dtb, source, ram, self.config.bootargs, initrd, self.reserved)
 
@@ -283,8 +298,26 @@ class VirtArm64(BoardPlatform):
     def dtb_address(self) -> int:
         return self.plan.layout.dtb
 
+    def _serves(self, name: str) -> bool:
+        return any(s.name == name for s in self.services)
+
+    def _freeze_firmware(self) -> None:
+        """The VM runs for the first time: the firmware registers freeze and take effect
+        (the calls they hide leave the namespace)."""
+        self.firmware.freeze()
+        self.namespace.hide(self.firmware.hidden_ids())
+
+    def _firmware_changed(self, name: str) -> None:
+        """The PSCI node's compatible names the version served, as QEMU's virt board's."""
+        if name == "psci-version" and self.config.dtb is None:
+            dtb, _ = self._device_tree(None, self.plan.layout.initrd)
+            self.plan.layout.check_dtb(self.memory.region, len(dtb))
+            self.plan = dataclasses.replace(self.plan, dtb=dtb)
+
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
+        if not self.firmware.frozen:
+            self._freeze_firmware()
         if self._abi is not None and self.answers is None:
             # Rules freeze now, so constant answers computed from them stay true.
             self.policy.freeze()
@@ -387,7 +420,7 @@ class VirtArm64(BoardPlatform):
         return StartRequest(self.plan.entry, self.plan.x0)
 
     def name_of(self, function_id: int) -> str:
-        fn = self.namespace.lookup(function_id)
+        fn = self.namespace.defined(function_id)
         return fn.name if fn is not None else describe(function_id)
 
     # -- Platform (what services see) ----------------------------------------------------

@@ -19,6 +19,7 @@ from pvkit.devices.arm64.gicv3 import Gicv3
 from pvkit.devices.base import MmioDevice
 from pvkit.machine.deadlines import DeadlineThread
 from pvkit.machine.scheduling import Scheduler
+from pvkit.snapshot.state import Fields, State
 
 GIC_VERSIONS = (2, 3)
 ID_AA64PFR0_EL1: SysregKey = (3, 0, 0, 4, 0)
@@ -116,6 +117,30 @@ class VirtCpuDevices:
 
     def set_cpu_id_registers(self, pfr0: int) -> None:
         self._pfr0 = pfr0
+
+    # -- snapshots ----------------------------------------------------------------------
+    STATE_SECTION = "cpu-devices"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        """The IRQ line levels and the CPU ID the GIC field is added to (the GIC and the
+        timers save themselves)."""
+        with self._lock:
+            return {"levels": list(self._levels), "pfr0": self._pfr0}
+
+    def restore_state(self, state: Fields) -> None:
+        levels = state.flags("levels", len(self._levels))
+        pfr0 = state.opt_int("pfr0")
+        with self._lock:
+            self._levels, self._pfr0 = levels, pfr0
+
+    def resume(self) -> None:
+        """After a restore: the timers' clock runs again, from the state they were given."""
+        self.deadlines.stop()
+        for i in range(len(self.timers)):
+            self._arm_timer(i)
+        if not self._scheduler.deterministic:
+            self.deadlines.start()
 
     # -- the run ------------------------------------------------------------------------
     def start(self) -> None:

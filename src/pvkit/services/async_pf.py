@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from pvkit.abi.smccc import SmcccReturn
 from pvkit.hypercall.call import Call
@@ -21,6 +21,7 @@ from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.hypercall.vendor_numbers import pvkit_number
 from pvkit.services.base import Service
 from pvkit.services.vendor_hyp import VENDOR_SMC32
+from pvkit.snapshot.state import Fields, int_keys
 
 # Its number in the vendor range comes from pvkit's assignments there (not KVM's: the
 # series' own numbers 1 and 2 are KVM's PTP and a pKVM function today).
@@ -89,6 +90,33 @@ class AsyncPfCore(Service):
             self._vcpus.clear()
             self._waiters.clear()
             self.stats = ApfStats()
+
+    # -- snapshots -------------------------------------------------------------------------
+    def save_state(self) -> dict[str, object]:
+        """Each vCPU's enable, block, queue and outstanding tokens, the pages waited on,
+        and the host's counts."""
+        with self._lock:
+            vcpus = {
+                str(v): {
+                    "enabled": st.enabled, "block": st.block, "send_always": st.send_always,
+                    "in_flight": st.in_flight, "queue": [list(q) for q in st.queue],
+                    "outstanding": int_keys(st.outstanding), "next_id": st.next_id,
+                }
+                for v, st in sorted(self._vcpus.items())
+            }  # fmt: skip
+            waiters = {str(p): [list(w) for w in ws] for p, ws in sorted(self._waiters.items())}
+            return {"vcpus": vcpus, "waiters": waiters, "stats": asdict(self.stats)}
+
+    def restore_state(self, state: Fields) -> None:
+        vcpus = {int(k): _vcpu_apf(f) for k, f in _numbered(state, "vcpus").items()}
+        waiters = {
+            int(k): [tuple(pair) for pair in _pairs(f, "list")]
+            for k, f in _numbered(state, "waiters", wrap=True).items()
+        }
+        stats = state.sub("stats")
+        counts = ApfStats(**{name: stats.integer(name) for name in asdict(ApfStats())})
+        with self._lock:
+            self._vcpus, self._waiters, self.stats = vcpus, waiters, counts  # type: ignore[assignment]
 
     # -- PageNotifier (called by the board's swap controller) ----------------------------
     def page_not_present(
@@ -190,6 +218,43 @@ class AsyncPfCore(Service):
 
     def _retract(self, vcpu: int) -> None:  # optional hook
         """The notification in flight is over: lower its signal."""
+
+
+def _numbered(state: Fields, key: str, wrap: bool = False) -> dict[int, Fields]:
+    """A map saved with vCPU or page numbers as keys; `wrap` puts a list value in a map."""
+    value = state.raw(key)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.isdigit() for k in value):
+        raise state.bad(key, "a map keyed by numbers")
+    out = {}
+    for k, v in value.items():
+        inner = {"list": v} if wrap else v
+        if not isinstance(inner, dict):
+            raise state.bad(key, "a map of maps")
+        out[int(k)] = Fields(f"{state.section}.{key}[{k}]", inner)
+    return out
+
+
+def _pairs(state: Fields, key: str) -> list[list[int]]:
+    value = state.raw(key)
+    ok = isinstance(value, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(type(x) is int and x >= 0 for x in p)
+        for p in value
+    )
+    if not ok:
+        raise state.bad(key, "a list of number pairs")
+    return value  # type: ignore[return-value]
+
+
+def _vcpu_apf(state: Fields) -> VcpuApf:
+    return VcpuApf(
+        enabled=state.flag("enabled"),
+        block=state.integer("block"),
+        send_always=state.flag("send_always"),
+        in_flight=state.flag("in_flight"),
+        queue=deque((r, t) for r, t in _pairs(state, "queue")),
+        outstanding=state.int_map("outstanding"),
+        next_id=state.integer("next_id", 1, 1 << 32),
+    )
 
 
 class AsyncPfService(AsyncPfCore):

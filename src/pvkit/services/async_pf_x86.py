@@ -14,6 +14,7 @@ from __future__ import annotations
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.services.async_pf import REASON_NOT_PRESENT, AsyncPfCore, VcpuApf
 from pvkit.services.base import Msr
+from pvkit.snapshot.state import Fields, int_keys
 
 MSR_KVM_ASYNC_PF_EN = 0x4B56_4D02
 MSR_KVM_ASYNC_PF_INT = 0x4B56_4D06
@@ -43,6 +44,17 @@ class KvmAsyncPfService(AsyncPfCore):
         with self._lock:
             self._en.clear()
             self._vector.clear()
+
+    def save_state(self) -> dict[str, object]:
+        with self._lock:
+            return {**super().save_state(), "en": int_keys(self._en),
+                    "vector": int_keys(self._vector)}  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        en, vector = state.int_map("en"), state.int_map("vector", 0xFF)
+        super().restore_state(state)
+        with self._lock:
+            self._en, self._vector = en, vector
 
     def claims(self, abi: Abi = Abi.KVM_X86) -> list[IdRange]:
         return []

@@ -6,10 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.machine.power import PowerOnResult, PowerState, StartRequest
+from pvkit.snapshot.state import Fields
+
+if TYPE_CHECKING:
+    from pvkit.services.firmware import Register
 
 
 class SystemEvent(Enum):
@@ -117,14 +121,24 @@ class Service(ABC):
     # MSRs do not exist while the bit is hidden.
     cpuid_feature_bit: ClassVar[int | None] = None
     cpuid_more_bits: ClassVar[tuple[int, ...]] = ()  # further bits it sets (hints, legacy)
-    # The version of the interface a guest can read from it, if it has one ("1.1").
+    # The version of the interface a guest can read from it, if it has one ("1.1"), and
+    # where it reads it, as listings show it. `revisions` and `revision_in_use` say which
+    # revisions pvkit can serve and which one this VM serves (snapshots record it).
     revision: ClassVar[str | None] = None
+    # arm64: the firmware bitmap bit that gates this service, as KVM gates its own
+    # (("std-hyp-bmap", 0) for PV time; services/firmware.py). A clear bit hides it.
+    firmware_gate: ClassVar[tuple[str, int] | None] = None
     # How a guest finds the service, where its IDs do not say it all (`pvkit services`).
     discovery: ClassVar[str | None] = None
     # Guest headers (`pvkit header`): a prefix for C names that lack it, the service's own
     # status codes if it has a code space of its own (PSCI's, TRNG's).
     c_prefix: ClassVar[str] = ""
     return_codes: ClassVar[type[IntEnum] | None] = None
+    # Snapshots: a service that remembers anything about a guest overrides save_state
+    # and restore_state; one that remembers nothing says so with STATELESS. A service
+    # that does neither cannot be snapshotted (the snapshot names it).
+    STATELESS: ClassVar[bool] = False
+    STATE_VERSION: ClassVar[int] = 1
 
     def __init__(self) -> None:
         self._platform: Platform | None = None
@@ -150,6 +164,37 @@ class Service(ABC):
 
     def on_vcpu_entry(self, vcpu: int) -> None:  # noqa: B027  # optional hook
         """Called each time `vcpu` is about to run guest code (keep it cheap)."""
+
+    def save_state(self) -> dict[str, object]:
+        """What the guest set up with this service, as plain data (snapshot/state.py)."""
+        raise NotImplementedError(f"service {self.name!r} does not say what state it has")
+
+    def restore_state(self, state: Fields) -> None:
+        """Take back what `save_state` gave (the VM is stopped)."""
+        raise NotImplementedError(f"service {self.name!r} does not say what state it has")
+
+    def revisions(self, abi: Abi) -> tuple[str, ...]:
+        """Every revision of its interface this service can serve a guest on `abi`, oldest
+        first: by default only the one `revision` names."""
+        return (self.revision.split()[0],) if self.revision else ()
+
+    def revision_in_use(self) -> str | None:
+        """The revision this VM serves its guest (the newest, unless a firmware register
+        chose another): what a snapshot records and a restore must serve again."""
+        for abi in sorted(self.abis, key=lambda a: a.value):
+            served = self.revisions(abi)
+            if served:
+                return served[-1]
+        return None
+
+    def firmware_registers(self) -> list[Register]:
+        """arm64: the firmware registers this service's answers follow (firmware.py)."""
+        return []
+
+    def hidden_function_ids(self) -> frozenset[int]:
+        """IDs its firmware registers hide from the guest now (calls newer than the
+        version a register sets); they answer NOT_SUPPORTED, as if nobody served them."""
+        return frozenset()
 
     def msrs(self, abi: Abi) -> dict[int, Msr]:
         """x86 model-specific registers this service implements, by index."""

@@ -18,6 +18,7 @@ import time
 
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.services.base import Msr, Service
+from pvkit.snapshot.state import Fields, int_keys
 
 MSR_KVM_WALL_CLOCK = 0x11
 MSR_KVM_SYSTEM_TIME = 0x12
@@ -104,6 +105,20 @@ class KvmClockService(Service):
         p.write_guest(address + 4, record[4:])
         p.write_guest(address, struct.pack("<I", (version + 2) & 0xFFFF_FFFF))
         self._versions[vcpu] = (version + 2) & 0xFFFF_FFFF
+
+    def save_state(self) -> dict[str, object]:
+        """MSR_KVM_SYSTEM_TIME(_NEW) per vCPU with its record version, and the wall-clock
+        MSR (the records are guest RAM)."""
+        with self._lock:
+            return {"system": int_keys(self._system), "versions": int_keys(self._versions),
+                    "checked": int_keys(self._checked), "wall": self._wall}  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        system, versions = state.int_map("system"), state.int_map("versions", 0xFFFF_FFFF)
+        checked, wall = state.int_map("checked"), state.integer("wall")
+        with self._lock:
+            self._system, self._versions, self._checked = system, versions, checked
+            self._wall = wall
 
     def on_vcpu_entry(self, vcpu: int) -> None:
         if vcpu in self._system:

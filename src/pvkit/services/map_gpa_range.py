@@ -24,6 +24,7 @@ MapGpaHandler = Callable[[int, int, int], int]  # (gpa, pages, attributes) -> RA
 
 
 class MapGpaRangeService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "map-gpa-range"
     abis = frozenset({Abi.KVM_X86})
     cpuid_feature_bit = 16

@@ -3,6 +3,12 @@
 Behaviour follows the spec where it is fixed and KVM where it leaves a choice
 (Linux arch/arm64/kvm/psci.c): CPU_SUSPEND returns at once, MIGRATE_INFO_TYPE says no
 migration is needed, AFFINITY_INFO accepts levels 0..3.
+
+The version a guest is served is the `psci-version` firmware register (KVM's
+KVM_REG_ARM_PSCI_VERSION): 0.2, 1.0 or 1.1. PSCI_VERSION answers it, and a call newer than
+it (PSCI_FEATURES is 1.0's, SYSTEM_RESET2 1.1's) is hidden: NOT_SUPPORTED, as KVM's PSCI
+0.2 and 1.0 handlers answer it. PSCI 0.1 (KVM's own function IDs, named in the device
+tree) is not served.
 """
 
 from __future__ import annotations
@@ -15,9 +21,14 @@ from pvkit.hypercall.call import Call, Outcome
 from pvkit.hypercall.namespace import Abi, Function, IdRange, Memo
 from pvkit.machine.power import POWER_ORDER, PowerOnResult, PowerState, StartRequest
 from pvkit.services.base import Service, SystemEvent
+from pvkit.services.firmware import Register
 from pvkit.services.smccc_arch import SMCCC_VERSION
 
+VERSION_0_2 = 0x2
+VERSION_1_0 = 0x1_0000
 VERSION_1_1 = 0x1_0001
+VERSIONS = (VERSION_0_2, VERSION_1_0, VERSION_1_1)  # what pvkit serves, oldest first
+KVM_REG_ARM_PSCI_VERSION = 0x6030_0000_0014_0000
 SMC32_BASE = 0x8400_0000
 SMC64_BASE = 0xC400_0000
 PSCI_RANGES = (IdRange(SMC32_BASE, SMC32_BASE + 0x1F), IdRange(SMC64_BASE, SMC64_BASE + 0x1F))
@@ -52,23 +63,29 @@ MIGRATE_NOT_REQUIRED = 2  # multiprocessor or no Trusted OS
 RESET2_VENDOR = 1 << 31
 RESET2_WARM = 0
 
-# The one list of served functions: name, number, whether an SMC64 ID exists too.
-FUNCTIONS: tuple[tuple[str, int, bool], ...] = (
-    ("PSCI_VERSION", 0x00, False),
-    ("CPU_SUSPEND", 0x01, True),
-    ("CPU_OFF", 0x02, False),
-    ("CPU_ON", 0x03, True),
-    ("AFFINITY_INFO", 0x04, True),
-    ("MIGRATE_INFO_TYPE", 0x06, False),
-    ("SYSTEM_OFF", 0x08, False),
-    ("SYSTEM_RESET", 0x09, False),
-    ("PSCI_FEATURES", 0x0A, False),
-    ("SYSTEM_RESET2", 0x12, True),
+# The one list of served functions: name, number, whether an SMC64 ID exists too, and
+# the PSCI version that introduced it (DEN0022's function table).
+FUNCTIONS: tuple[tuple[str, int, bool, int], ...] = (
+    ("PSCI_VERSION", 0x00, False, VERSION_0_2),
+    ("CPU_SUSPEND", 0x01, True, VERSION_0_2),
+    ("CPU_OFF", 0x02, False, VERSION_0_2),
+    ("CPU_ON", 0x03, True, VERSION_0_2),
+    ("AFFINITY_INFO", 0x04, True, VERSION_0_2),
+    ("MIGRATE_INFO_TYPE", 0x06, False, VERSION_0_2),
+    ("SYSTEM_OFF", 0x08, False, VERSION_0_2),
+    ("SYSTEM_RESET", 0x09, False, VERSION_0_2),
+    ("PSCI_FEATURES", 0x0A, False, VERSION_1_0),
+    ("SYSTEM_RESET2", 0x12, True, VERSION_1_1),
 )
 
 
+def version_text(version: int) -> str:
+    """A PSCI version word as "major.minor" (bits 31:16 and 15:0)."""
+    return f"{version >> 16}.{version & 0xFFFF}"
+
+
 def function_id(name: str, smc64: bool = False) -> int:
-    for fn_name, number, has64 in FUNCTIONS:
+    for fn_name, number, has64, _since in FUNCTIONS:
         if fn_name == name:
             if smc64 and not has64:
                 raise KeyError(f"{name} has no SMC64 ID")
@@ -83,11 +100,43 @@ def affinity_mask(level: int) -> int:
 
 
 class PsciService(Service):
+    STATELESS = True  # the vCPUs' power states are the VM's, saved with it
     name = "psci"
     revision = f"{VERSION_1_1 >> 16}.{VERSION_1_1 & 0xFFFF} (PSCI_VERSION)"
     discovery = "the device tree's /psci node names the conduit; PSCI_FEATURES(ID) == 0"
     c_prefix = "PSCI_"
     return_codes = PsciReturn
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = Register(
+            "psci-version", "KVM_REG_ARM_PSCI_VERSION", KVM_REG_ARM_PSCI_VERSION,
+            VERSION_1_1,
+            ", ".join(f"{v:#x} ({version_text(v)})" for v in VERSIONS),
+            "what PSCI_VERSION answers; calls newer than it answer NOT_SUPPORTED",
+            self._refuse_version,
+        )  # fmt: skip
+
+    def _refuse_version(self, value: int) -> str | None:
+        if value in VERSIONS:
+            return None
+        served = ", ".join(version_text(v) for v in VERSIONS)
+        return f"pvkit serves PSCI {served}, not {version_text(value & 0xFFFF_FFFF)}"
+
+    def firmware_registers(self) -> list[Register]:
+        return [self.version]
+
+    def revisions(self, abi: Abi) -> tuple[str, ...]:
+        return tuple(version_text(v) for v in VERSIONS)
+
+    def revision_in_use(self) -> str | None:
+        return version_text(self.version.value)
+
+    def hidden_function_ids(self) -> frozenset[int]:
+        newer = [(n, has64) for _, n, has64, since in FUNCTIONS if since > self.version.value]
+        return frozenset(
+            base + n for n, has64 in newer for base in (SMC32_BASE, SMC64_BASE) if has64
+        ) | frozenset(SMC32_BASE + n for n, _ in newer)
 
     def c_name(self, fn: Function) -> str:
         base = super().c_name(fn)  # SMC64 IDs: PSCI_CPU_ON_64, as the guest SDK spells them
@@ -98,7 +147,7 @@ class PsciService(Service):
 
     def functions(self, abi: Abi = Abi.SMCCC) -> list[Function]:
         handlers: dict[str, Callable[[Call], None]] = {
-            "PSCI_VERSION": lambda c: c.answer(VERSION_1_1),
+            "PSCI_VERSION": lambda c: c.answer(self.version.value),
             "CPU_SUSPEND": lambda c: c.answer(PsciReturn.SUCCESS),
             "CPU_OFF": self._cpu_off,
             "CPU_ON": self._cpu_on,
@@ -117,7 +166,7 @@ class PsciService(Service):
         # ...and at level 0 answered from the vCPUs' power-state bytes, without Python
         by_state = {"AFFINITY_INFO": tuple(int(AFFINITY_OF[s]) for s in POWER_ORDER)}
         out = []
-        for name, number, has64 in FUNCTIONS:
+        for name, number, has64, _since in FUNCTIONS:
             m = memo.get(name)
             ids = [(SMC32_BASE + number, name)]
             if has64:

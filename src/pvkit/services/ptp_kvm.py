@@ -44,7 +44,9 @@ def split(value: int) -> tuple[int, int]:
 
 
 class KvmPtpService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "ptp-kvm"
+    firmware_gate = ("vendor-hyp-bmap", 1)  # KVM_REG_ARM_VENDOR_HYP_BIT_PTP
 
     def claims(self, abi: Abi = Abi.SMCCC) -> list[IdRange]:
         return [IdRange(KVM_FUNC_PTP, KVM_FUNC_PTP)]

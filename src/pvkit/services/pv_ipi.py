@@ -19,6 +19,7 @@ _ICR_VECTOR = 0xFF
 
 
 class PvIpiService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "pv-send-ipi"
     abis = frozenset({Abi.KVM_X86})
     cpuid_feature_bit = 11

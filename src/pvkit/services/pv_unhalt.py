@@ -14,6 +14,7 @@ from pvkit.services.base import Service
 
 
 class PvUnhaltService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "pv-unhalt"
     abis = frozenset({Abi.KVM_X86})
     cpuid_feature_bit = 7

@@ -15,6 +15,7 @@ from pvkit.services.base import Service
 
 
 class SchedYieldService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "pv-sched-yield"
     abis = frozenset({Abi.KVM_X86})
     cpuid_feature_bit = 13

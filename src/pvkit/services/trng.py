@@ -63,7 +63,9 @@ def pack_entropy(value: int, width: int) -> tuple[int, int, int]:
 
 
 class TrngService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "trng"
+    firmware_gate = ("std-bmap", 0)  # KVM_REG_ARM_STD_BMAP bit 0, TRNG_V1_0
     revision = f"{VERSION_1_0 >> 16}.{VERSION_1_0 & 0xFFFF} (TRNG_VERSION)"
     discovery = "SMCCC >= 1.1, TRNG_VERSION >= 1.0, then TRNG_FEATURES(ID) == 0"
     return_codes = TrngReturn

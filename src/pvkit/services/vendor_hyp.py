@@ -31,7 +31,9 @@ BITMAP_FUNCTIONS = 128
 
 
 class VendorHypService(Service):
+    STATELESS = True  # its answers depend on the VM's configuration only
     name = "vendor-hyp"
+    firmware_gate = ("vendor-hyp-bmap", 0)  # KVM_REG_ARM_VENDOR_HYP_BIT_FUNC_FEAT
 
     def __init__(self, uid: bytes, features_name: str = "VENDOR_HYP_FEATURES"):
         super().__init__()

@@ -2,7 +2,9 @@
 #ifndef PVKIT_RUNTIME_H
 #define PVKIT_RUNTIME_H
 #include <pvkit/types.h>
-/* Implemented by the guest: boot CPU with the DTB address, secondaries with their CPU_ON context. */
+/* Implemented by the guest: the boot CPU enters guest_main with the DTB address. A CPU started
+ * at secondary_entry enters guest_secondary with its CPU_ON context; a guest that starts no
+ * other CPU need not define it (the SDK's default parks the CPU in WFI). */
 void guest_main(const void *fdt);
 void guest_secondary(uint64_t context);
 /* Physical entry point to hand to CPU_ON; sets the stack from the context (a CPU index). */

@@ -244,6 +244,11 @@ s64 kvm_hypercall(u64 nr, u64 a0, u64 a1, u64 a2, u64 a3)
 /* -- entry ------------------------------------------------------------------------- */
 static const char *cstr(u64 address) { return address ? (const char *)address : ""; }
 
+/* The default for guests whose other CPUs have nothing to do: say the CPU is up (so smp_start
+ * counts it), return, and x86_entry parks it in HLT with interrupts off. A guest's own
+ * guest_ap_main replaces it. */
+__attribute__((weak)) void guest_ap_main(int cpu) { ap_ready(cpu); }
+
 void x86_entry(int cpu)
 {
 	if (cpu) {

@@ -1,9 +1,10 @@
 """x86-64 vCPUs on Unicorn: boot state, hypercall and exception traps, port I/O, MMIO, HLT.
 
 VMCALL, VMMCALL and UD2 reach the host only as invalid instructions (RIP at the
-instruction); CPU exceptions and INT n arrive as interrupts and are delivered to the
-guest's IDT by backends.x86.exceptions. Hypercalls are decoded in Python through the binding: the
-x86 path has no answer table yet (see docs/hot-path.md).
+instruction), RDMSR/WRMSR of pvkit's MSRs through per-site hooks: both through the trap
+(backends/x86/trap.py, in C where built), which calls into Python once per call with
+integers. CPU exceptions and INT n arrive as interrupts and are delivered to the guest's
+IDT by backends.x86.exceptions (see docs/hot-path.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Sequence
 from unicorn import (  # type: ignore[attr-defined]  # re-exported names
     UC_ARCH_X86,
     UC_HOOK_INSN,
-    UC_HOOK_INSN_INVALID,
     UC_HOOK_INTR,
     UC_HOOK_MEM_FETCH_UNMAPPED,
     UC_HOOK_MEM_READ_UNMAPPED,
@@ -30,11 +30,13 @@ from unicorn import x86_const as r
 from pvkit.backends import uc_controls
 from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import NOT_STOPPED, InsnBudget, make_budget
+from pvkit.backends.trap import TrapPath
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.backends.x86 import regs as x
 from pvkit.backends.x86.exceptions import Delivery, DeliveryFailed, NeedsPrivilegeChange
 from pvkit.backends.x86.interfaces import Firmware, MsrBus, X86HypercallPort, hook_insn
 from pvkit.backends.x86.patch import HypercallPatcher
+from pvkit.backends.x86.trap import make_x86_trap
 from pvkit.devices.base import MmioDevice, PortDevice
 from pvkit.discovery.cpuid import CpuidTable
 from pvkit.hypercall.call import Conduit, Outcome
@@ -80,10 +82,13 @@ class X86Engine(UnicornVcpu):
         msrs: MsrBus | None = None,
         counting: bool = False,
         residency: HostResidency | None = None,
+        trap_path: TrapPath = TrapPath.C,
     ):
         """`clock()` is the hypervisor time in ns the TSC shows (1 GHz); `msrs` serves
-        the MSRs it knows (kvmclock, steal time); `counting` installs the budget;
-        `residency` says which RAM pages the host does not hold (a PAGE_ABSENT exit)."""
+        the MSRs it knows (kvmclock, steal time); `counting` installs the budget (which
+        then also stops before RDMSR/WRMSR: it visits every instruction anyway);
+        `residency` says which RAM pages the host does not hold (a PAGE_ABSENT exit);
+        `trap_path` picks the C trap or its ctypes twin."""
         self.vcpu = vcpu
         self._memory = memory
         self._firmware = firmware
@@ -115,7 +120,6 @@ class X86Engine(UnicornVcpu):
             uc.mmio_map(
                 dev.region.base, dev.region.size, self._mmio_read, dev, self._mmio_write, dev
             )
-        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, r.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, r.UC_X86_INS_IN)
@@ -130,8 +134,21 @@ class X86Engine(UnicornVcpu):
             hook_insn(uc, r.UC_X86_INS_RDTSCP, self._on_rdtsc)
         self._msrs = msrs
         self._budget: InsnBudget | None = None
-        if counting or msrs is not None:
+        if counting:
             self._budget = make_budget(uc, memory if msrs is not None else None)
+        self._native = b"" if patcher is None else patcher.native
+        self.trap = make_x86_trap(
+            trap_path,
+            uc,
+            memory,
+            self._native,
+            hypercalls=port is not None,
+            watch_msr=msrs is not None and not counting,
+            on_call=self._on_call,
+            on_invalid=self._on_invalid,
+            on_msr=self._on_msr,
+        )
+        self.trap.install()
         if residency is not None:
             self._watch_residency(uc, memory, residency)
         self._uc = uc
@@ -195,6 +212,11 @@ class X86Engine(UnicornVcpu):
                     finally:
                         if window is not None and self._close_interrupt_window(window):
                             self._resume = True
+                    error = self.trap.take_error()
+                    if error is not None:
+                        self._stop_with_fault(uc, f"internal error in the trap: {error!r}")
+                    if self.trap.take_restart():
+                        self._resume = True
             except UcError as err:
                 if self._absent is not None:
                     return self._page_absent()
@@ -219,19 +241,55 @@ class X86Engine(UnicornVcpu):
                 return VcpuExit(ExitKind.HALT, pc=rip)
 
     def close(self) -> None:
+        self.trap.remove()
         if self._budget is not None:
             self._budget.remove()
         self._uc = None  # type: ignore[assignment]
 
     # -- traps -------------------------------------------------------------------------
-    def _on_invalid(self, uc: Uc, _user: object) -> bool:
+    def _on_call(
+        self, gprs: tuple[int, int, int, int, int], vmmcall: bool, cpl: int, long_mode: bool
+    ) -> int | None:
+        """A native hypercall the trap decoded: RAX for the guest (the trap writes it and
+        moves RIP past the instruction), or None after reporting a fault."""
+        assert self._port is not None
+        if self._native_moved() and (x.VMMCALL if vmmcall else x.VMCALL) != self._native:
+            self._on_invalid()  # now the other vendor's instruction
+            return None
+        try:
+            conduit = Conduit.VMMCALL if vmmcall else Conduit.VMCALL
+            call = self._port.on_hypercall(gprs, conduit, cpl, long_mode, self.vcpu)
+            if call.outcome is not Outcome.RESUME:
+                kind = ExitKind.POWER_OFF if call.outcome is Outcome.POWER_OFF else ExitKind.STOP_VM
+                self._exit = VcpuExit(kind)
+                self._uc.emu_stop()
+            return call.results[0]
+        except Exception as exc:
+            self._stop_with_fault(self._uc, f"internal error in the hypercall trap: {exc!r}")
+            return None
+
+    def _native_moved(self) -> bool:
+        """Did the VM move to the other vendor's host (HypercallPatcher.retarget) since the
+        trap last heard? Then the trap learns the new native instruction."""
+        patcher = self._patcher
+        if patcher is None or patcher.native == self._native:
+            return False
+        self._native = patcher.native
+        self.trap.set_native(self._native)
+        return True
+
+    def _on_invalid(self) -> None:
+        """Everything but a native hypercall: #UD, or the other vendor's instruction
+        (patched, or #UD without the fix-hypercall quirk)."""
+        self._native_moved()
+        uc = self._uc
         rip = uc.reg_read(r.UC_X86_REG_RIP)
         try:
             physical, code = self._fetch(rip, 3)  # short near the end of RAM or a mapping
             if self._port is None or code not in (x.VMCALL, x.VMMCALL):
                 self._deliver(x.VECTOR_UD, rip)
             elif self._patcher is None or code == self._patcher.native:
-                self._hypercall(uc, rip, code)
+                self._hypercall(uc, rip, code)  # the trap saw another native instruction
             elif self._patcher.fix:
                 self._patcher.patch(self.vcpu, rip, physical)
                 self._resume = True  # re-execute once this vCPU's translations are dropped
@@ -240,7 +298,6 @@ class X86Engine(UnicornVcpu):
                 self._deliver(x.VECTOR_UD, rip)
         except Exception as exc:
             self._stop_with_fault(uc, f"internal error in the hypercall trap: {exc!r}")
-        return True
 
     def _hypercall(self, uc: Uc, rip: int, code: bytes) -> None:
         assert self._port is not None
@@ -362,37 +419,47 @@ class X86Engine(UnicornVcpu):
             uc.reg_write(r.UC_X86_REG_RCX, self.vcpu)  # TSC_AUX: the CPU number
         return 1
 
-    def _msr_instruction(self, uc: Uc, budget: InsnBudget) -> None:
-        """The engine stopped before RDMSR/WRMSR: serve pvkit's MSRs, run the others."""
+    def _on_msr(self, write: bool, index: int, value: int) -> int | bool | None:
+        """RDMSR/WRMSR of `index` (a write of `value`), before the instruction runs: the
+        value read or True when served, None when the MSR is not one of ours (the engine
+        runs the instruction), False after delivering #GP for a refused write (or
+        reporting a fault)."""
         assert self._msrs is not None
+        try:
+            if not write:
+                return self._msrs.read_msr(self.vcpu, index)
+            accepted = self._msrs.write_msr(self.vcpu, index, value)
+            if accepted is False:
+                self._deliver(x.VECTOR_GP, self._uc.reg_read(r.UC_X86_REG_RIP), 0)
+                return False
+            return None if accepted is None else True
+        except Exception as exc:
+            self._stop_with_fault(self._uc, f"internal error in MSR {index:#x}: {exc!r}")
+            return False
+
+    def _msr_instruction(self, uc: Uc, budget: InsnBudget) -> None:
+        """The budget stopped the engine before RDMSR/WRMSR (counting runs): serve pvkit's
+        MSRs, let the engine run the others."""
         rip = budget.msr_at
         budget.msr_at = NOT_STOPPED
         index = uc.reg_read(r.UC_X86_REG_RCX) & 0xFFFF_FFFF
         write = self._byte(rip + 1) == 0x30
-        try:
-            if write:
-                value = (uc.reg_read(r.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (
-                    uc.reg_read(r.UC_X86_REG_RAX) & 0xFFFF_FFFF
-                )
-                accepted = self._msrs.write_msr(self.vcpu, index, value)
-                served = accepted is not None
-                if accepted is False:
-                    self._deliver(x.VECTOR_GP, rip, 0)
-                    return
-            else:
-                read = self._msrs.read_msr(self.vcpu, index)
-                served = read is not None
-                if read is not None:
-                    uc.reg_write(r.UC_X86_REG_RAX, read & 0xFFFF_FFFF)
-                    uc.reg_write(r.UC_X86_REG_RDX, read >> 32 & 0xFFFF_FFFF)
-        except Exception as exc:
-            self._stop_with_fault(uc, f"internal error in MSR {index:#x}: {exc!r}")
+        value = 0
+        if write:
+            value = (uc.reg_read(r.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (
+                uc.reg_read(r.UC_X86_REG_RAX) & 0xFFFF_FFFF
+            )
+        out = self._on_msr(write, index, value)
+        if out is False:
             return
-        if served:
-            uc.reg_write(r.UC_X86_REG_RIP, rip + 2)
-            budget.executed += 1
-        else:
+        if out is None:
             budget.skip_at = rip  # not ours: let the engine execute it
+            return
+        if not write:
+            uc.reg_write(r.UC_X86_REG_RAX, out & 0xFFFF_FFFF)
+            uc.reg_write(r.UC_X86_REG_RDX, out >> 32 & 0xFFFF_FFFF)
+        uc.reg_write(r.UC_X86_REG_RIP, rip + 2)
+        budget.executed += 1
 
     def _on_in(self, uc: Uc, port: int, size: int, _user: object) -> int:
         dev = self._ports.get(port)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from pvkit.machine.scheduling import COUNTER_HZ
+from pvkit.snapshot.state import Fields, State
 
 SysregKey = tuple[int, int, int, int, int]  # (op0, op1, CRn, CRm, op2)
 
@@ -155,6 +156,27 @@ class GenericTimer:
             if self._physical.level or self._virtual.level:
                 return True
         return self.next_deadline() is not None
+
+    STATE_SECTION = "timer"
+    STATE_VERSION = 1
+
+    def save_state(self) -> State:
+        """CNTP_* and CNTV_* as written and each output's level (the count is the clock's)."""
+        with self._lock:
+            return {
+                name: {"ctl": c.ctl, "cval": c.cval, "level": c.level}
+                for name, c in (("physical", self._physical), ("virtual", self._virtual))
+            }
+
+    def restore_state(self, state: Fields) -> None:
+        saved = [state.sub(name) for name in ("physical", "virtual")]
+        values = [(f.integer("ctl", hi=CTL_ENABLE | CTL_IMASK), f.integer("cval"),
+                   f.flag("level")) for f in saved]  # fmt: skip
+        with self._lock:
+            for channel, (ctl, cval, level) in zip(
+                (self._physical, self._virtual), values, strict=True
+            ):
+                channel.ctl, channel.cval, channel.level = ctl, cval, level
 
     def reset(self) -> None:
         with self._lock:

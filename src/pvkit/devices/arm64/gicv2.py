@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pvkit.devices.arm64 import gic_state
 from pvkit.devices.arm64.gic_core import (
     M32,
     MIN_BPR0,
@@ -25,6 +26,7 @@ from pvkit.devices.arm64.gic_core import (
 )
 from pvkit.devices.base import MmioDevice
 from pvkit.machine.memory import Region
+from pvkit.snapshot.state import Fields, State
 
 GICD_BASE = 0x0800_0000
 GICD_SIZE = 0x1_0000
@@ -233,6 +235,23 @@ class Gicv2(GicLines):
 
     def sysreg_write(self, vcpu: int, key: SysregKey, value: int) -> bool:
         return False
+
+    STATE_SECTION = gic_state.STATE_SECTION
+    STATE_VERSION = gic_state.STATE_VERSION
+
+    def save_state(self) -> State:
+        return {"version": 2, "core": gic_state.save_core(self._core),
+                "targets": list(self.targets), "ctlr": list(self.ctlr)}  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        n, core = self._core.ncpus, self._core
+        if state.integer("version") != 2:
+            raise state.bad("version", "2, the GIC version of this VM")
+        targets = state.integers("targets", core.nirqs, 0xFF)
+        ctlr = state.integers("ctlr", n, 0xFFFF_FFFF)
+        gic_state.restore_core(core, state.sub("core"))
+        with core.lock:
+            self.targets, self.ctlr = targets, ctlr
 
     def reset(self) -> None:
         core = self._core

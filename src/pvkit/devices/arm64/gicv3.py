@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from pvkit.devices.arm64 import gic_state
 from pvkit.devices.arm64.gic_core import (
     GROUP,
     M32,
@@ -26,6 +27,7 @@ from pvkit.devices.arm64.gic_core import (
 )
 from pvkit.devices.base import MmioDevice
 from pvkit.machine.memory import Region
+from pvkit.snapshot.state import Fields, State
 
 __all__ = ["VIRT_REDIST_REGIONS", "Gicv3", "SysregKey", "redistributor_capacity"]
 
@@ -311,6 +313,23 @@ class Gicv3(GicLines):
             write(vcpu, value & (1 << 64) - 1)
             self._core.update()
         return True
+
+    STATE_SECTION = gic_state.STATE_SECTION
+    STATE_VERSION = gic_state.STATE_VERSION
+
+    def save_state(self) -> State:
+        return {"version": 3, "core": gic_state.save_core(self._core),
+                "irouter": list(self.irouter), "waker": list(self.waker)}  # fmt: skip
+
+    def restore_state(self, state: Fields) -> None:
+        n, core = self._core.ncpus, self._core
+        if state.integer("version") != 3:
+            raise state.bad("version", "3, the GIC version of this VM")
+        irouter = state.integers("irouter", core.nirqs)
+        waker = state.integers("waker", n, 0xFFFF_FFFF)
+        gic_state.restore_core(core, state.sub("core"))
+        with core.lock:
+            self.irouter, self.waker = irouter, waker
 
     def reset(self) -> None:
         core = self._core

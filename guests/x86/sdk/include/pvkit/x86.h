@@ -61,6 +61,9 @@ struct boot {
 	int memmap_entries;
 	u64 ram_bytes; /* sum of the RAM (type 1) entries */
 };
+/* The guest's entry points: guest_main on the boot CPU; guest_ap_main on each CPU it starts
+ * (smp_start). A guest whose other CPUs have nothing to do need not define guest_ap_main:
+ * the SDK's default calls ap_ready and parks the CPU in HLT. */
 void guest_main(const struct boot *boot);
 void guest_ap_main(int cpu);
 void guest_exit(u8 value) __attribute__((noreturn)); /* isa-debug-exit, port 0xf4 */
