@@ -26,8 +26,8 @@ from pvkit.debug.packets import frame
 from pvkit.monitor.client import call
 from pvkit.monitor.protocol import MAX_LINE
 
-from .conftest import PREBUILT, ROOT, SMP_HELLO, X86_HELLO, pvkit
-from .test_gdb_stub import Client, _assemble
+from .conftest import PREBUILT, ROOT, SMP_HELLO, X86_HELLO, assemble, pvkit
+from .test_gdb_stub import Client
 
 STEAL = PREBUILT / "steal.Image"
 STEAL_X86 = PREBUILT / "steal-x86.elf"
@@ -188,7 +188,7 @@ COUNTER = """
 
 
 def test_savevm_of_a_running_vm_saves_and_lets_it_run_on(tmp_path: Path) -> None:
-    guest = _assemble(tmp_path, COUNTER)
+    guest = assemble(tmp_path, COUNTER)
     code = range(0x4008_0000, 0x4008_0014)  # its five instructions (it may not have begun)
     vm = start(tmp_path, "run", str(guest))
     saved = vm.ok("savevm", file=str(tmp_path / "run.snap"))

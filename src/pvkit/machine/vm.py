@@ -215,7 +215,7 @@ class VirtualMachine:
         power = self.power[index]
         control = self.control
         while not self._stop.is_set():
-            start = self._wait(index, power.wait_for_start, starting=True)
+            start = self._wait_for_start(index)
             if start is None:
                 return
             engine = self._factory(index)
@@ -240,6 +240,24 @@ class VirtualMachine:
                 engine.close()
             if finished:
                 return
+
+    def _wait_for_start(self, index: int) -> StartRequest | None:
+        """The power-on wait, parked for the control plane. A restored vCPU is on
+        already: it builds its engine before a pause holds it (in its wait for a host
+        CPU, before its first instruction), so a standing VM has an engine, and a PC to
+        show, for every vCPU that is on."""
+        power = self.power[index]
+        control = self.control
+        if not control.enabled:
+            return power.wait_for_start()
+        control.park(index)
+        start = None
+        try:
+            start = power.wait_for_start()
+        finally:
+            restoring = start is not None and start.restore is not None
+            control.unpark(index, hold=not restoring, starting=True)
+        return start
 
     def _wait(
         self, index: int, wait: Callable[[], _T], ready: bool = False, starting: bool = False
