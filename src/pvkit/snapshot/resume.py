@@ -46,6 +46,14 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
     if machine.text("arch") != snapshot.arch:
         raise SnapshotError("the snapshot is damaged: its header and machine disagree on the arch")
     board, image = config.build_board(machine, host)
+    check(snapshot, board)
+    return board, image
+
+
+def check(snapshot: Snapshot, board: Board) -> None:
+    """Can `board` (built from the snapshot's machine section, not run yet) serve its
+    guest? Its firmware registers take the guest's values; SnapshotError if not."""
+    machine = fields(snapshot, config.STATE_SECTION)
     saved = config.saved_services(machine)
     here = {s.name for s in board.services}
     for name, revision in sorted(saved.items()):
@@ -63,7 +71,6 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
         kind, _, owner = name.partition(":")
         if kind == SERVICE and not any(s.name == owner for s in board.services):
             raise SnapshotError(f"cannot restore here: no service {owner!r} for its saved state")
-    return board, image
 
 
 def _load_firmware(snapshot: Snapshot, board: Board) -> None:
@@ -89,9 +96,17 @@ def _load_firmware(snapshot: Snapshot, board: Board) -> None:
         raise SnapshotError(f"cannot restore here: {exc}") from None
 
 
-def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
-    """A board whose next `run` continues the saved VM."""
-    board, image = compatibility(snapshot, host)
+def restore(
+    snapshot: Snapshot, host: config.HostChoices, built: tuple[Board, Path] | None = None
+) -> tuple[Board, Path]:
+    """A board whose next `run` continues the saved VM. `built`: the board (and image)
+    `compatibility` already made of the same machine (a migration's handshake), which
+    is checked again against the whole snapshot."""
+    if built is None:
+        board, image = compatibility(snapshot, host)
+    else:
+        board, image = built
+        check(snapshot, board)
     vm = board.vm
     x86 = isinstance(board, PcX86)
     hidden = set(config.hidden_services(board))
