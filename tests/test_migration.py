@@ -11,11 +11,14 @@ taken the VM.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,30 +32,31 @@ from .test_snapshot_guests import times
 
 STEAL = str(PREBUILT / "steal.Image")
 STEAL_X86 = str(PREBUILT / "steal-x86.elf")
-WAITING = re.compile(r"waiting for a migration on tcp:127\.0\.0\.1:(\d+)")
-MIGRATED = re.compile(r"pvkit: migrated: migrated to tcp:127\.0\.0\.1:\d+ at (\d+) ns: "
+WAITING = re.compile(r"waiting for a migration on tcp:([\d.]+):(\d+)")
+MIGRATED = re.compile(r"pvkit: migrated: migrated to tcp:[\d.]+:\d+ at (\d+) ns: "
                       r"downtime ([\d.]+) ms, (\d+) bytes sent")  # fmt: skip
 
 
 @dataclass
 class Destination:
     proc: subprocess.Popen[str]
+    host: str
     port: int
     seen: str
 
     @property
     def uri(self) -> str:
-        return f"tcp:127.0.0.1:{self.port}"
+        return f"tcp:{self.host}:{self.port}"
 
     def finish(self) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=120)
         return self.proc.returncode, out, self.seen + err
 
 
-def destination(*args: str) -> Destination:
-    """`pvkit run --incoming tcp:127.0.0.1:0 ARGS`, once it listens."""
+def destination(*args: str, host: str = "127.0.0.1", inside: list[str] = []) -> Destination:  # noqa: B006
+    """`pvkit run --incoming tcp:HOST:0 ARGS` (run `inside` a namespace), once it listens."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pvkit", "run", "--incoming", "tcp:127.0.0.1:0", *args],
+        [*inside, sys.executable, "-m", "pvkit", "run", "--incoming", f"tcp:{host}:0", *args],
         cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -62,7 +66,7 @@ def destination(*args: str) -> Destination:
     if m is None:
         proc.kill()
         pytest.fail(f"the destination did not listen: {line}{proc.stderr.read()}")
-    return Destination(proc, int(m.group(1)), line)
+    return Destination(proc, m.group(1), int(m.group(2)), line)
 
 
 def one_sentence(stderr: str, status: int, returncode: int, says: str) -> None:
@@ -232,3 +236,72 @@ def test_a_run_without_incoming_or_monitor_does_not_load_migration() -> None:
                        stdin=subprocess.DEVNULL, timeout=60)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_an_x86_guest_moved_from_intel_to_amd_has_its_hypercall_site_patched_there(
+    tmp_path: Path,
+) -> None:
+    """Seed 004: the guest keeps its CPU model (Intel), the host's native instruction
+    changes: its VMCALL site, native at boot, is patched to VMMCALL on the destination."""
+    bench = str(PREBUILT / "bench-x86.elf")
+    run = [bench, "--deterministic", "--slice-ms", "1", "--append", "vmcall 999 300000"]
+    whole = pvkit("run", *run)
+    trace = tmp_path / "dst.jsonl"
+    dst = destination("--cpu-vendor", "amd", "--trace", str(trace))
+    src = pvkit("run", *run, "--cpu-vendor", "intel", "--migrate-at", "3", "--migrate-to",
+                dst.uri)  # fmt: skip
+    status, out, err = dst.finish()
+    assert src.returncode == 0 and MIGRATED.search(src.stderr), src.stderr
+    assert "bench: begin" in src.stdout and "bench: end" in out
+    assert src.stdout + out == whole.stdout and status == whole.returncode, err
+    patches = [e for e in map(json.loads, trace.read_text().splitlines()) if e["type"] == "patch"]
+    assert [(p["old"], p["new"]) for p in patches] == [("0f 01 c1", "0f 01 d9")]
+
+
+def _netns(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True)
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[tuple[str, str]]:
+    """Two network namespaces joined by a veth pair: 10.77.0.1 (source), 10.77.0.2."""
+    tag = f"pvk{os.getpid() % 100000}"
+    a, b = f"{tag}a", f"{tag}b"
+    made = subprocess.run(["ip", "netns", "add", a], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"network namespaces cannot be made here: {made.stderr.strip()}")
+    try:
+        steps = [
+            ["ip", "netns", "add", b],
+            ["ip", "link", "add", f"{tag}x", "netns", a, "type", "veth", "peer", "name",
+             f"{tag}y", "netns", b],
+            ["ip", "-n", a, "addr", "add", "10.77.0.1/24", "dev", f"{tag}x"],
+            ["ip", "-n", b, "addr", "add", "10.77.0.2/24", "dev", f"{tag}y"],
+            ["ip", "-n", a, "link", "set", f"{tag}x", "up"],
+            ["ip", "-n", b, "link", "set", f"{tag}y", "up"],
+            ["ip", "-n", a, "link", "set", "lo", "up"],
+            ["ip", "-n", b, "link", "set", "lo", "up"],
+        ]  # fmt: skip
+        for step in steps:
+            subprocess.run(step, check=True, capture_output=True)
+        yield a, b
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_4_vcpu_guest_migrates_between_two_network_namespaces(
+    two_hosts: tuple[str, str],
+) -> None:
+    a, b = two_hosts
+    run = [STEAL, "--smp", "4", "--host-cpus", "1", "--deterministic", "--stats"]
+    whole = pvkit("run", *run)
+    dst = destination("--stats", host="10.77.0.2", inside=["ip", "netns", "exec", b])
+    src = _netns(a, sys.executable, "-m", "pvkit", "run", *run, "--migrate-at", "300",
+                 "--migrate-to", dst.uri)  # fmt: skip
+    status, out, err = dst.finish()
+    assert src.returncode == 0, src.stderr
+    m = MIGRATED.search(src.stderr)
+    assert m is not None and "10.77.0.2" in src.stderr and int(m.group(3)) > 0
+    assert status == 0 and src.stdout + out == whole.stdout
+    assert times(err) == times(whole.stderr) and len(times(err)) == 4

@@ -91,7 +91,10 @@ def run(
     conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
     trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
     gic: Annotated[int, typer.Option(help="arm64: GIC version 3, or 2 (at most 8 vCPUs)")] = 3,
-    cpu_vendor: Annotated[str, typer.Option(help="x86_64: intel or amd")] = "intel",
+    cpu_vendor: Annotated[
+        str | None,
+        typer.Option(help="x86_64: intel or amd (default intel); --incoming: this host's"),
+    ] = None,
     cpuid_base: Annotated[str, typer.Option(help="x86_64: hypervisor CPUID base")] = "0x40000000",
     fix_hypercall: Annotated[
         bool, typer.Option(help="x86_64: patch the other vendor's hypercall instruction")
@@ -166,7 +169,7 @@ def run(
             "--arch": arch is not None, "--smp": smp != 1, "--mem": mem != "256M",
             "--profile": profile != "kvm", "--append": bool(append),
             "--conduit": conduit != "hvc", "--trap": trap != "auto", "--gic": gic != 3,
-            "--cpu-vendor": cpu_vendor != "intel", "--cpuid-base": cpuid_base != "0x40000000",
+            "--cpuid-base": cpuid_base != "0x40000000",
             "--no-fix-hypercall": not fix_hypercall, "--boot": boot != "auto",
             "--service": bool(service), "--deny": bool(deny), "--forward": bool(forward),
             "--deterministic": deterministic, "--swap-out": bool(swap_out),
@@ -181,6 +184,7 @@ def run(
             record_slices=timeline is not None,
             disabled=frozenset(disable or ()),
             console=console,
+            host_vendor=cpu_vendor,
         )
         run_incoming(incoming, session, choices, console, pv_time_revision)
         return
@@ -221,7 +225,7 @@ def run(
                 pc_x86.PcConfig(
                     smp=smp,
                     memory=parse_size(mem),
-                    vendor=cpu_vendor,
+                    vendor=cpu_vendor or "intel",
                     profile=parse_profile(profile),
                     cpuid_base=_number(cpuid_base, "--cpuid-base"),
                     fix_hypercall=fix_hypercall,
@@ -238,7 +242,7 @@ def run(
                 hub,
             )
         else:
-            if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
+            if cpu_vendor is not None or cpuid_base != "0x40000000" or not fix_hypercall:
                 raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
             arm = virt_arm64.VirtArm64(
                 virt_arm64.VirtConfig(

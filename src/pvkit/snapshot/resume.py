@@ -20,6 +20,7 @@ from pvkit.backends.x86 import cpu_state as x86_cpu
 from pvkit.backends.x86.engine import X86Engine
 from pvkit.machine import vm_state
 from pvkit.platform import pc_state
+from pvkit.platform.board import ConfigError
 from pvkit.platform.pc_x86 import PcX86
 from pvkit.platform.virt_arm64 import VirtArm64
 from pvkit.services.firmware import Firmware, FirmwareError
@@ -132,7 +133,14 @@ def restore(
     if isinstance(board, PcX86):
         _load(snapshot, "uart16550", board.uart)
         pc_state.restore_pc(board, fields(snapshot, pc_state.STATE_SECTION))
+        if host.host_vendor is not None:
+            try:  # the guest keeps its CPU model; its hypercall sites follow the host
+                board.move_to_host(host.host_vendor)
+            except ConfigError as exc:
+                raise SnapshotError(str(exc)) from None
     else:
+        if host.host_vendor is not None:
+            raise SnapshotError("--cpu-vendor applies to an x86_64 VM; this one is arm64")
         devices = board.cpu_devices
         _load(snapshot, "gic", devices.gic)
         for i, timer in enumerate(devices.timers):
