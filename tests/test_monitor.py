@@ -292,8 +292,11 @@ def test_hostile_clients_never_raise_in_the_host_or_stop_the_vm(tmp_path: Path) 
     ]  # fmt: skip
     for data in junk:
         assert a.error(data + b"\n")[0] == "GenericError", data[:40]
-    assert a.error(b'{"execute": "migrate"}\n') == (
-        "CommandNotFound", "there is no command 'migrate'"
+    assert a.error(b'{"execute": "migrate-incoming"}\n') == (
+        "CommandNotFound", "there is no command 'migrate-incoming'"
+    )  # fmt: skip
+    assert a.error(b'{"execute": "migrate", "arguments": {"uri": "exec:rm -rf /"}}\n') == (
+        "GenericError", "migrate 'exec:rm -rf /': give tcp:HOST:PORT (only TCP is served)"
     )  # fmt: skip
     assert a.error(b"x" * (4 * MAX_LINE) + b"\n")[1].startswith("a request must be at most")
     answer = a.send(b'{"execute": "query-status", "id": {"n": [1]}}\n')
@@ -350,7 +353,8 @@ def test_a_run_without_a_monitor_does_not_load_it() -> None:
     probe = (
         "import atexit, sys\n"
         "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith("
-        "('pvkit.monitor', 'pvkit.snapshot.save_point', 'pvkit.snapshot.standing'))),"
+        "('pvkit.monitor', 'pvkit.snapshot.save_point', 'pvkit.snapshot.standing',"
+        " 'pvkit.snapshot.migration', 'pvkit.cli.incoming'))),"
         " file=sys.stderr))\n"
         "from pvkit.cli.app import main\n"
         f"main(['run', {str(SMP_HELLO)!r}])\n"

@@ -16,13 +16,17 @@ import typer
 from pvkit.cli.options import fail
 
 # The commands that take an argument, and the parameter it is.
-PARAMETERS = {"savevm": "file"}
+PARAMETERS = {"savevm": "file", "migrate": "uri"}
 
 
 def monitor(
     path: Annotated[str, typer.Argument(help="the socket: PATH or unix:PATH (from --monitor)")],
-    command: Annotated[str, typer.Argument(help="stop, cont, savevm, info, query-status, quit")],
-    arg: Annotated[str | None, typer.Argument(help="savevm: the snapshot file to write")] = None,
+    command: Annotated[
+        str, typer.Argument(help="stop, cont, savevm, migrate, info, query-status, quit")
+    ],
+    arg: Annotated[
+        str | None, typer.Argument(help="savevm: the snapshot file; migrate: tcp:HOST:PORT")
+    ] = None,
 ) -> None:
     """Send COMMAND to the monitor of a running VM and print its reply (docs/monitor.md)."""
     # Imported here: only this verb needs the client.
@@ -37,7 +41,7 @@ def monitor(
         # A relative file is the client's, not the VM's working directory's.
         arguments[parameter] = str(Path(arg).absolute()) if parameter == "file" else arg
     elif arg is not None:
-        raise fail(f"monitor: {command!r} takes no argument (only savevm does: its file)")
+        raise fail(f"monitor: {command!r} takes no argument (only savevm and migrate do)")
     try:
         answer = call(socket_path, command, arguments)
     except ClientError as exc:

@@ -13,6 +13,8 @@ from pvkit.cli.session import (
     FreezeOption,
     GdbDefaultOption,
     GdbOption,
+    MigrateAtOption,
+    MigrateToOption,
     MonitorOption,
     SaveAtOption,
     SaveOption,
@@ -56,11 +58,13 @@ def restore(
         int | None,
         typer.Option(help="arm64: the revision a VM booted here gets; the guest keeps its own"),
     ] = None,
+    migrate_at: MigrateAtOption = None,
+    migrate_to: MigrateToOption = None,
 ) -> None:
     """Continue the VM saved in FILE; refuses, before anything runs, one this host cannot serve."""
     session = Session(
         trace, stats, timeline, parse_timeout(timeout), gdb, gdb_default, freeze, monitor,
-        save_at, save,
+        save_at, save, migrate_at, migrate_to,
     )  # fmt: skip
     session.check()
     console = BufferedConsole()

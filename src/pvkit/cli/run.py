@@ -27,6 +27,8 @@ from pvkit.cli.session import (
     FreezeOption,
     GdbDefaultOption,
     GdbOption,
+    MigrateAtOption,
+    MigrateToOption,
     MonitorOption,
     SaveAtOption,
     SaveOption,
@@ -96,7 +98,10 @@ def run(
     conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
     trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
     gic: Annotated[int, typer.Option(help="arm64: GIC version 3, or 2 (at most 8 vCPUs)")] = 3,
-    cpu_vendor: Annotated[str, typer.Option(help="x86_64: intel or amd")] = "intel",
+    cpu_vendor: Annotated[
+        str | None,
+        typer.Option(help="x86_64: intel or amd (default intel); --incoming: this host's"),
+    ] = None,
     cpuid_base: Annotated[str, typer.Option(help="x86_64: hypervisor CPUID base")] = "0x40000000",
     fix_hypercall: Annotated[
         bool, typer.Option(help="x86_64: patch the other vendor's hypercall instruction")
@@ -123,7 +128,9 @@ def run(
     deterministic: Annotated[
         bool, typer.Option(help="time from guest instructions: the same run, the same times")
     ] = False,
-    slice_ms: Annotated[float, typer.Option(help="scheduler time slice in ms")] = 10.0,
+    slice_ms: Annotated[
+        float | None, typer.Option(help="scheduler time slice in ms (default 10)")
+    ] = None,
     timeline: TimelineOption = None,
     swap_out: Annotated[
         list[str] | None,
@@ -145,24 +152,61 @@ def run(
     pv_time_revision: Annotated[
         int | None, typer.Option(help="arm64: stolen-time record revision, 0 (Linux's) or 1")
     ] = None,
+    migrate_at: MigrateAtOption = None,
+    migrate_to: MigrateToOption = None,
+    incoming: Annotated[
+        str | None,
+        typer.Option(help="wait for a migration on tcp:HOST:PORT and run the VM it brings"),
+    ] = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
+    session = Session(
+        trace, stats, timeline, parse_timeout(timeout), gdb, gdb_default, freeze, monitor,
+        save_at, save, migrate_at, migrate_to,
+    )  # fmt: skip
+    if incoming is not None:
+        from pvkit.cli.incoming import refuse_vm_options, run_incoming
+        from pvkit.snapshot.config import HostChoices
+
+        refuse_vm_options({
+            "IMAGE": image is not None, "--kernel": kernel is not None,
+            "--initrd": initrd is not None, "--dtb": dtb is not None,
+            "--dump-dtb": dump_dtb is not None, "--bios": bios is not None,
+            "--no-reboot": no_reboot, "--symbols": symbols is not None,
+            "--arch": arch is not None, "--smp": smp != 1, "--mem": mem != "256M",
+            "--profile": profile != "kvm", "--append": bool(append),
+            "--conduit": conduit != "hvc", "--trap": trap != "auto", "--gic": gic != 3,
+            "--cpuid-base": cpuid_base != "0x40000000",
+            "--no-fix-hypercall": not fix_hypercall, "--boot": boot != "auto",
+            "--service": bool(service), "--deny": bool(deny), "--forward": bool(forward),
+            "--deterministic": deterministic, "--swap-out": bool(swap_out),
+            "--fw": bool(fw),
+        })  # fmt: skip
+        session.check()
+        console = BufferedConsole()
+        choices = HostChoices(
+            host_cpus=parse_host_cpus(host_cpus),
+            keep_host_cpus=host_cpus is None,
+            slice_ns=parse_slice_ms(slice_ms) if slice_ms is not None else None,
+            record_slices=timeline is not None,
+            disabled=frozenset(disable or ()),
+            console=console,
+            host_vendor=cpu_vendor,
+        )
+        run_incoming(incoming, session, choices, console, pv_time_revision)
+        return
     if image is not None and kernel is not None:
         raise fail("give the kernel once: as IMAGE or as --kernel, not both")
     image = image if image is not None else kernel
     if image is None and bios is None:
         raise fail("nothing to boot: give IMAGE (or --kernel FILE) or --bios FILE")
-    session = Session(
-        trace, stats, timeline, parse_timeout(timeout), gdb, gdb_default, freeze, monitor,
-        save_at, save,
-    )  # fmt: skip
     session.check()
     hub = TraceHub()
     console = BufferedConsole()
     timing = {
         "host_cpus": parse_host_cpus(host_cpus),
         "deterministic": deterministic,
-        "slice_ns": parse_slice_ms(slice_ms),
+        "slice_ns": parse_slice_ms(slice_ms if slice_ms is not None else 10.0),
         "record_slices": timeline is not None,
     }
     swap = swap_spec(swap_out or [], swap_latency_ms)
@@ -190,7 +234,7 @@ def run(
                 pc_x86.PcConfig(
                     smp=smp,
                     memory=parse_size(mem),
-                    vendor=cpu_vendor,
+                    vendor=cpu_vendor or "intel",
                     profile=parse_profile(profile),
                     cpuid_base=_number(cpuid_base, "--cpuid-base"),
                     fix_hypercall=fix_hypercall,
@@ -207,7 +251,7 @@ def run(
                 hub,
             )
         else:
-            if cpu_vendor != "intel" or cpuid_base != "0x40000000" or not fix_hypercall:
+            if cpu_vendor is not None or cpuid_base != "0x40000000" or not fix_hypercall:
                 raise fail("--cpu-vendor, --cpuid-base and --no-fix-hypercall apply to x86_64")
             arm = virt_arm64.VirtArm64(
                 virt_arm64.VirtConfig(

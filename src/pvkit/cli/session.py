@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from pvkit.monitor.server import MonitorServer
     from pvkit.platform import pc_x86
+    from pvkit.snapshot.migration.point import MigratePoint
     from pvkit.snapshot.save_point import SavePoint
     from pvkit.trace.timeline import TimelineSink
 
@@ -48,6 +49,7 @@ EXIT_CODES = {
     StopKind.INTERRUPTED: 130,
     StopKind.SAVED: 0,
     StopKind.QUIT: 0,
+    StopKind.MIGRATED: 0,
 }
 
 # The options both verbs take, declared once.
@@ -72,6 +74,12 @@ SaveAtOption = Annotated[
     float | None, typer.Option(help="save the VM when its clock reaches this many ms")
 ]
 SaveOption = Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")]
+MigrateAtOption = Annotated[
+    float | None, typer.Option(help="migrate the VM when its clock reaches this many ms")
+]
+MigrateToOption = Annotated[
+    str | None, typer.Option(help="where --migrate-at sends the VM: tcp:HOST:PORT")
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,8 @@ class Session:
     monitor: str | None = None
     save_at: float | None = None
     save: Path | None = None
+    migrate_at: float | None = None
+    migrate_to: str | None = None
 
     def check(self) -> None:
         """Before the VM is built: the mistakes that need no VM to be seen."""
@@ -95,12 +105,21 @@ class Session:
             raise fail(
                 f"cannot write timeline {self.timeline}: no directory {self.timeline.parent}"
             )
+        if (self.migrate_at is None) != (self.migrate_to is None):
+            raise fail("--migrate-at and --migrate-to go together: give the time and the address")
+        if self.migrate_at is not None and self.save_at is not None:
+            raise fail("give --save-at or --migrate-at, not both: the VM leaves at the first")
+        _check_ms(self.migrate_at, "--migrate-at")
         if self.save_at is None and self.save is None:
             return
         if self.save_at is None or self.save is None:
             raise fail("--save-at and --save go together: give the time and the file")
-        if not math.isfinite(self.save_at) or self.save_at < 0:
-            raise fail(f"--save-at {self.save_at:g}: give a time in ms, 0 or more")
+        _check_ms(self.save_at, "--save-at")
+
+
+def _check_ms(ms: float | None, option: str) -> None:
+    if ms is not None and (not math.isfinite(ms) or ms < 0):
+        raise fail(f"{option} {ms:g}: give a time in ms, 0 or more")
 
 
 def run_and_report(
@@ -121,6 +140,7 @@ def run_and_report(
         if rules is not None:
             hub.attach(rules)
     save_point = _save_point(machine, image, session)
+    migrate_point = _migrate_point(machine, image, session)
     # -S holds the VM for gdb when there is one, else for the monitor's `cont`.
     gdb = session.gdb is not None or session.gdb_default
     if session.freeze and not gdb and session.monitor is None:
@@ -164,6 +184,8 @@ def run_and_report(
         machine.vm.control.end()
         if save_point is not None:
             save_point.cancel()
+        if migrate_point is not None:
+            migrate_point.cancel()
         hub.close()
     sys.stdout.flush()
     _report(machine, arch, session, reason, call_stats, rules, sink, symbols)
@@ -180,6 +202,27 @@ def _save_point(machine: Board, image: Path | None, session: Session) -> SavePoi
     try:
         point = SavePoint(machine, image, round(session.save_at * 1_000_000), session.save)  # type: ignore[arg-type]
     except ConfigError as exc:
+        raise fail(str(exc)) from None
+    point.install()
+    return point
+
+
+def _migrate_point(machine: Board, image: Path | None, session: Session) -> MigratePoint | None:
+    """The migration --migrate-at asks for (installed), or None."""
+    if session.migrate_at is None or session.migrate_to is None:
+        return None
+    from pvkit.platform.board import ConfigError
+    from pvkit.snapshot.migration.address import AddressError, parse
+    from pvkit.snapshot.migration.point import MigratePoint
+
+    def failed(why: str) -> None:
+        typer.echo(f"pvkit: migrate: {why}; the VM runs on here", err=True)
+
+    try:
+        to = parse(session.migrate_to, "--migrate-to")
+        at_ns = round(session.migrate_at * 1_000_000)
+        point = MigratePoint(machine, image, at_ns, to, failed)
+    except (AddressError, ConfigError) as exc:
         raise fail(str(exc)) from None
     point.install()
     return point

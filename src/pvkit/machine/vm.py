@@ -31,6 +31,7 @@ class StopKind(Enum):
     INTERRUPTED = "interrupted"
     SAVED = "saved"  # a snapshot was written (snapshot/save_point.py)
     QUIT = "quit"  # the host asked (the monitor's quit)
+    MIGRATED = "migrated"  # the VM moved to another host (snapshot/migration/)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,9 @@ As in QEMU: `stop` returns once every vCPU stands and `cont` lets it run again; 
 monitor's stop is its own, so a debugger's stop stays (`cont` says so) and a debugger
 never hears of the monitor's. `savevm FILE` stops the VM, writes it and lets it run on,
 or leaves it stopped if it was; `info` reports the run state, every vCPU's power state,
-scheduler activity and PC, and the clock; `quit` ends the run (exit status 0). Commands
+scheduler activity and PC, and the clock; `migrate tcp:HOST:PORT` moves the VM to a
+destination (snapshot/migration/) and ends the run once it runs there; `quit` ends
+the run (exit status 0). Commands
 run one at a time, whichever client sends them.
 """
 
@@ -44,6 +46,7 @@ class Monitor:
             "stop": self._stop,
             "cont": self._cont,
             "savevm": self._savevm,
+            "migrate": self._migrate,
             "info": self._info,
             "query-status": self._query_status,
             "quit": self._quit,
@@ -82,6 +85,28 @@ class Monitor:
         except SnapshotError as exc:
             raise CommandError(f"cannot save the VM: {exc}") from None
         return {"file": str(saved.path), "bytes": saved.size, "clock-ns": saved.clock_ns}, None
+
+    def _migrate(self, request: Request) -> Outcome:
+        """QMP's `migrate uri`, carried out before the reply: the reply says how it went
+        (a refusal is an error and the VM runs on); after the reply the run ends."""
+        from pvkit.snapshot.migration.address import AddressError, parse
+        from pvkit.snapshot.migration.point import StandingHolder, migrated
+        from pvkit.snapshot.migration.source import MigrationError, migrate
+
+        uri = string_argument(request, "uri")
+        try:
+            address = parse(uri, "migrate")
+            holder = StandingHolder(self.board, self.image, self.front)
+            done = migrate(self.board, self.image, address, holder)
+        except (AddressError, MigrationError) as exc:
+            raise CommandError(str(exc)) from None
+        value = {
+            "uri": str(done.address),
+            "downtime-ms": round(done.downtime_ns / 1e6, 3),
+            "bytes-sent": done.bytes_sent,
+            "clock-ns": done.clock_ns,
+        }
+        return value, lambda: migrated(self.board, done)
 
     def _info(self, request: Request) -> Outcome:
         no_arguments(request)

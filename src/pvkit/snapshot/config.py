@@ -96,6 +96,7 @@ class HostChoices:
     record_slices: bool = False
     disabled: frozenset[str] = frozenset()  # services this host leaves out
     console: Callable[[bytes], None] | None = None  # where the arm64 UART writes
+    host_vendor: str | None = None  # x86: the host's CPU vendor, if not the guest's model's
 
 
 def _boot_path(state: Fields, key: str) -> Path | None:

@@ -20,6 +20,7 @@ from pvkit.backends.x86 import cpu_state as x86_cpu
 from pvkit.backends.x86.engine import X86Engine
 from pvkit.machine import vm_state
 from pvkit.platform import pc_state
+from pvkit.platform.board import ConfigError
 from pvkit.platform.pc_x86 import PcX86
 from pvkit.platform.virt_arm64 import VirtArm64
 from pvkit.services.firmware import Firmware, FirmwareError
@@ -46,6 +47,14 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
     if machine.text("arch") != snapshot.arch:
         raise SnapshotError("the snapshot is damaged: its header and machine disagree on the arch")
     board, image = config.build_board(machine, host)
+    check(snapshot, board)
+    return board, image
+
+
+def check(snapshot: Snapshot, board: Board) -> None:
+    """Can `board` (built from the snapshot's machine section, not run yet) serve its
+    guest? Its firmware registers take the guest's values; SnapshotError if not."""
+    machine = fields(snapshot, config.STATE_SECTION)
     saved = config.saved_services(machine)
     here = {s.name for s in board.services}
     for name, revision in sorted(saved.items()):
@@ -63,7 +72,6 @@ def compatibility(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, 
         kind, _, owner = name.partition(":")
         if kind == SERVICE and not any(s.name == owner for s in board.services):
             raise SnapshotError(f"cannot restore here: no service {owner!r} for its saved state")
-    return board, image
 
 
 def _load_firmware(snapshot: Snapshot, board: Board) -> None:
@@ -89,9 +97,17 @@ def _load_firmware(snapshot: Snapshot, board: Board) -> None:
         raise SnapshotError(f"cannot restore here: {exc}") from None
 
 
-def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
-    """A board whose next `run` continues the saved VM."""
-    board, image = compatibility(snapshot, host)
+def restore(
+    snapshot: Snapshot, host: config.HostChoices, built: tuple[Board, Path] | None = None
+) -> tuple[Board, Path]:
+    """A board whose next `run` continues the saved VM. `built`: the board (and image)
+    `compatibility` already made of the same machine (a migration's handshake), which
+    is checked again against the whole snapshot."""
+    if built is None:
+        board, image = compatibility(snapshot, host)
+    else:
+        board, image = built
+        check(snapshot, board)
     vm = board.vm
     x86 = isinstance(board, PcX86)
     hidden = set(config.hidden_services(board))
@@ -117,7 +133,14 @@ def restore(snapshot: Snapshot, host: config.HostChoices) -> tuple[Board, Path]:
     if isinstance(board, PcX86):
         _load(snapshot, "uart16550", board.uart)
         pc_state.restore_pc(board, fields(snapshot, pc_state.STATE_SECTION))
+        if host.host_vendor is not None:
+            try:  # the guest keeps its CPU model; its hypercall sites follow the host
+                board.move_to_host(host.host_vendor)
+            except ConfigError as exc:
+                raise SnapshotError(str(exc)) from None
     else:
+        if host.host_vendor is not None:
+            raise SnapshotError("--cpu-vendor applies to an x86_64 VM; this one is arm64")
         devices = board.cpu_devices
         _load(snapshot, "gic", devices.gic)
         for i, timer in enumerate(devices.timers):

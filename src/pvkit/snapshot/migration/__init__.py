@@ -1,0 +1,1 @@
+"""Live migration over TCP: a compatibility handshake, then the VM's state in a stream."""

@@ -1,0 +1,129 @@
+"""`--migrate-at MS --migrate-to tcp:HOST:PORT`: migrate when the VM's clock reaches MS.
+
+The same two ways to stop as `--save-at` (save_point.py): with deterministic time the VM
+is held before the first slice that starts at or after MS (a point the same run always
+reaches, so the source's and the destination's console together are the uninterrupted
+run's); with the host's clock the control plane stops it wherever it is at about MS.
+A migration that works ends the run (StopKind.MIGRATED, exit status 0, downtime and
+bytes on the report line); one that fails says why in one line and the VM runs on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pvkit.machine import vm_state
+from pvkit.machine.control import FrontEnd
+from pvkit.machine.virtual_scheduler import VirtualScheduler
+from pvkit.machine.vm import StopKind, StopReason
+from pvkit.platform.board import ConfigError
+from pvkit.snapshot import config, standing
+from pvkit.snapshot.capture import capture
+from pvkit.snapshot.format import Snapshot
+from pvkit.snapshot.migration.address import TcpAddress
+from pvkit.snapshot.migration.source import Migrated, MigrationError, migrate
+
+
+class StandingHolder:
+    """Stops the VM through the control plane, with `front`'s hold (the monitor's, or
+    the migrate point's own); a VM the front end already held stays held on failure."""
+
+    def __init__(self, board: config.Board, image: Path | None, front: FrontEnd):
+        self.board, self.image, self.front = board, image, front
+        self._was_holding = front.holding
+
+    def stand(self) -> tuple[Snapshot, int]:
+        return standing.take(self.board, self.image, self.front)
+
+    def release(self) -> None:
+        if not self._was_holding:
+            self.front.resume()
+
+
+class HeldHolder:
+    """The VM is held at the deterministic point already: capture it, or lift the hold."""
+
+    def __init__(self, board: config.Board, image: Path):
+        self.board, self.image = board, image
+
+    def stand(self) -> tuple[Snapshot, int]:
+        vm = self.board.vm
+        clock = max(vm.scheduler.now_ns(i) for i in range(vm.vcpu_count))
+        return capture(self.board, self.image), clock
+
+    def release(self) -> None:
+        sched = self.board.vm.scheduler
+        assert isinstance(sched, VirtualScheduler)
+        sched.lift_hold()
+
+
+def migrated(board: config.Board, done: Migrated) -> None:
+    """The VM lives at the destination now: end this run."""
+    board.vm.request_stop(StopReason(StopKind.MIGRATED, done.sentence()))
+
+
+class MigratePoint:
+    def __init__(
+        self,
+        board: config.Board,
+        image: Path | None,
+        at_ns: int,
+        to: TcpAddress,
+        failed: Callable[[str], None],
+    ):
+        """`failed(sentence)` hears why a migration did not happen (the VM runs on)."""
+        why = config.unsupported(board, image)
+        if why is not None:
+            raise ConfigError(f"--migrate-at: this VM cannot be migrated yet: {why}")
+        assert image is not None
+        self.board, self.image, self.at_ns, self.to = board, image, at_ns, to
+        self._failed = failed
+        self._due = threading.Event()
+        self._stopped = threading.Event()
+        self._front: FrontEnd | None = None
+
+    def install(self) -> None:
+        """Before the VM runs."""
+        sched = self.board.vm.scheduler
+        if isinstance(sched, VirtualScheduler):
+            sched.hold_at(self.at_ns, self._due.set)
+            target = self._at_hold
+        else:
+            self._front = self.board.vm.control.front_end("migrate-at")
+            target = self._wall_clock
+        threading.Thread(target=target, name="migrate-point", daemon=True).start()
+
+    def cancel(self) -> None:
+        """The run is over (the thread ends if the point was never reached)."""
+        self._stopped.set()
+        self._due.set()
+
+    def _at_hold(self) -> None:
+        self._due.wait()
+        vm = self.board.vm
+        if self._stopped.is_set() or not vm_state.wait_parked(vm, self._stopped.is_set):
+            return
+        self._go(HeldHolder(self.board, self.image))
+
+    def _wall_clock(self) -> None:
+        sched = self.board.vm.scheduler
+        while not self._stopped.is_set():
+            left = self.at_ns - sched.now_ns(0)
+            if left <= 0:
+                break
+            self._stopped.wait(left / 1e9)
+        if self._stopped.is_set():
+            return
+        assert self._front is not None
+        self._go(StandingHolder(self.board, self.image, self._front))
+
+    def _go(self, holder: StandingHolder | HeldHolder) -> None:
+        try:
+            done = migrate(self.board, self.image, self.to, holder)
+        except MigrationError as exc:
+            if not self._stopped.is_set():
+                self._failed(str(exc))
+            return
+        migrated(self.board, done)

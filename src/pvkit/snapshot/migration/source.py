@@ -1,0 +1,127 @@
+"""The source side of a migration: offer, stop-and-copy, hand over, or run on.
+
+1. Connect and greet; send the offer: the guest's `machine` and `firmware` sections,
+   everything the destination's compatibility check reads (the same check as restore).
+   A refusal is one sentence and nothing has stopped.
+2. Stop the VM (`Holder.stand`), capture every section and send them as one snapshot.
+3. The destination answers RESUMED once it has rebuilt the VM: the source's VM is
+   then the destination's and the caller ends the run. Any failure before that (a
+   refusal of the state, a broken connection) lets the source's VM run on.
+
+Downtime is the host time from the VM stopping to the destination's RESUMED.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pvkit.platform.pc_x86 import PcX86
+from pvkit.services.firmware import Firmware
+from pvkit.snapshot import config
+from pvkit.snapshot.format import Snapshot, SnapshotError, encode, json_section
+from pvkit.snapshot.migration.address import TcpAddress
+from pvkit.snapshot.migration.stream import Channel, Kind, StreamError
+
+CONNECT_TIMEOUT_S = 10.0
+ANSWER_LIMIT = 4096  # a verdict is one sentence
+RESUME_TIMEOUT_S = 600.0  # rebuilding a large guest takes a while
+
+
+class MigrationError(Exception):
+    """The migration did not happen; the source's VM runs on (one sentence)."""
+
+
+class Holder(Protocol):
+    """How the VM is stopped for the copy, and let go again if the move fails."""
+
+    def stand(self) -> tuple[Snapshot, int]:
+        """Stop the VM and capture it: the snapshot and the VM's clock (ns)."""
+        ...
+
+    def release(self) -> None:
+        """The migration failed, before or after `stand`: the VM runs on as it was
+        before the migration began (any thread)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Migrated:
+    address: TcpAddress
+    downtime_ns: int  # host time from the stop to the destination's RESUMED
+    bytes_sent: int  # everything the source wrote on the connection
+    clock_ns: int  # the VM's clock when it stopped
+
+    def sentence(self) -> str:
+        return (
+            f"migrated to {self.address} at {self.clock_ns} ns: downtime "
+            f"{self.downtime_ns / 1e6:.1f} ms, {self.bytes_sent} bytes sent"
+        )
+
+
+def offer(board: config.Board, image: Path) -> Snapshot:
+    """What the destination checks before anything moves."""
+    x86 = isinstance(board, PcX86)
+    snap = Snapshot("x86_64" if x86 else "arm64")
+    machine = config.save_machine(board, image)
+    snap.sections[config.STATE_SECTION] = json_section(config.STATE_VERSION, machine)
+    if not isinstance(board, PcX86):
+        state = board.firmware.save_state()
+        snap.sections[Firmware.STATE_SECTION] = json_section(Firmware.STATE_VERSION, state)
+    return snap
+
+
+def migrate(
+    board: config.Board, image: Path | None, address: TcpAddress, holder: Holder
+) -> Migrated:
+    """Move the VM to `address`; MigrationError (the VM runs on) if it did not move."""
+    try:
+        return _move(board, image, address, holder)
+    except MigrationError:
+        holder.release()
+        raise
+
+
+def _move(board: config.Board, image: Path | None, address: TcpAddress, holder: Holder) -> Migrated:
+    why = config.unsupported(board, image)
+    if why is not None:
+        raise MigrationError(f"this VM cannot be migrated yet: {why}")
+    assert image is not None
+    channel = _connect(address)
+    try:
+        channel.greet()
+        channel.send(Kind.OFFER, encode(offer(board, image)))
+        kind, answer = channel.receive({Kind.ACCEPT: 0, Kind.REFUSE: ANSWER_LIMIT})
+        if kind is Kind.REFUSE:
+            raise MigrationError(f"{address} refused the guest: {_text(answer)}")
+        start = time.monotonic_ns()
+        snapshot, clock = holder.stand()
+        channel.send(Kind.STATE, encode(snapshot))
+        channel.sock.settimeout(RESUME_TIMEOUT_S)
+        kind, answer = channel.receive({Kind.RESUMED: 0, Kind.FAILED: ANSWER_LIMIT})
+        if kind is Kind.FAILED:
+            raise MigrationError(f"{address} could not take the VM: {_text(answer)}")
+        return Migrated(address, time.monotonic_ns() - start, channel.bytes_sent, clock)
+    except StreamError as exc:
+        raise MigrationError(f"migration to {address} failed: {exc}") from None
+    except SnapshotError as exc:
+        raise MigrationError(str(exc)) from None
+    finally:
+        channel.close()
+
+
+def _connect(address: TcpAddress) -> Channel:
+    try:
+        sock = socket.create_connection((address.host, address.port), CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        raise MigrationError(f"cannot reach a destination at {address} ({why})") from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Channel(sock, str(address))
+
+
+def _text(payload: bytes) -> str:
+    return payload.decode("utf-8", "replace").strip() or "no reason given"
