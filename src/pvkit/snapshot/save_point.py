@@ -11,55 +11,34 @@ the reason if the state could not be saved or written.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
-from pvkit.machine import vm_state
 from pvkit.machine.control import FrontEnd
-from pvkit.machine.virtual_scheduler import VirtualScheduler
 from pvkit.machine.vm import StopKind, StopReason
 from pvkit.platform.board import ConfigError
 from pvkit.snapshot import config, standing
 from pvkit.snapshot.capture import capture
+from pvkit.snapshot.clock_point import ClockPoint
 from pvkit.snapshot.format import SnapshotError, write_snapshot
 
 SAVE_FAILED = 2
 
 
-class SavePoint:
+class SavePoint(ClockPoint):
+    NAME = "save-at"
+
     def __init__(self, board: config.Board, image: Path, at_ns: int, path: Path):
         why = config.unsupported(board, image)
         if why is not None:
             raise ConfigError(f"--save-at: this VM cannot be snapshotted yet: {why}")
         if not path.parent.is_dir():
             raise ConfigError(f"--save {path}: no directory {path.parent}")
-        self.board, self.image, self.at_ns, self.path = board, image, at_ns, path
-        self._due = threading.Event()
-        self._stopped = threading.Event()
-        self._front: FrontEnd | None = None
+        super().__init__(board, image, at_ns)
+        self.path = path
         self.saved_bytes: int | None = None
 
-    def install(self) -> None:
-        """Before the VM runs."""
-        sched = self.board.vm.scheduler
-        if isinstance(sched, VirtualScheduler):
-            sched.hold_at(self.at_ns, self._due.set)
-            target = self._main
-        else:
-            self._front = self.board.vm.control.front_end("save-at")
-            target = self._wall_clock
-        threading.Thread(target=target, name="save-point", daemon=True).start()
-
-    def cancel(self) -> None:
-        """The run is over (the thread ends if the point was never reached)."""
-        self._stopped.set()
-        self._due.set()
-
-    def _main(self) -> None:
-        self._due.wait()
+    def at_hold(self) -> None:
         vm = self.board.vm
-        if self._stopped.is_set() or not vm_state.wait_parked(vm, self._stopped.is_set):
-            return
         try:
             snapshot = capture(self.board, self.image)
             self.saved_bytes = write_snapshot(self.path, snapshot)
@@ -70,22 +49,12 @@ class SavePoint:
         now = max(vm.scheduler.now_ns(i) for i in range(vm.vcpu_count))
         self._done(now)
 
-    def _wall_clock(self) -> None:
-        """Sleep until the VM's clock says MS (the run has begun by then), then save it
-        standing and end the run without letting it go on."""
-        sched = self.board.vm.scheduler
-        while not self._stopped.is_set():
-            left = self.at_ns - sched.now_ns(0)
-            if left <= 0:
-                break
-            self._stopped.wait(left / 1e9)
-        if self._stopped.is_set():
-            return
-        assert self._front is not None
+    def at_wall_clock(self, front: FrontEnd) -> None:
+        """Save the VM standing and end the run without letting it go on."""
         try:
-            saved = standing.save(self.board, self.image, self._front, self.path, True)
+            saved = standing.save(self.board, self.image, front, self.path, True)
         except SnapshotError as exc:
-            if not self._stopped.is_set():
+            if not self.cancelled:
                 self._failed(str(exc))
             return
         self.saved_bytes = saved.size

@@ -10,17 +10,16 @@ bytes on the report line); one that fails says why in one line and the VM runs o
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from pvkit.machine import vm_state
 from pvkit.machine.control import FrontEnd
 from pvkit.machine.virtual_scheduler import VirtualScheduler
 from pvkit.machine.vm import StopKind, StopReason
 from pvkit.platform.board import ConfigError
 from pvkit.snapshot import config, standing
 from pvkit.snapshot.capture import capture
+from pvkit.snapshot.clock_point import ClockPoint
 from pvkit.snapshot.format import Snapshot
 from pvkit.snapshot.migration.address import TcpAddress
 from pvkit.snapshot.migration.source import Migrated, MigrationError, migrate
@@ -64,7 +63,9 @@ def migrated(board: config.Board, done: Migrated) -> None:
     board.vm.request_stop(StopReason(StopKind.MIGRATED, done.sentence()))
 
 
-class MigratePoint:
+class MigratePoint(ClockPoint):
+    NAME = "migrate-at"
+
     def __init__(
         self,
         board: config.Board,
@@ -78,52 +79,21 @@ class MigratePoint:
         if why is not None:
             raise ConfigError(f"--migrate-at: this VM cannot be migrated yet: {why}")
         assert image is not None
-        self.board, self.image, self.at_ns, self.to = board, image, at_ns, to
+        super().__init__(board, image, at_ns)
+        self.to = to
         self._failed = failed
-        self._due = threading.Event()
-        self._stopped = threading.Event()
-        self._front: FrontEnd | None = None
 
-    def install(self) -> None:
-        """Before the VM runs."""
-        sched = self.board.vm.scheduler
-        if isinstance(sched, VirtualScheduler):
-            sched.hold_at(self.at_ns, self._due.set)
-            target = self._at_hold
-        else:
-            self._front = self.board.vm.control.front_end("migrate-at")
-            target = self._wall_clock
-        threading.Thread(target=target, name="migrate-point", daemon=True).start()
-
-    def cancel(self) -> None:
-        """The run is over (the thread ends if the point was never reached)."""
-        self._stopped.set()
-        self._due.set()
-
-    def _at_hold(self) -> None:
-        self._due.wait()
-        vm = self.board.vm
-        if self._stopped.is_set() or not vm_state.wait_parked(vm, self._stopped.is_set):
-            return
+    def at_hold(self) -> None:
         self._go(HeldHolder(self.board, self.image))
 
-    def _wall_clock(self) -> None:
-        sched = self.board.vm.scheduler
-        while not self._stopped.is_set():
-            left = self.at_ns - sched.now_ns(0)
-            if left <= 0:
-                break
-            self._stopped.wait(left / 1e9)
-        if self._stopped.is_set():
-            return
-        assert self._front is not None
-        self._go(StandingHolder(self.board, self.image, self._front))
+    def at_wall_clock(self, front: FrontEnd) -> None:
+        self._go(StandingHolder(self.board, self.image, front))
 
     def _go(self, holder: StandingHolder | HeldHolder) -> None:
         try:
             done = migrate(self.board, self.image, self.to, holder)
         except MigrationError as exc:
-            if not self._stopped.is_set():
+            if not self.cancelled:
                 self._failed(str(exc))
             return
         migrated(self.board, done)
