@@ -110,8 +110,11 @@ def test_a_wall_clock_guest_moved_by_the_monitor_finishes_on_the_destination(
     dst = destination()
     src = start(tmp_path, "run", STEAL, "--smp", "4", "--host-cpus", "1")
     answer = src.ok("migrate", uri=dst.uri)
-    assert set(answer) == {"uri", "downtime-ms", "bytes-sent", "clock-ns"}
+    assert set(answer) == {"uri", "downtime-ms", "bytes-sent", "clock-ns", "dirty-sync-count",
+                           "precopy-pages", "stopped-pages"}  # fmt: skip
     assert answer["uri"] == dst.uri and answer["bytes-sent"] > 0 and answer["downtime-ms"] > 0
+    # RAM went over while the guest ran, and the guest's image was in it
+    assert answer["dirty-sync-count"] >= 1 and answer["precopy-pages"] > 0
     s_status, s_out, s_err = src.finish()
     assert s_status == 0 and MIGRATED.search(s_err), s_err
     d_status, d_out, d_err = dst.finish()

@@ -21,6 +21,7 @@ UC_CTL_TCG_PARALLEL = 17
 UC_CTL_STOP_AT_BLOCK = 18
 UC_CTL_ABSENT_PAGES = 19
 UC_CTL_CPU_RAISE_EXCEPTION = 20
+UC_CTL_DIRTY_PAGES = 21
 _IO_WRITE, _IO_READ = 1, 2
 LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
 
@@ -91,6 +92,21 @@ def set_absent_pages(uc: Uc, page_map: ctypes.Array[ctypes.c_uint8] | None, base
         ctypes.c_uint64(pages),
     )
     _check(err, "absent pages")
+
+
+def set_dirty_pages(uc: Uc, page_map: int | None, base: int, pages: int) -> None:
+    """Log guest writes to RAM from `base` into the byte map at address `page_map` (one
+    byte per 4 KiB page, set to 1 at the first write to a page after this call: the
+    call empties the TLB, so call it again to start a new round); None stops logging.
+    Only while the engine is stopped; the map must outlive the logging."""
+    err = uclib.uc_ctl(
+        _handle(uc),
+        _ctl(UC_CTL_DIRTY_PAGES, 3, _IO_WRITE),
+        ctypes.c_void_p(page_map),
+        ctypes.c_uint64(base),
+        ctypes.c_uint64(pages if page_map is not None else 0),
+    )
+    _check(err, "dirty-page logging")
 
 
 def raise_exception(uc: Uc, vector: int, error_code: int = 0, software: bool = False) -> None:

@@ -8,6 +8,8 @@ import struct
 from dataclasses import dataclass
 from typing import NewType
 
+from pvkit.machine.dirty_log import DirtyLog
+
 GuestAddress = NewType("GuestAddress", int)
 
 
@@ -85,6 +87,13 @@ class GuestMemory:
             _mprotect_none(start, GUARD_BYTES)
             _mprotect_none(start + GUARD_BYTES + size, GUARD_BYTES)
         self.reserved: list[Region] = []
+        self._views: set[tuple[int, int]] = set()  # windows handed out (view())
+        # written pages, while a migration copies RAM (engines join it as they are built)
+        self.dirty = DirtyLog(base, size, lambda: list(self._views))
+
+    def _written(self, address: int, size: int) -> None:
+        if self.dirty.active:
+            self.dirty.mark(address, size)
 
     @property
     def guarded(self) -> bool:
@@ -118,6 +127,7 @@ class GuestMemory:
     def write(self, address: int, data: bytes) -> None:
         off = self._offset(address, len(data), "write")
         self._buf[off : off + len(data)] = data
+        self._written(address, len(data))
 
     def read_u32(self, address: int) -> int:
         value: int = _U32.unpack_from(self._buf, self._offset(address, 4, "read"))[0]
@@ -129,9 +139,11 @@ class GuestMemory:
 
     def write_u32(self, address: int, value: int) -> None:
         _U32.pack_into(self._buf, self._offset(address, 4, "write"), value)
+        self._written(address, 4)
 
     def write_u64(self, address: int, value: int) -> None:
         _U64.pack_into(self._buf, self._offset(address, 8, "write"), value)
+        self._written(address, 8)
 
     def store_u64(self, address: int, value: int) -> None:
         """One aligned 64-bit store, single-copy atomic for a vCPU reading concurrently
@@ -140,12 +152,14 @@ class GuestMemory:
             raise GuestMemoryError(address, 8, "aligned 64-bit store")
         off = self._offset(address, 8, "write")
         ctypes.c_uint64.from_address(ctypes.addressof(self._anchor) + off).value = value
+        self._written(address, 8)
 
     def view(self, address: int, size: int) -> memoryview:
         """A writable window on guest RAM, bounds-checked once here (for records a service
         updates often). `view(...).cast("Q")` stores of aligned words are single 8-byte
         stores, as `store_u64`'s are; both are in host (little-endian) byte order."""
         off = self._offset(address, size, "view")
+        self._views.add((address, size))  # written behind our back: see dirty_log.py
         return memoryview(self._buf)[off : off + size]
 
     def reserve(self, region: Region) -> None:
@@ -160,3 +174,4 @@ class GuestMemory:
     def clear(self) -> None:
         """Zero all of RAM (for a system reset) without touching untouched pages."""
         self._buf.madvise(mmap.MADV_DONTNEED, self._shift, self.region.size)
+        self._written(self.base, self.size)

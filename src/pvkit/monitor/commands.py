@@ -105,6 +105,9 @@ class Monitor:
             "downtime-ms": round(done.downtime_ns / 1e6, 3),
             "bytes-sent": done.bytes_sent,
             "clock-ns": done.clock_ns,
+            "dirty-sync-count": done.copied.rounds,  # QEMU's name for the pre-copy rounds
+            "precopy-pages": done.copied.pages,
+            "stopped-pages": done.copied.final_pages,
         }
         return value, lambda: migrated(self.board, done)
 

@@ -21,7 +21,8 @@ from pvkit.backends.x86.engine import X86Engine
 from pvkit.machine import vm_state
 from pvkit.platform import pc_state
 from pvkit.platform.pc_x86 import PcX86
-from pvkit.snapshot import config, ram
+from pvkit.snapshot import config
+from pvkit.snapshot import ram as ram_section
 from pvkit.snapshot.format import Section, Snapshot, SnapshotError, json_section
 from pvkit.snapshot.sections import SERVICE
 from pvkit.snapshot.state import State
@@ -74,8 +75,10 @@ def capture(
     image: Path,
     compress: bool = True,
     checkpoints: Mapping[int, VcpuExit] | None = None,
+    ram: bool = True,
 ) -> Snapshot:
-    """`board` is held with every vCPU thread parked (save_point.py, standing.py)."""
+    """`board` is held with every vCPU thread parked (save_point.py, standing.py);
+    without `ram` for a migration that sent RAM as pages (migration/precopy.py)."""
     vm = board.vm
     x86 = isinstance(board, PcX86)
     arch = "x86_64" if x86 else "arm64"
@@ -125,5 +128,6 @@ def capture(
         except NotImplementedError as exc:
             raise SnapshotError(f"{exc}: it cannot be saved (see docs/snapshot.md)") from None
         s[f"{SERVICE}:{service.name}"] = json_section(service.STATE_VERSION, state)
-    s["ram"] = ram.save_ram(board.memory, compress)
+    if ram:
+        s["ram"] = ram_section.save_ram(board.memory, compress)
     return snap

@@ -25,7 +25,7 @@ _ZERO_CHUNK = bytes(_SCAN)
 _ZERO_PAGE = bytes(PAGE)
 
 
-def _runs(memory: GuestMemory) -> list[tuple[int, int]]:
+def nonzero_runs(memory: GuestMemory) -> list[tuple[int, int]]:
     """(first page, page count) of every run of non-zero pages."""
     runs: list[tuple[int, int]] = []
     base, pages = memory.base, memory.size // PAGE
@@ -52,7 +52,7 @@ def _runs(memory: GuestMemory) -> list[tuple[int, int]]:
 
 
 def save_ram(memory: GuestMemory, compress: bool = True) -> Section:
-    runs = _runs(memory)
+    runs = nonzero_runs(memory)
     method = COMPRESS_ZLIB if compress else COMPRESS_NONE
     parts = [_HEAD.pack(memory.base, memory.size, PAGE, method, len(runs))]
     for first, count in runs:
@@ -91,33 +91,74 @@ def restore_ram(memory: GuestMemory, section: Section) -> None:
             f"section 'ram' holds {size:#x} bytes at {base:#x}, but this VM has "
             f"{memory.size:#x} at {memory.base:#x}"
         )
-    payload, at = section.payload, _HEAD.size
     memory.clear()
-    pages = size // PAGE
+    _write_runs(memory, section.payload, _HEAD.size, count, method, "section 'ram'")
+
+
+def _write_runs(
+    memory: GuestMemory, payload: bytes, at: int, count: int, method: int, what: str
+) -> int:
+    """Write `count` runs from `payload[at:]` into RAM; the pages written."""
+    pages, written = memory.size // PAGE, 0
     for _ in range(count):
         if at + _RUN.size > len(payload):
-            raise SnapshotError("section 'ram' is damaged: a run runs past its end")
+            raise SnapshotError(f"{what} is damaged: a run runs past its end")
         first, n, length = _RUN.unpack_from(payload, at)
         at += _RUN.size
         if first + n > pages or n == 0 or at + length > len(payload):
-            raise SnapshotError("section 'ram' is damaged: a run lies outside RAM")
+            raise SnapshotError(f"{what} is damaged: a run lies outside RAM")
         stored = payload[at : at + length]
         at += length
-        data = stored if method == COMPRESS_NONE else _inflate(stored, n * PAGE)
+        data = stored if method == COMPRESS_NONE else _inflate(stored, n * PAGE, what)
         if len(data) != n * PAGE:
-            raise SnapshotError("section 'ram' is damaged: a run has the wrong length")
-        memory.write(base + first * PAGE, data)
+            raise SnapshotError(f"{what} is damaged: a run has the wrong length")
+        memory.write(memory.base + first * PAGE, data)
+        written += n
     if at != len(payload):
-        raise SnapshotError("section 'ram' is damaged: bytes follow its last run")
+        raise SnapshotError(f"{what} is damaged: bytes follow its last run")
+    return written
 
 
-def _inflate(stored: bytes, expected: int) -> bytes:
+# A migration's PAGES message (pre-copy): u8 compression | u32 run count | runs, as in
+# the section, but every page listed is sent, zero or not (it may have become zero).
+_PAGES_HEAD = struct.Struct("<BI")
+
+
+def encode_pages(memory: GuestMemory, runs: list[tuple[int, int]], compress: bool = True) -> bytes:
+    """The pages of `runs` ((first page, count) pairs) as they are now."""
+    method = COMPRESS_ZLIB if compress else COMPRESS_NONE
+    parts = [_PAGES_HEAD.pack(method, len(runs))]
+    for first, count in runs:
+        data = memory.read(memory.base + first * PAGE, count * PAGE)
+        stored = zlib.compress(data, 1) if compress else data
+        parts += [_RUN.pack(first, count, len(stored)), stored]
+    return b"".join(parts)
+
+
+def apply_pages(memory: GuestMemory, payload: bytes) -> int:
+    """Write a PAGES message into RAM; the pages it held. SnapshotError if damaged."""
+    what = "a PAGES message"
+    if len(payload) < _PAGES_HEAD.size:
+        raise SnapshotError(f"{what} is damaged: its header is missing")
+    method, count = _PAGES_HEAD.unpack_from(payload)
+    if method not in (COMPRESS_NONE, COMPRESS_ZLIB):
+        raise SnapshotError(f"{what} uses compression {method}, which this pvkit does not read")
+    return _write_runs(memory, payload, _PAGES_HEAD.size, count, method, what)
+
+
+def pages_bound(pages: int) -> int:
+    """The longest PAGES message `pages` pages make, compressed or not."""
+    data = pages * PAGE
+    return _PAGES_HEAD.size + pages * _RUN.size + data + data // 64 + 64
+
+
+def _inflate(stored: bytes, expected: int, what: str) -> bytes:
     """Decompress at most `expected` bytes (a crafted run cannot inflate without bound)."""
     try:
         inflater = zlib.decompressobj()
         data = inflater.decompress(stored, expected)
         if inflater.unconsumed_tail or not inflater.eof:
-            raise SnapshotError("section 'ram' is damaged: a run does not decompress to a page")
+            raise SnapshotError(f"{what} is damaged: a run does not decompress to a page")
         return data
     except zlib.error:
-        raise SnapshotError("section 'ram' is damaged: a run does not decompress") from None
+        raise SnapshotError(f"{what} is damaged: a run does not decompress") from None

@@ -98,11 +98,15 @@ def _load_firmware(snapshot: Snapshot, board: Board) -> None:
 
 
 def restore(
-    snapshot: Snapshot, host: config.HostChoices, built: tuple[Board, Path] | None = None
+    snapshot: Snapshot,
+    host: config.HostChoices,
+    built: tuple[Board, Path] | None = None,
+    ram_arrived: bool = False,
 ) -> tuple[Board, Path]:
     """A board whose next `run` continues the saved VM. `built`: the board (and image)
     `compatibility` already made of the same machine (a migration's handshake), which
-    is checked again against the whole snapshot."""
+    is checked again against the whole snapshot; `ram_arrived`: its RAM holds the
+    guest's already (pages a migration sent), and the snapshot has none."""
     if built is None:
         board, image = compatibility(snapshot, host)
     else:
@@ -158,7 +162,8 @@ def restore(
     )
     plan.check(vm.vcpu_count)
     _load(snapshot, clock, sched)  # now too: a damaged one is refused before the run
-    ram.restore_ram(board.memory, snapshot.section("ram"))
+    if not ram_arrived or "ram" in snapshot.sections:
+        ram.restore_ram(board.memory, snapshot.section("ram"))
     if x86:
         board.resume()  # type: ignore[union-attr]
         board.resume_apics = {  # type: ignore[union-attr]

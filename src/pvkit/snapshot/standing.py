@@ -33,10 +33,12 @@ class Saved:
     clock_ns: int  # the VM's clock at the save (the latest vCPU's)
 
 
-def take(board: config.Board, image: Path | None, front: FrontEnd) -> tuple[Snapshot, int]:
-    """Stop the VM with `front`'s hold and capture it, with its clock when it stood; the
-    hold stays (the caller resumes it or not). SnapshotError (one sentence) if it cannot
-    be saved now."""
+def take(
+    board: config.Board, image: Path | None, front: FrontEnd, ram: bool = True
+) -> tuple[Snapshot, int]:
+    """Stop the VM with `front`'s hold and capture it (`ram`: its RAM too), with its clock
+    when it stood; the hold stays (the caller resumes it or not). SnapshotError (one
+    sentence) if it cannot be saved now."""
     why = config.unsupported(board, image)
     if why is not None:
         raise SnapshotError(f"this VM cannot be snapshotted yet: {why}")
@@ -57,7 +59,7 @@ def take(board: config.Board, image: Path | None, front: FrontEnd) -> tuple[Snap
         }
         clock = max(vm.scheduler.now_ns(i) for i in range(vm.vcpu_count))
         try:
-            return capture(board, image, checkpoints=checkpoints), clock
+            return capture(board, image, checkpoints=checkpoints, ram=ram), clock
         except SaveLater:
             if was_holding:
                 raise  # it stands for someone who wants it to: cannot run it past this

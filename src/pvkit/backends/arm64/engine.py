@@ -98,6 +98,7 @@ class Arm64Engine(UnicornVcpu):
         uc.ctl_set_cpu_model(r.UC_CPU_ARM64_MAX)  # v8.x features, LSE atomics among them
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        self._follow_dirty_log(uc, memory)
         self._tx_paths: list[TxPath] = []
         self._taps: list[object] = []  # the engine calls into these: they live as long
         for dev in devices:
@@ -255,6 +256,7 @@ class Arm64Engine(UnicornVcpu):
             # Anything else (WFE, a yield) is a hint: resume where the engine stopped.
 
     def close(self) -> None:
+        self._leave_dirty_log()
         self.trap.remove()  # before the engine goes: the hook holds a pointer to the trap
         if self._sysreg_hook is not None:
             self._sysreg_hook.remove()

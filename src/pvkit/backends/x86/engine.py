@@ -111,6 +111,7 @@ class X86Engine(UnicornVcpu):
         uc = Uc(UC_ARCH_X86, UC_MODE_64)
         uc.ctl_set_tcg_buffer_size(_TCG_BUFFER)  # type: ignore[attr-defined]
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        self._follow_dirty_log(uc, memory)
         uc_controls.set_stop_at_block(uc, True)  # kicks never replay an MMIO access
         # LOCK-prefixed instructions and XCHG become host atomics: without this the engine
         # translates them as plain load/op/store, and vCPU threads sharing RAM lose updates
@@ -241,6 +242,7 @@ class X86Engine(UnicornVcpu):
                 return VcpuExit(ExitKind.HALT, pc=rip)
 
     def close(self) -> None:
+        self._leave_dirty_log()
         self.trap.remove()
         if self._budget is not None:
             self._budget.remove()

@@ -2,9 +2,11 @@
 
 The destination builds the VM the offer describes with this host's choices and runs
 restore's compatibility check on it before any RAM moves; a refusal is sent back as
-one sentence. The state that follows is restored onto that same board, checked again
-as a whole (its `machine` section must be the offer's), and RESUMED tells the source
-that the VM is now here.
+one sentence. RAM pages sent while the guest still runs at the source (PAGES) go
+straight into that board's RAM, a page sent again overwriting the earlier copy; the
+state that follows is restored onto that same board, checked again as a whole (its
+`machine` section must be the offer's), and RESUMED tells the source that the VM is
+now here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from pathlib import Path
 from pvkit.snapshot import config
 from pvkit.snapshot.format import Snapshot, SnapshotError, decode
 from pvkit.snapshot.migration.address import AddressError, TcpAddress
+from pvkit.snapshot.migration.precopy import MESSAGE_LIMIT
 from pvkit.snapshot.migration.stream import Channel, Kind, StreamError
+from pvkit.snapshot.ram import apply_pages
 from pvkit.snapshot.resume import compatibility, restore
 from pvkit.snapshot.sections import KNOWN
 
@@ -53,7 +57,7 @@ def receive(
     listener: socket.socket, host: config.HostChoices, on_bytes: Callable[[int], None]
 ) -> tuple[config.Board, Path]:
     """Wait for one source and take its VM; IncomingError if it did not come whole.
-    `on_bytes(n)` hears how many bytes the state was."""
+    `on_bytes(n)` hears how many bytes the pages and the state were."""
     try:
         conn, peer = listener.accept()
     finally:
@@ -70,7 +74,7 @@ def receive(
 def _take(
     channel: Channel, host: config.HostChoices, on_bytes: Callable[[int], None]
 ) -> tuple[config.Board, Path]:
-    channel.greet()
+    channel.greet(source=False)
     _kind, payload = channel.receive({Kind.OFFER: OFFER_LIMIT})
     try:
         offer = decode(payload, KNOWN, "the migration offer")
@@ -80,13 +84,21 @@ def _take(
         _tell(channel, Kind.REFUSE, why)
         raise IncomingError(f"refused the incoming guest: {why}") from None
     channel.send(Kind.ACCEPT)
-    memory = built[0].memory.size
-    _kind, payload = channel.receive({Kind.STATE: memory + memory // 64 + _STATE_SLACK})
-    on_bytes(len(payload))
+    memory = built[0].memory
+    limits = {Kind.PAGES: MESSAGE_LIMIT, Kind.STATE: memory.size + memory.size // 64 + _STATE_SLACK}
+    paged, received = False, 0
     try:
+        while True:
+            kind, payload = channel.receive(limits)
+            received += len(payload)
+            if kind is Kind.STATE:
+                break
+            apply_pages(memory, payload)  # RAM as it was when sent; later pages win
+            paged = True
+        on_bytes(received)
         snapshot = decode(payload, KNOWN, "the migration stream")
         _same_machine(offer, snapshot)
-        board, image = restore(snapshot, host, built)
+        board, image = restore(snapshot, host, built, ram_arrived=paged)
     except SnapshotError as exc:
         why = str(exc).removeprefix(_RESTORE_PREFIX)
         _tell(channel, Kind.FAILED, why)

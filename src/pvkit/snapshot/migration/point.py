@@ -10,7 +10,8 @@ bytes on the report line); one that fails says why in one line and the VM runs o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pvkit.machine.control import FrontEnd
@@ -24,6 +25,8 @@ from pvkit.snapshot.format import Snapshot
 from pvkit.snapshot.migration.address import TcpAddress
 from pvkit.snapshot.migration.source import Migrated, MigrationError, migrate
 
+MIGRATE = "migrate"  # the stop cause of a pre-copy round's turn-over
+
 
 class StandingHolder:
     """Stops the VM through the control plane, with `front`'s hold (the monitor's, or
@@ -33,12 +36,27 @@ class StandingHolder:
         self.board, self.image, self.front = board, image, front
         self._was_holding = front.holding
 
-    def stand(self) -> tuple[Snapshot, int]:
-        return standing.take(self.board, self.image, self.front)
+    def stand(self, ram: bool) -> tuple[Snapshot, int]:
+        return standing.take(self.board, self.image, self.front, ram)
 
     def release(self) -> None:
         if not self._was_holding:
             self.front.resume()
+
+    @property
+    def runs(self) -> bool:
+        return not self._was_holding
+
+    @contextmanager
+    def briefly(self) -> Iterator[None]:
+        front = self.front
+        front.pause(MIGRATE)
+        try:
+            if front.wait_stopped(standing.STOP_TIMEOUT_S) is None:
+                raise MigrationError("the VM ended or did not stand still for the copy")
+            yield
+        finally:
+            front.resume()
 
 
 class HeldHolder:
@@ -47,15 +65,21 @@ class HeldHolder:
     def __init__(self, board: config.Board, image: Path):
         self.board, self.image = board, image
 
-    def stand(self) -> tuple[Snapshot, int]:
+    def stand(self, ram: bool) -> tuple[Snapshot, int]:
         vm = self.board.vm
         clock = max(vm.scheduler.now_ns(i) for i in range(vm.vcpu_count))
-        return capture(self.board, self.image), clock
+        return capture(self.board, self.image, ram=ram), clock
 
     def release(self) -> None:
         sched = self.board.vm.scheduler
         assert isinstance(sched, VirtualScheduler)
         sched.lift_hold()
+
+    runs = False  # held at the point until the move is over
+
+    @contextmanager
+    def briefly(self) -> Iterator[None]:
+        yield
 
 
 def migrated(board: config.Board, done: Migrated) -> None:

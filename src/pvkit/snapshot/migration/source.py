@@ -3,8 +3,10 @@
 1. Connect and greet; send the offer: the guest's `machine` and `firmware` sections,
    everything the destination's compatibility check reads (the same check as restore).
    A refusal is one sentence and nothing has stopped.
-2. Stop the VM (`Holder.stand`), capture every section and send them as one snapshot.
-3. The destination answers RESUMED once it has rebuilt the VM: the source's VM is
+2. Pre-copy (precopy.py): RAM goes over in PAGES messages while the guest runs.
+3. Stop the VM (`Holder.stand`), send the pages written since, then every other
+   section as one snapshot (a 1.0 destination gets no PAGES: RAM is in the snapshot).
+4. The destination answers RESUMED once it has rebuilt the VM: the source's VM is
    then the destination's and the caller ends the run. Any failure before that (a
    refusal of the state, a broken connection) lets the source's VM run on.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +27,7 @@ from pvkit.services.firmware import Firmware
 from pvkit.snapshot import config
 from pvkit.snapshot.format import Snapshot, SnapshotError, encode, json_section
 from pvkit.snapshot.migration.address import TcpAddress
+from pvkit.snapshot.migration.precopy import Copied, PreCopy
 from pvkit.snapshot.migration.stream import Channel, Kind, StreamError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -38,13 +42,22 @@ class MigrationError(Exception):
 class Holder(Protocol):
     """How the VM is stopped for the copy, and let go again if the move fails."""
 
-    def stand(self) -> tuple[Snapshot, int]:
-        """Stop the VM and capture it: the snapshot and the VM's clock (ns)."""
+    def stand(self, ram: bool) -> tuple[Snapshot, int]:
+        """Stop the VM and capture it (`ram`: RAM too): the snapshot and its clock (ns)."""
         ...
 
     def release(self) -> None:
         """The migration failed, before or after `stand`: the VM runs on as it was
         before the migration began (any thread)."""
+        ...
+
+    @property
+    def runs(self) -> bool:
+        """Whether the VM runs until `stand` (else it stands already)."""
+        ...
+
+    def briefly(self) -> AbstractContextManager[None]:
+        """Stand the VM for a moment (MigrationError if it does not stand)."""
         ...
 
 
@@ -54,11 +67,14 @@ class Migrated:
     downtime_ns: int  # host time from the stop to the destination's RESUMED
     bytes_sent: int  # everything the source wrote on the connection
     clock_ns: int  # the VM's clock when it stopped
+    copied: Copied  # the pre-copy rounds and pages
 
     def sentence(self) -> str:
+        c = self.copied
         return (
             f"migrated to {self.address} at {self.clock_ns} ns: downtime "
-            f"{self.downtime_ns / 1e6:.1f} ms, {self.bytes_sent} bytes sent"
+            f"{self.downtime_ns / 1e6:.1f} ms, {self.bytes_sent} bytes sent "
+            f"({c.pages} pages in {c.rounds} pre-copy rounds, {c.final_pages} stopped)"
         )
 
 
@@ -91,25 +107,36 @@ def _move(board: config.Board, image: Path | None, address: TcpAddress, holder: 
         raise MigrationError(f"this VM cannot be migrated yet: {why}")
     assert image is not None
     channel = _connect(address)
+    precopy: PreCopy | None = None
+    stood = False
     try:
-        channel.greet()
+        paged = channel.greet(source=True) >= 1
         channel.send(Kind.OFFER, encode(offer(board, image)))
         kind, answer = channel.receive({Kind.ACCEPT: 0, Kind.REFUSE: ANSWER_LIMIT})
         if kind is Kind.REFUSE:
             raise MigrationError(f"{address} refused the guest: {_text(answer)}")
+        if paged:
+            precopy = PreCopy(board.memory, channel, holder.briefly if holder.runs else None)
+            precopy.run()
         start = time.monotonic_ns()
-        snapshot, clock = holder.stand()
+        snapshot, clock = holder.stand(ram=precopy is None)
+        stood = True
+        copied = precopy.finish() if precopy is not None else Copied()
         channel.send(Kind.STATE, encode(snapshot))
         channel.sock.settimeout(RESUME_TIMEOUT_S)
         kind, answer = channel.receive({Kind.RESUMED: 0, Kind.FAILED: ANSWER_LIMIT})
         if kind is Kind.FAILED:
             raise MigrationError(f"{address} could not take the VM: {_text(answer)}")
-        return Migrated(address, time.monotonic_ns() - start, channel.bytes_sent, clock)
+        done = Migrated(address, time.monotonic_ns() - start, channel.bytes_sent, clock, copied)
+        precopy = None
+        return done
     except StreamError as exc:
         raise MigrationError(f"migration to {address} failed: {exc}") from None
     except SnapshotError as exc:
         raise MigrationError(str(exc)) from None
     finally:
+        if precopy is not None:
+            precopy.abandon(stood)
         channel.close()
 
 

@@ -2,7 +2,8 @@
 
 Wire format (little-endian, as the snapshot file): each side first sends the magic
 "PVKMIGR\\0" and its stream version (u16 major, u16 minor); the source's major must be
-the destination's and its minor no newer, the rule the snapshot format keeps. Then
+the destination's and its minor no newer, the rule the snapshot format keeps; a source
+speaks a 1.0 destination's stream (no pre-copy: the STATE carries RAM). Then
 messages: u8 kind | u64 length | payload. The state travels as snapshot containers
 (format.py, with their own versions and SHA-256), so the stream adds no encoding of
 its own for the VM. A receiver refuses a message of a kind it does not expect now or
@@ -18,7 +19,7 @@ from enum import IntEnum
 
 MAGIC = b"PVKMIGR\0"
 MAJOR = 1
-MINOR = 0
+MINOR = 1  # 1.1: PAGES before the STATE, which then has no RAM (pre-copy)
 _HELLO = struct.Struct("<8sHH")
 _HEAD = struct.Struct("<BQ")
 IO_TIMEOUT_S = 60.0  # a peer silent this long is gone
@@ -50,17 +51,19 @@ class Channel:
     def close(self) -> None:
         self.sock.close()
 
-    def greet(self) -> None:
-        """Send our greeting, read and check the peer's."""
+    def greet(self, source: bool) -> int:
+        """Send our greeting, read and check the peer's; the peer's minor version. A
+        destination refuses a newer source; a source speaks the destination's minor."""
         self._send(_HELLO.pack(MAGIC, MAJOR, MINOR))
         magic, major, minor = _HELLO.unpack(self._exactly(_HELLO.size, "its greeting"))
         if magic != MAGIC:
             raise StreamError(f"{self.peer} is not a pvkit migration peer")
-        if major != MAJOR or minor > MINOR:
+        if major != MAJOR or (not source and minor > MINOR):
             raise StreamError(
                 f"{self.peer} speaks migration stream {major}.{minor}; this pvkit speaks "
                 f"{MAJOR}.0 to {MAJOR}.{MINOR}"
             )
+        return int(minor)
 
     def send(self, kind: Kind, payload: bytes = b"") -> None:
         self._send(_HEAD.pack(kind, len(payload)) + payload)

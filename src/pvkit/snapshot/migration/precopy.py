@@ -1,0 +1,146 @@
+"""Pre-copy: guest RAM crosses while the guest runs, in rounds, until what is left is small.
+
+Round 0 starts the dirty log (machine/dirty_log.py) and sends every page that is not
+all zero; each later round takes the pages written during the one before and sends
+them. The rounds stop once the pages left would take at most DOWNTIME_LIMIT_S to send
+at the rate the last round was sent (QEMU's rule, with its `downtime-limit` made
+smaller for guests this size); or when they no longer gain (STALLED rounds in a row
+left at least as many pages as the round before: a guest writing faster than the link,
+which QEMU would throttle), or after MAX_ROUNDS. The stop-and-copy then sends the last
+pages with the VM stood.
+
+A round's turn-over (read the log, re-arm the engines) needs the VM to stand for a
+moment: the holder's `briefly()`. A VM that does not run during the copy (held at a
+deterministic point, or stopped by the monitor) needs one round and no log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from pvkit.machine.memory import GuestMemory
+from pvkit.snapshot import ram
+from pvkit.snapshot.migration.stream import Channel, Kind
+
+DOWNTIME_LIMIT_S = 0.05
+MAX_ROUNDS = 30
+STALLED = 2
+MESSAGE_PAGES = 2048  # 8 MiB of RAM at most in one PAGES message
+MESSAGE_LIMIT = ram.pages_bound(MESSAGE_PAGES)  # what a destination accepts
+
+Runs = list[tuple[int, int]]
+Briefly = Callable[[], AbstractContextManager[None]]
+
+
+@dataclass
+class Copied:
+    rounds: int = 0  # rounds sent while the guest ran (QEMU's dirty-sync-count)
+    pages: int = 0  # pages sent in them, a page sent again counted again
+    final_pages: int = 0  # pages sent with the VM stood
+
+
+class PreCopy:
+    """The RAM side of one migration: `run` while the guest runs, then `finish` once it
+    stands, or `abandon` if the move failed."""
+
+    def __init__(self, memory: GuestMemory, channel: Channel, briefly: Briefly | None):
+        """`briefly`: stands the VM for a round's turn-over; None: the VM stands already
+        and does not run until the end."""
+        self.memory = memory
+        self.channel = channel
+        self.briefly = briefly
+        self.copied = Copied()
+        self._logging = False
+        self._left: Runs = []  # taken, not sent yet: they go with the VM stood
+
+    def run(self) -> Copied:
+        memory = self.memory
+        if self.briefly is None:
+            self._send(ram.nonzero_runs(memory))
+            return self.copied
+        log = memory.dirty
+        with self.briefly():
+            log.start()
+            self._logging = True
+        seconds = self._send(ram.nonzero_runs(memory))
+        sent = self.copied.pages
+        self.copied.rounds = 1
+        stalled = 0
+        while self.copied.rounds < MAX_ROUNDS:
+            with self.briefly():
+                runs = log.take()
+            pages = sum(n for _, n in runs)
+            per_page = seconds / sent if sent else 0.0
+            stalled = stalled + 1 if pages >= sent else 0
+            if pages * per_page <= DOWNTIME_LIMIT_S or stalled >= STALLED:
+                self._left = runs  # sent with the VM stood, with what it writes meanwhile
+                return self.copied
+            before = self.copied.pages
+            seconds = self._send(runs)
+            sent = self.copied.pages - before
+            self.copied.rounds += 1
+        self._left = []
+        return self.copied
+
+    def finish(self) -> Copied:
+        """The VM stands: send what is left and stop logging."""
+        runs = self._left
+        if self._logging:
+            log = self.memory.dirty
+            runs = _merge(runs, log.take(rearm=False))
+            log.stop()
+            self._logging = False
+        before = self.copied.pages
+        self._send(runs)
+        self.copied.final_pages = self.copied.pages - before
+        self.copied.pages = before
+        return self.copied
+
+    def abandon(self, standing: bool) -> None:
+        """The move failed: stop logging (`standing`: the VM stands already)."""
+        if not self._logging:
+            return
+        self._logging = False
+        if standing or self.briefly is None:
+            self.memory.dirty.stop()
+            return
+        with self.briefly():
+            self.memory.dirty.stop()
+
+    def _send(self, runs: Runs) -> float:
+        """Send `runs` in messages of at most MESSAGE_PAGES pages; the seconds it took."""
+        start = time.monotonic()
+        for batch in _batches(runs):
+            self.channel.send(Kind.PAGES, ram.encode_pages(self.memory, batch))
+            self.copied.pages += sum(n for _, n in batch)
+        return time.monotonic() - start
+
+
+def _batches(runs: Runs) -> Iterator[Runs]:
+    batch: Runs = []
+    room = MESSAGE_PAGES
+    for first, count in runs:
+        while count:
+            n = min(count, room)
+            batch.append((first, n))
+            first, count, room = first + n, count - n, room - n
+            if room == 0:
+                yield batch
+                batch, room = [], MESSAGE_PAGES
+    if batch:
+        yield batch
+
+
+def _merge(a: Runs, b: Runs) -> Runs:
+    """The union of two sets of page runs, as sorted runs."""
+    pages = sorted({p for first, n in (*a, *b) for p in range(first, first + n)})
+    out: Runs = []
+    for p in pages:
+        if out and out[-1][0] + out[-1][1] == p:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((p, 1))
+    return out
