@@ -32,9 +32,11 @@ from .test_snapshot_guests import times
 
 STEAL = str(PREBUILT / "steal.Image")
 STEAL_X86 = str(PREBUILT / "steal-x86.elf")
+DIRTY = str(PREBUILT / "dirty.Image")
 WAITING = re.compile(r"waiting for a migration on tcp:([\d.]+):(\d+)")
 MIGRATED = re.compile(r"pvkit: migrated: migrated to tcp:[\d.]+:\d+ at (\d+) ns: "
                       r"downtime ([\d.]+) ms, (\d+) bytes sent")  # fmt: skip
+PRECOPY = re.compile(r"\((\d+) pages in (\d+) pre-copy rounds?, (\d+) stopped\)")
 
 
 @dataclass
@@ -126,6 +128,33 @@ def test_a_wall_clock_guest_moved_by_the_monitor_finishes_on_the_destination(
     assert all(int(elapsed) >= 200_000_000 for _, _, elapsed in stolen)  # the clock went on
 
 
+def checksums(out: str) -> list[str]:
+    return re.findall(r"^dirty: cpu \d+ checksum [0-9a-f]{16}$", out, re.M)
+
+
+# -- pre-copy: RAM moves while the guest writes it -----------------------------------------
+@pytest.mark.parametrize("spin", ["100000", "1000"], ids=["converging", "outpacing"])
+def test_a_guest_rewriting_its_memory_moves_while_it_runs_and_loses_no_write(spin: str) -> None:
+    """dirty.Image's 4 vCPUs rewrite an 8 MiB buffer all through the copy; the checksums
+    they print at the end are the uninterrupted run's only if every page written after
+    it was sent was sent again. `outpacing`: a pass is 100 times shorter, so the rounds
+    never catch up and the rest goes with the VM stopped."""
+    run = [DIRTY, "--smp", "4", "--append", f"spin={spin} passes={200_000_000 // int(spin)}"]
+    whole = pvkit("run", *run)
+    assert len(checksums(whole.stdout)) == 4, whole.stderr
+    dst = destination()
+    src = pvkit("run", *run, "--migrate-at", "400", "--migrate-to", dst.uri)
+    status, out, err = dst.finish()
+    assert src.returncode == 0 and status == 0, src.stderr + err
+    m = PRECOPY.search(src.stderr)
+    assert MIGRATED.search(src.stderr) and m is not None, src.stderr
+    precopied, rounds, stopped = (int(g) for g in m.groups())
+    assert rounds >= 1 and precopied > 0  # RAM went while the guest ran
+    assert stopped > 0  # and what it wrote during the last round went with it stopped
+    assert src.stdout == "" or not checksums(src.stdout)  # the end happened there
+    assert checksums(out) == checksums(whole.stdout)
+
+
 # -- refusals and broken connections: the source runs on ----------------------------------
 def test_a_destination_that_cannot_serve_the_guest_refuses_before_ram_moves() -> None:
     dst = destination("--disable", "stolen-time")
@@ -144,24 +173,27 @@ def test_a_destination_that_cannot_serve_the_guest_refuses_before_ram_moves() ->
 
 
 class DroppingDestination:
-    """A destination that accepts the offer, then closes the connection as the state
-    arrives: the source stood for the copy and must run on."""
+    """A destination that accepts the offer, then closes the connection as the first
+    message of `drop_at` arrives. Speaking stream 1.0 it gets no pre-copy: the state
+    comes at once, the source stood for it and must run on; speaking 1.1 it drops the
+    first PAGES, while the guest runs and its writes are being logged."""
 
-    def __init__(self) -> None:
+    def __init__(self, minor: int = 0, drop_at: Kind = Kind.STATE) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.minor, self.drop_at = minor, drop_at
 
     def serve(self) -> None:
         conn, _ = self.listener.accept()
         with conn:
-            conn.sendall(MAGIC + struct.pack("<HH", 1, 0))
+            conn.sendall(MAGIC + struct.pack("<HH", 1, self.minor))
             _recv(conn, 12)
             kind, length = struct.unpack("<BQ", _recv(conn, 9))
             assert kind == Kind.OFFER
             _recv(conn, length)
             conn.sendall(struct.pack("<BQ", Kind.ACCEPT, 0))
             kind, _length = struct.unpack("<BQ", _recv(conn, 9))
-            assert kind == Kind.STATE
+            assert kind == self.drop_at
         self.listener.close()
 
 
@@ -194,6 +226,22 @@ def test_a_connection_that_drops_mid_copy_leaves_the_source_running(tmp_path: Pa
     src.ok("cont")
     status, out, err = src.finish()
     assert status == 0 and "all 3 secondary" in out, err
+
+
+def test_a_connection_that_drops_during_pre_copy_leaves_the_guest_running_unharmed() -> None:
+    import threading
+
+    peer = DroppingDestination(minor=1, drop_at=Kind.PAGES)
+    server = threading.Thread(target=peer.serve, daemon=True)
+    server.start()
+    run = [DIRTY, "--smp", "2", "--append", "spin=10000 passes=20000"]
+    src = pvkit("run", *run, "--migrate-at", "200", "--migrate-to", f"tcp:127.0.0.1:{peer.port}")
+    server.join(30)
+    failed = [ln for ln in src.stderr.splitlines() if ln.startswith("pvkit: migrate:")]
+    assert len(failed) == 1 and "failed: " in failed[0], src.stderr
+    assert failed[0].endswith("the VM runs on here")
+    assert src.returncode == 0 and "pvkit: shutdown:" in src.stderr
+    assert checksums(src.stdout) == checksums(pvkit("run", *run).stdout)
 
 
 def test_a_hostile_source_gets_one_sentence_and_nothing_runs() -> None:

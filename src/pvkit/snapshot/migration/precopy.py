@@ -60,6 +60,7 @@ class PreCopy:
         memory = self.memory
         if self.briefly is None:
             self._send(ram.nonzero_runs(memory))
+            self.copied.rounds = 1
             return self.copied
         log = memory.dirty
         with self.briefly():

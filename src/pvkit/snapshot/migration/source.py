@@ -74,7 +74,8 @@ class Migrated:
         return (
             f"migrated to {self.address} at {self.clock_ns} ns: downtime "
             f"{self.downtime_ns / 1e6:.1f} ms, {self.bytes_sent} bytes sent "
-            f"({c.pages} pages in {c.rounds} pre-copy rounds, {c.final_pages} stopped)"
+            f"({c.pages} pages in {c.rounds} pre-copy round{'' if c.rounds == 1 else 's'}, "
+            f"{c.final_pages} stopped)"
         )
 
 
