@@ -6,7 +6,6 @@ a window a service keeps on RAM counts as written in every take; stopping the lo
 
 from __future__ import annotations
 
-import ctypes
 import struct
 
 import pytest
@@ -41,7 +40,7 @@ class Engine:
             self.regs = (a.UC_ARM64_REG_X0, a.UC_ARM64_REG_X2, a.UC_ARM64_REG_X1)
         else:
             self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
-            code = bytes.fromhex("488918" "48891a")  # mov [rax], rbx; mov [rdx], rbx
+            code = bytes.fromhex("48891848891a")  # mov [rax], rbx; mov [rdx], rbx
             self.regs = (x.UC_X86_REG_RAX, x.UC_X86_REG_RDX, x.UC_X86_REG_RBX)
         self.uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
         memory.write(BASE, code)
