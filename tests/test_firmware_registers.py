@@ -257,3 +257,60 @@ def test_fw_list_shows_names_kvm_names_defaults_and_values() -> None:
     trng_off = pvkit("fw", "std-bmap", "--disable", "trng")
     assert "std-bmap  KVM_REG_ARM_STD_BMAP (0x6030000000160000)  default 0x0" in trng_off.stdout
     assert pvkit("fw").returncode == 2
+
+
+# -- through the monitor: KVM_SET_ONE_REG on a running pvkit -------------------------------
+def test_the_monitor_sets_registers_of_a_vm_held_before_its_first_instruction(
+    tmp_path: Path,
+) -> None:
+    """With -S the VM waits for `cont` before any vCPU runs: the registers are open until
+    then, the guest sees what was set, and afterwards a change is EBUSY."""
+    from tests.test_monitor import start
+
+    vm = start(tmp_path, "run", str(SMP_HELLO), "--smp", "2", "-S")
+    listed = vm.ok("query-fw")
+    assert listed["frozen"] is False
+    assert {"name": "psci-version", "value": 0x10001, "shown": "0x10001"} in listed["registers"]
+    cli = pvkit("monitor", str(vm.socket), "fw-set", "psci-version=0x10000")  # the client
+    assert cli.returncode == 0 and cli.stdout.strip() == '{"return": {}}', cli.stderr
+    assert vm.ok("fw-get", name="psci-version")["value"] == 0x10000
+    wrong = pvkit("monitor", str(vm.socket), "fw-set", "psci-version")
+    assert wrong.returncode == 2 and "give NAME=VALUE" in wrong.stderr
+    no_such = vm.ask("fw-set", name="psci-versions", value=1)["error"]["desc"]
+    assert no_such.startswith("firmware register 'psci-versions': this VM has none")
+    assert no_such.endswith("(ENOENT)")
+    invalid = vm.ask("fw-set", name="psci-version", value=0x30000)["error"]["desc"]
+    assert invalid.endswith("not 3.0 (EINVAL)")
+    for bad, says in (("ten", "not a number"), ([1], "not a number"), (True, "needs its")):
+        assert says in vm.ask("fw-set", name="psci-version", value=bad)["error"]["desc"]
+    assert "needs its 'value'" in vm.ask("fw-set", name="psci-version")["error"]["desc"]
+    assert vm.ok("cont") == {}
+    status, out, err = vm.finish()
+    assert status == 0, err
+    assert "PSCI version 1.0\n" in out  # the value set through the monitor
+
+
+def test_once_a_vcpu_has_run_the_monitor_gets_ebusy_for_a_change(tmp_path: Path) -> None:
+    from tests.test_monitor import STEAL, start
+
+    vm = start(tmp_path, "run", str(STEAL), "--smp", "2", "--host-cpus", "1",
+               "--append", "work_ms=2000")  # fmt: skip
+    assert vm.ok("query-fw")["frozen"] is True
+    busy = vm.ask("fw-set", name="std-hyp-bmap", value=0)["error"]["desc"]
+    assert busy.startswith("firmware register std-hyp-bmap cannot change from 0x1 to 0x0")
+    assert busy.endswith("(EBUSY)")
+    assert vm.ok("fw-set", name="std-hyp-bmap", value=1) == {}  # the same value: accepted
+    assert vm.ok("quit") == {}
+    assert vm.finish()[0] == 0
+
+
+def test_an_x86_vm_has_no_firmware_registers_to_ask_for(tmp_path: Path) -> None:
+    from tests.conftest import X86_HELLO
+    from tests.test_monitor import start
+
+    vm = start(tmp_path, "run", str(X86_HELLO), "-S")
+    for command, args in (("query-fw", {}), ("fw-get", {"name": "psci-version"})):
+        desc = vm.ask(command, **args)["error"]["desc"]
+        assert desc.startswith("this VM has no firmware registers")
+    assert vm.ok("quit") == {}
+    assert vm.finish()[0] == 0

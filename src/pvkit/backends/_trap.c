@@ -925,8 +925,21 @@ static void trap_dealloc(TrapObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Only while the engine is stopped: the hook reads the table without the GIL. */
+static PyObject *trap_set_table(TrapObject *self, PyObject *table)
+{
+    if (table != Py_None && !PyObject_TypeCheck(table, &TableType)) {
+        PyErr_SetString(PyExc_TypeError, "table must be an AnswerTable or None");
+        return NULL;
+    }
+    Py_XSETREF(self->table, table == Py_None ? NULL : (TableObject *)Py_NewRef(table));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef trap_methods[] = {
     {"install", (PyCFunction)trap_install, METH_NOARGS, "add the UC_HOOK_INTR hook"},
+    {"set_table", (PyCFunction)trap_set_table, METH_O,
+     "answer from this table from now on (None: none); only while the engine is stopped"},
     {"remove", (PyCFunction)trap_remove, METH_NOARGS, "delete the hook (idempotent)"},
     {"take_error", (PyCFunction)trap_take_error, METH_NOARGS,
      "the exception the Python side raised inside the hook, once, or None"},

@@ -103,6 +103,10 @@ class Trap(Protocol):
 
     def take_error(self) -> BaseException | None: ...
 
+    def set_table(self, table: CompiledTable | None) -> None:
+        """Only while the engine is stopped."""
+        ...
+
 
 def compile_table(table: AnswerTable, path: TrapPath) -> CompiledTable:
     if path is TrapPath.C:
@@ -255,6 +259,9 @@ class CtypesTrap:
     def take_error(self) -> BaseException | None:
         error, self._error = self._error, None
         return error
+
+    def set_table(self, table: CompiledTable | None) -> None:
+        self._table = table
 
     def _on_intr(self, _uc: int, intno: int, _user: int) -> None:
         try:

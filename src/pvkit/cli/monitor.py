@@ -15,17 +15,24 @@ import typer
 
 from pvkit.cli.options import fail
 
-# The commands that take an argument, and the parameter it is.
-PARAMETERS = {"savevm": "file", "migrate": "uri"}
+# The commands that take an argument, and the parameter it is (fw-set's NAME=VALUE is two).
+PARAMETERS = {"savevm": "file", "migrate": "uri", "fw-get": "name", "fw-set": "name=value"}
 
 
 def monitor(
     path: Annotated[str, typer.Argument(help="the socket: PATH or unix:PATH (from --monitor)")],
     command: Annotated[
-        str, typer.Argument(help="stop, cont, savevm, migrate, info, query-status, quit")
+        str,
+        typer.Argument(
+            help="stop, cont, savevm, migrate, info, query-status, query-fw, fw-get, fw-set, quit"
+        ),
     ],
     arg: Annotated[
-        str | None, typer.Argument(help="savevm: the snapshot file; migrate: tcp:HOST:PORT")
+        str | None,
+        typer.Argument(
+            help="savevm: the snapshot file; migrate: tcp:HOST:PORT; fw-get: NAME; "
+            "fw-set: NAME=VALUE"
+        ),
     ] = None,
 ) -> None:
     """Send COMMAND to the monitor of a running VM and print its reply (docs/monitor.md)."""
@@ -38,10 +45,16 @@ def monitor(
     if parameter is not None:
         if arg is None:
             raise fail(f"monitor: {command} needs its {parameter}: give it after the command")
-        # A relative file is the client's, not the VM's working directory's.
-        arguments[parameter] = str(Path(arg).absolute()) if parameter == "file" else arg
+        if parameter == "name=value":
+            name, sep, value = arg.partition("=")
+            if not sep or not name or not value:
+                raise fail(f"monitor: fw-set {arg!r}: give NAME=VALUE, e.g. psci-version=0x10000")
+            arguments.update(name=name.strip(), value=value.strip())
+        else:  # a relative file is the client's, not the VM's working directory's
+            arguments[parameter] = str(Path(arg).absolute()) if parameter == "file" else arg
     elif arg is not None:
-        raise fail(f"monitor: {command!r} takes no argument (only savevm and migrate do)")
+        takers = ", ".join(PARAMETERS)
+        raise fail(f"monitor: {command!r} takes no argument (only {takers} do)")
     try:
         answer = call(socket_path, command, arguments)
     except ClientError as exc:

@@ -5,8 +5,9 @@ monitor's stop is its own, so a debugger's stop stays (`cont` says so) and a deb
 never hears of the monitor's. `savevm FILE` stops the VM, writes it and lets it run on,
 or leaves it stopped if it was; `info` reports the run state, every vCPU's power state,
 scheduler activity and PC, and the clock; `migrate tcp:HOST:PORT` moves the VM to a
-destination (snapshot/migration/) and ends the run once it runs there; `quit` ends
-the run (exit status 0). Commands
+destination (snapshot/migration/) and ends the run once it runs there; `query-fw`,
+`fw-get` and `fw-set` read and write the firmware registers (monitor/firmware.py);
+`quit` ends the run (exit status 0). Commands
 run one at a time, whichever client sends them.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.machine.vm import StopKind, StopReason
+from pvkit.monitor import firmware
 from pvkit.monitor.protocol import NOT_FOUND, CommandError, Request, no_arguments, string_argument
 from pvkit.snapshot import config, standing
 from pvkit.snapshot.format import SnapshotError
@@ -41,6 +43,8 @@ class Monitor:
         self.front = board.vm.control.front_end(NAME)
         if freeze:
             self.front.pause(STOP, vcpu=0)
+            if board.vm.resume is None and hasattr(board, "firmware_open"):
+                board.firmware_open = True  # a new VM: settable until `cont`
         self._lock = threading.Lock()
         self._commands: dict[str, Callable[[Request], Outcome]] = {
             "stop": self._stop,
@@ -49,6 +53,9 @@ class Monitor:
             "migrate": self._migrate,
             "info": self._info,
             "query-status": self._query_status,
+            "query-fw": self._query_fw,
+            "fw-get": lambda request: (firmware.fw_get(self.board, request), None),
+            "fw-set": lambda request: (firmware.fw_set(self.board, request), None),
             "quit": self._quit,
         }
 
@@ -70,6 +77,9 @@ class Monitor:
 
     def _cont(self, request: Request) -> Outcome:
         no_arguments(request)
+        if getattr(self.board, "firmware_open", False):
+            self.board.firmware_open = False  # type: ignore[union-attr]
+            self.board.start_serving()  # type: ignore[union-attr]
         self.front.resume()
         others = [n for n in self.vm.control.holders() if n != NAME]
         if others:
@@ -142,6 +152,10 @@ class Monitor:
         no_arguments(request)
         holders = self.vm.control.holders()
         return {"running": not holders, "status": _status(holders)}, None
+
+    def _query_fw(self, request: Request) -> Outcome:
+        no_arguments(request)
+        return firmware.query_fw(self.board), None
 
     def _quit(self, request: Request) -> Outcome:
         no_arguments(request)

@@ -6,6 +6,7 @@ This is the one place that knows every layer; each layer below knows only its ow
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -236,8 +237,13 @@ class VirtArm64(BoardPlatform):
         self._abi = SmcccAbi(self.dispatcher) if config.profile.has_hypervisor else None
         for s in self.services:
             s.bind(self)
-        # Settable until the VM first runs (`firmware.set`), then frozen, as KVM's are.
+        # Settable until a vCPU first runs (`firmware.set`), then frozen, as KVM's are.
         self.firmware = Firmware(self.services, on_change=self._firmware_changed)
+        self._serving = threading.Lock()
+        # The monitor holds the new VM before its first instruction (-S): the registers
+        # stay settable until its `cont` (start_serving).
+        self.firmware_open = False
+        self._laid_out = False  # RAM holds the boot image and DTB
         self.trap_path = resolve_path(config.trap)
         self.answers: CompiledTable | None = None
         # Called with each new vCPU engine (at every power-on): benchmarks and debuggers.
@@ -308,27 +314,20 @@ class VirtArm64(BoardPlatform):
         self.namespace.hide(self.firmware.hidden_ids())
 
     def _firmware_changed(self, name: str) -> None:
-        """The PSCI node's compatible names the version served, as QEMU's virt board's."""
+        """The PSCI node's compatible names the version served, as QEMU's virt board's
+        (in RAM too if the VM was laid out already: no vCPU has run, the guest has not
+        read it)."""
         if name == "psci-version" and self.config.dtb is None:
             dtb, _ = self._device_tree(None, self.plan.layout.initrd)
             self.plan.layout.check_dtb(self.memory.region, len(dtb))
             self.plan = dataclasses.replace(self.plan, dtb=dtb)
+            if self._laid_out:
+                self.memory.write(self.plan.layout.dtb, dtb)
 
     # -- VM plumbing ---------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> StopReason:
-        if not self.firmware.frozen:
-            self._freeze_firmware()
-        if self._abi is not None and self.answers is None:
-            # Rules freeze now, so constant answers computed from them stay true.
-            self.policy.freeze()
-            failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
-            vcpus = VcpuStates(self.mpidrs, self.vm.power_codes)  # AFFINITY_INFO, in C
-            table = build_answer_table(
-                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed, vcpus=vcpus
-            )
-            answers = compile_table(table, self.trap_path)
-            self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))
-            self.answers = answers
+        if not self.firmware_open:
+            self.start_serving()
         try:
             return self.vm.run(timeout)
         finally:
@@ -386,6 +385,31 @@ class VirtArm64(BoardPlatform):
             entry_hooks(self.services),
         )
 
+    def start_serving(self) -> None:
+        """The guest's first instruction comes next: the firmware registers freeze and
+        take effect, and the answer table is compiled from what is now fixed and given
+        to every engine built so far (they answered through the dispatcher until then:
+        the same answers, more slowly). At the start of `run`, or at the monitor's first
+        `cont` of a VM it holds before its first instruction (`firmware_open`)."""
+        with self._serving:
+            if not self.firmware.frozen:
+                self._freeze_firmware()
+            if self._abi is None or self.answers is not None:
+                return
+            # Rules freeze now, so constant answers computed from them stay true.
+            self.policy.freeze()
+            failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
+            vcpus = VcpuStates(self.mpidrs, self.vm.power_codes)  # AFFINITY_INFO, in C
+            table = build_answer_table(
+                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed, vcpus=vcpus
+            )
+            answers = compile_table(table, self.trap_path)
+            self.trace.watch(lambda tracing: setattr(answers, "enabled", not tracing))
+            self.answers = answers
+            for engine in self.vm.control.engines().values():
+                if isinstance(engine, Arm64Engine):
+                    engine.trap.set_table(answers)
+
     def _engine(self, index: int) -> Arm64Engine:
         engine = Arm64Engine(
             index,
@@ -413,6 +437,7 @@ class VirtArm64(BoardPlatform):
         """Lay out RAM exactly as at first boot (also used by SYSTEM_RESET)."""
         self.memory.clear()
         self.plan.load(self.memory)
+        self._laid_out = True
         for bank in self.flash:
             bank.reset()
         self.reset_pv_state()

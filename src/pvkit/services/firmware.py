@@ -20,6 +20,7 @@ as one register file per VM, with KVM's rules:
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -146,6 +147,7 @@ class Firmware:
         self._registers = {r.name: r for r in registers}
         self._kvm_names = {r.kvm_name: r.name for r in registers if r.kvm_name}
         self.frozen = False
+        self._lock = threading.RLock()  # the monitor writes while a vCPU may start
 
     # -- the registers -------------------------------------------------------------------
     def registers(self) -> list[Register]:
@@ -167,7 +169,10 @@ class Firmware:
 
     def set(self, name: str, value: int) -> None:
         """Write a register before the VM first runs, as KVM_SET_ONE_REG does."""
-        reg = self.register(name)
+        with self._lock:
+            self._set(self.register(name), value)
+
+    def _set(self, reg: Register, value: int) -> None:
         what = f"firmware register {reg.name}"
         if not 0 <= value <= MASK64:
             raise FirmwareError(f"{what} = {value}: not a 64-bit value", Refusal.INVALID)
@@ -186,8 +191,9 @@ class Firmware:
             self._on_change(reg.name)
 
     def freeze(self) -> None:
-        """Called when the VM first runs: from now on the registers only read."""
-        self.frozen = True
+        """Called when a vCPU first runs: from now on the registers only read."""
+        with self._lock:
+            self.frozen = True
 
     # -- what the values hide ------------------------------------------------------------
     def hidden_services(self) -> list[str]:
