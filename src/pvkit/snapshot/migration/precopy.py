@@ -25,6 +25,11 @@ from pvkit.machine.memory import GuestMemory
 from pvkit.snapshot import ram
 from pvkit.snapshot.migration.stream import Channel, Kind
 
+
+class MigrationError(Exception):
+    """The migration did not happen; the source's VM runs on (one sentence)."""
+
+
 DOWNTIME_LIMIT_S = 0.05
 MAX_ROUNDS = 30
 STALLED = 2
@@ -101,15 +106,20 @@ class PreCopy:
         return self.copied
 
     def abandon(self, standing: bool) -> None:
-        """The move failed: stop logging (`standing`: the VM stands already)."""
+        """The move failed: stop logging (`standing`: the VM stands already). A VM that
+        will not stand for it logs on into a map that stays (freeing it under running
+        engines would not be safe); the next migration starts a new round on it."""
         if not self._logging:
             return
         self._logging = False
         if standing or self.briefly is None:
             self.memory.dirty.stop()
             return
-        with self.briefly():
-            self.memory.dirty.stop()
+        try:
+            with self.briefly():
+                self.memory.dirty.stop()
+        except MigrationError:
+            pass  # the failure the caller reports is the one that ended the move
 
     def _send(self, runs: Runs) -> float:
         """Send `runs` in messages of at most MESSAGE_PAGES pages; the seconds it took."""

@@ -28,15 +28,12 @@ from pvkit.snapshot import config
 from pvkit.snapshot.format import Snapshot, SnapshotError, encode, json_section
 from pvkit.snapshot.migration.address import TcpAddress
 from pvkit.snapshot.migration.precopy import Copied, PreCopy
+from pvkit.snapshot.migration.precopy import MigrationError as MigrationError
 from pvkit.snapshot.migration.stream import Channel, Kind, StreamError
 
 CONNECT_TIMEOUT_S = 10.0
 ANSWER_LIMIT = 4096  # a verdict is one sentence
 RESUME_TIMEOUT_S = 600.0  # rebuilding a large guest takes a while
-
-
-class MigrationError(Exception):
-    """The migration did not happen; the source's VM runs on (one sentence)."""
 
 
 class Holder(Protocol):
