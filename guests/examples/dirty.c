@@ -54,29 +54,12 @@ static void share(int cpu, uint64_t *first, uint64_t *count)
     *count = each;
 }
 
-/* The number after `key` in the bootargs, or `otherwise`. */
-static uint64_t argument(const char *args, const char *key, uint64_t otherwise)
-{
-    for (const char *p = args; p && *p; p++) {
-        int i = 0;
-        while (key[i] && p[i] == key[i])
-            i++;
-        if (!key[i]) {
-            uint64_t v = 0;
-            for (p += i; *p >= '0' && *p <= '9'; p++)
-                v = v * 10 + (uint64_t)(*p - '0');
-            return v;
-        }
-    }
-    return otherwise;
-}
-
 void guest_main(const void *fdt)
 {
     pv_discover(fdt, &env);
     const char *args = fdt_bootargs(fdt);
-    passes = argument(args, "passes=", passes);
-    spin = argument(args, "spin=", spin);
+    passes = bootarg_uint(args, "passes", passes);
+    spin = bootarg_uint(args, "spin", spin);
     kprintf("dirty: %d cpus, %lu passes of %lu over %d pages\n", env.ncpus, passes, spin, PAGES);
     uint64_t self = read_mpidr() & 0xff00ffffffUL;
     int me = 0;
