@@ -101,7 +101,7 @@ def test_snapshot_info_explains_the_file(arm64_steal: Split) -> None:
     assert info.returncode == 0, info.stderr
     out = info.stdout
     assert "pvkit snapshot format 1.0, arm64" in out
-    assert re.search(r"cpu:3\s+version 1", out) and re.search(r"gic\s+version 1", out)
+    assert re.search(r"cpu:3\s+version 2", out) and re.search(r"gic\s+version 1", out)
     assert re.search(r"^  stolen-time\s+0$", out, re.M)  # the record revision the guest uses
     assert re.search(r"^  psci\s+1\.1$", out, re.M)
     assert re.search(r"^  pv-time-revision\s+0x0$", out, re.M)

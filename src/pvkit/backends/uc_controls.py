@@ -109,6 +109,31 @@ def set_dirty_pages(uc: Uc, page_map: int | None, base: int, pages: int) -> None
     _check(err, "dirty-page logging")
 
 
+# Registers the patch adds after UC_ARM64_REG_FPSR (292): SVE's, whole (QEMU's largest
+# vector length, 2048 bits; predicates 256 bits, FFR stored as the 17th predicate).
+UC_ARM64_REG_Z0 = 293
+UC_ARM64_REG_P0 = UC_ARM64_REG_Z0 + 32
+UC_ARM64_REG_FFR = UC_ARM64_REG_P0 + 16
+SVE_Z_BYTES = 256
+SVE_P_BYTES = 32
+
+
+def read_wide(uc: Uc, reg: int, size: int) -> int:
+    """A register wider than the binding reads (uc_reg_read2), as an unsigned integer."""
+    buf = ctypes.create_string_buffer(size)
+    length = ctypes.c_size_t(size)
+    err = uclib.uc_reg_read2(_handle(uc), ctypes.c_int(reg), buf, ctypes.byref(length))
+    _check(err, f"reading register {reg}")
+    return int.from_bytes(buf.raw[: length.value], "little")
+
+
+def write_wide(uc: Uc, reg: int, size: int, value: int) -> None:
+    buf = ctypes.create_string_buffer(value.to_bytes(size, "little"), size)
+    length = ctypes.c_size_t(size)
+    err = uclib.uc_reg_write2(_handle(uc), ctypes.c_int(reg), buf, ctypes.byref(length))
+    _check(err, f"writing register {reg}")
+
+
 def raise_exception(uc: Uc, vector: int, error_code: int = 0, software: bool = False) -> None:
     """x86: the CPU takes `vector` through its own entry code (privilege and stack
     switch from the TSS included) when emulation next starts; `software`: as INT n

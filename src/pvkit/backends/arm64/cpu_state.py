@@ -4,21 +4,26 @@ What a fresh engine does not recreate by itself: the general-purpose and SIMD/FP
 registers, PSTATE and both stack pointers, and the EL1 (and EL0-visible) system registers
 a kernel programs (Arm ARM DDI 0487, D13 "AArch64 System Register Descriptions"). The EL2
 and EL3 configuration is the board's, set again when the engine is built; the generic
-timer and the GIC CPU interface are the board's devices and save themselves. Not held:
-SVE Z/P registers beyond their low 128 bits (the V registers) and the exclusive monitor,
-which a restore clears, as an exception return may (D1.19: a guest's LDXR/STXR retries).
+timer and the GIC CPU interface are the board's devices and save themselves. SVE's Z, P
+and FFR registers are held whole, at the largest vector length the engine has (2048 bits:
+ZCR_EL1 says how much of it the guest uses), through registers the engine patch adds;
+version 1 sections have only the V registers, their low 128 bits. Not held: the exclusive
+monitor, which a restore clears, as an exception return may (D1.19: a guest's LDXR/STXR
+retries).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from unicorn import Uc  # type: ignore[attr-defined]
 from unicorn import arm64_const as r
 
+from pvkit.backends import uc_controls as ucc
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "cpu"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: SVE's Z, P and FFR registers whole
 
 _X = [getattr(r, f"UC_ARM64_REG_X{i}") for i in range(31)]
 _V = [getattr(r, f"UC_ARM64_REG_V{i}") for i in range(32)]
@@ -67,6 +72,9 @@ SYSREGS: dict[str, tuple[int, int, int, int, int]] = {
     "MDSCR_EL1": (2, 0, 0, 2, 2),
 }
 _U128 = (1 << 128) - 1
+_Z = [(ucc.UC_ARM64_REG_Z0 + i, ucc.SVE_Z_BYTES) for i in range(32)]
+_P = [(ucc.UC_ARM64_REG_P0 + i, ucc.SVE_P_BYTES) for i in range(16)]
+_P.append((ucc.UC_ARM64_REG_FFR, ucc.SVE_P_BYTES))
 
 
 def _cp(key: tuple[int, int, int, int, int]) -> tuple[int, int, int, int, int]:
@@ -77,9 +85,12 @@ def _cp(key: tuple[int, int, int, int, int]) -> tuple[int, int, int, int, int]:
 def save_cpu(uc: object) -> State:
     """`uc` is the vCPU's Unicorn engine, stopped (between slices)."""
     read = uc.reg_read  # type: ignore[attr-defined]
+    engine = cast(Uc, uc)
     return {
         "x": [read(reg) for reg in _X],
         "v": [read(reg) for reg in _V],
+        "z": [ucc.read_wide(engine, reg, n) for reg, n in _Z],
+        "p": [ucc.read_wide(engine, reg, n) for reg, n in _P],  # P0-P15, then FFR
         "pstate": read(r.UC_ARM64_REG_PSTATE),
         "sp": read(r.UC_ARM64_REG_SP),
         **{name: read(reg) for name, reg in _NAMED.items()},
@@ -96,6 +107,8 @@ def parse_cpu(state: Fields) -> dict[str, Any]:
     return {
         "x": state.integers("x", 31),
         "v": state.integers("v", 32, _U128),
+        "z": state.integers("z", 32, (1 << 8 * ucc.SVE_Z_BYTES) - 1) if state.has("z") else None,
+        "p": state.integers("p", 17, (1 << 8 * ucc.SVE_P_BYTES) - 1) if state.has("z") else None,
         "sysregs": {name: sysregs.integer(name) for name in SYSREGS},
         "pstate": pstate,
         "sp": state.integer("sp"),
@@ -108,6 +121,9 @@ def load_cpu(uc: object, saved: dict[str, Any]) -> None:
     write = uc.reg_write  # type: ignore[attr-defined]
     for name, value in saved["sysregs"].items():
         write(r.UC_ARM64_REG_CP_REG, (*_cp(SYSREGS[name]), value))
+    if saved["z"] is not None:  # first: the V registers are their low bits
+        for (reg, n), value in zip(_Z + _P, saved["z"] + saved["p"], strict=True):
+            ucc.write_wide(cast(Uc, uc), reg, n, value)
     for reg, value in zip(_V, saved["v"], strict=True):
         write(reg, value)
     write(r.UC_ARM64_REG_PSTATE, saved["pstate"])  # first: it banks the stack pointers
