@@ -139,3 +139,77 @@ def test_constant_answers_come_from_the_table_until_a_trace_sink_is_attached(tra
     assert t.table_hits == 0 and t.python_calls == 30
     answers = [c.results for c in calls if c.function_id == ConstantService.NR]
     assert answers == [(0x1234,)] * 30
+
+
+def _traced(bootargs: str, trap: str, **config: object) -> tuple[PcX86, str, list[CallEvent]]:
+    """The same run with a trace sink attached: every call goes through the dispatcher."""
+    calls: list[CallEvent] = []
+
+    class Sink:
+        def on_call(self, event: CallEvent) -> None:
+            calls.append(event)
+
+        def on_event(self, event: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    hub = TraceHub()
+    hub.attach(Sink())  # type: ignore[arg-type]
+    clock = MarkerClock()
+    machine = PcX86(
+        PcConfig(console=clock.feed, bootargs=bootargs, trap=trap, **config),  # type: ignore[arg-type]
+        bench_x86.BENCH_X86,
+        hub,
+    )
+    stop = machine.run(60)
+    assert stop.kind is StopKind.SHUTDOWN and stop.status == 1, stop
+    return machine, clock.text.decode(), calls
+
+
+class FlakyX86Service(Service):
+    """A direct handler that raises on odd RCX and names no result when RCX is 4: the
+    guest must get what the dispatcher gives a failed handler (-KVM_ENOSYS), and 0."""
+
+    name = "flaky-x86"
+    abis = frozenset({Abi.KVM_X86})
+    NR = 0x5A00_0002
+
+    def claims(self, abi: Abi = Abi.KVM_X86) -> list[IdRange]:
+        return [IdRange(self.NR, self.NR)]
+
+    def functions(self, abi: Abi = Abi.KVM_X86) -> list[Function]:
+        return [Function.served_directly(self.NR, "FLAKY", self._flaky)]
+
+    @staticmethod
+    def _flaky(vcpu: int, rbx: int, rcx: int, rdx: int) -> tuple[int, ...]:
+        if rcx & 1:
+            raise ValueError("odd")
+        return () if rcx == 4 else (rbx + rcx + rdx + vcpu,)
+
+
+@pytest.mark.parametrize("trap", PATHS)
+@pytest.mark.parametrize(
+    ("service", "n", "last"),
+    [(BenchService(), 40, "0x2b"), (FlakyX86Service(), 41, "0x2c"),
+     (FlakyX86Service(), 40, "0xfffffffffffffc18"), (FlakyX86Service(), 5, "0x0")],
+    ids=["sum", "flaky-even", "flaky-raises", "flaky-none"],
+)  # fmt: skip
+def test_a_direct_handler_gives_the_dispatchers_answer_without_the_dispatcher(
+    trap: str, service: Service, n: int, last: str
+) -> None:
+    """BENCH_SUM(1, i, 3) and the flaky handler on the direct route (CPL 0, 64-bit, not
+    traced), then traced through the dispatcher: the same last answer, and only the
+    untraced run took the direct route. (-KVM_ENOSYS is -1000 in RAX.)"""
+    nr = BENCH_SUM if isinstance(service, BenchService) else FlakyX86Service.NR
+    machine, console = _bench(f"vmcall {nr:#x} {n}", trap, extra_services=[service])
+    t = machine._engines[0].trap
+    assert f"bench: last {last}\r\n" in console
+    assert t.direct_calls == n and t.python_calls == n
+    traced, traced_console, calls = _traced(
+        f"vmcall {nr:#x} {n}", trap, extra_services=[type(service)()]
+    )
+    assert traced._engines[0].trap.direct_calls == 0
+    assert f"bench: last {last}\r\n" in traced_console
+    assert [c.results[0] for c in calls if c.function_id == nr][-1] == int(last, 16)

@@ -15,6 +15,7 @@ from enum import IntEnum
 from pvkit.hypercall.answer_table import AnswerTable, EntryKind
 from pvkit.hypercall.call import Call, Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
+from pvkit.hypercall.namespace import DirectHandler
 
 MASK32 = 0xFFFF_FFFF
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -111,6 +112,12 @@ class KvmHypercallAbi:
             for e in table.entries
             if e.kind is EntryKind.ANY and e.function_id not in self._hidden
         }
+
+    def direct_handlers(self, table: AnswerTable) -> dict[int, DirectHandler]:
+        """The answer table's direct route for a CPL-0 64-bit caller: handler(vcpu, RBX,
+        RCX, RDX), RAX its first result (gated-off numbers stay out, as they do of the
+        constants)."""
+        return {nr: h for nr, h in table.direct.items() if nr not in self._hidden}
 
     def on_hypercall(
         self, gprs: Sequence[int], conduit: Conduit, cpl: int, long_mode: bool, vcpu: int

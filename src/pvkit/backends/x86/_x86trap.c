@@ -96,7 +96,14 @@ typedef struct {
     /* constant answers by hypercall nr (CPL 0, 64-bit callers only) */
     uint64_t *answer_nr, *answer_rax;
     Py_ssize_t n_answers;
-    int answers_enabled;
+    int answers_enabled; /* also the direct route's switch: off while tracing */
+    /* direct handlers by hypercall nr (CPL 0, 64-bit callers only), as on arm64:
+       handler(vcpu, rbx, rcx, rdx) -> results, RAX the first; a handler that raises is
+       answered by on_error(vcpu, nr, exc), as the dispatcher answers a failed handler */
+    uint64_t *direct_nr;
+    PyObject **direct_fn;
+    Py_ssize_t n_direct;
+    PyObject *on_error, *vcpu;
     size_t invalid_hook, edge_hook, block_hook;
     int installed, block_live;
     size_t *site_hooks;
@@ -105,7 +112,7 @@ typedef struct {
     size_t set_mask;
     int site_zero;
     int restart; /* the first-block hook stopped the engine: run again */
-    unsigned long long python_calls, table_hits, msr_calls, scans;
+    unsigned long long python_calls, table_hits, msr_calls, scans, direct_calls;
 } X86TrapObject;
 
 /* -- guest memory ------------------------------------------------------------------- */
@@ -238,6 +245,72 @@ static int answer_for(const X86TrapObject *t, uint64_t nr, uint64_t *rax)
     return 0;
 }
 
+static PyObject *direct_for(const X86TrapObject *t, uint64_t nr)
+{
+    Py_ssize_t lo = 0, hi = t->n_direct;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (t->direct_nr[mid] < nr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < t->n_direct && t->direct_nr[lo] == nr ? t->direct_fn[lo] : NULL;
+}
+
+/* RAX from a direct handler's results (0 if it named none); -1 after a failure that
+ * stopped the engine. Called with the GIL. */
+static int call_direct(X86TrapObject *t, void *uc, PyObject *fn, const uint64_t *v,
+                       uint64_t *rax)
+{
+    t->python_calls++;
+    t->direct_calls++;
+    PyObject *argv[4] = {t->vcpu, PyLong_FromUnsignedLongLong(v[R_RBX]),
+                         PyLong_FromUnsignedLongLong(v[R_RCX]),
+                         PyLong_FromUnsignedLongLong(v[R_RDX])};
+    PyObject *r = NULL;
+    if (argv[1] && argv[2] && argv[3])
+        r = PyObject_Vectorcall(fn, argv, 4, NULL);
+    for (int i = 1; i < 4; i++)
+        Py_XDECREF(argv[i]);
+    if (r) { /* what call.answer(*r) would refuse: a failed handler too */
+        PyObject *fast = PySequence_Fast(r, "a direct handler returns a sequence of results");
+        Py_DECREF(r);
+        r = fast;
+    }
+    if (!r && t->on_error && PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        PyObject *nrobj = PyLong_FromUnsignedLongLong(v[R_RAX]);
+        if (nrobj && value) {
+            if (tb)
+                PyException_SetTraceback(value, tb);
+            PyObject *eargv[3] = {t->vcpu, nrobj, value};
+            PyObject *answer = PyObject_Vectorcall(t->on_error, eargv, 3, NULL);
+            r = answer ? PySequence_Fast(answer, "on_error returns the preset results") : NULL;
+            Py_XDECREF(answer);
+        }
+        Py_XDECREF(nrobj);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    if (!r) {
+        trap_fail(t, uc);
+        return -1;
+    }
+    *rax = PySequence_Fast_GET_SIZE(r) ? PyLong_AsUnsignedLongLongMask(
+                                             PySequence_Fast_GET_ITEM(r, 0))
+                                       : 0;
+    Py_DECREF(r);
+    if (PyErr_Occurred()) {
+        trap_fail(t, uc);
+        return -1;
+    }
+    return 0;
+}
+
 static int long_mode(const X86TrapObject *t, uint64_t cs, uint64_t cr0, uint64_t cr3,
                      uint64_t efer, const uc_x86_mmr *gdtr, int *lm)
 {
@@ -284,8 +357,15 @@ static int x86_invalid(void *uc, void *user)
     }
     int cpl = (int)(v[R_CS] & 3);
     uint64_t rax, rip = v[R_RIP] + 3;
+    PyObject *direct = NULL;
     if (cpl == 0 && lm && t->answers_enabled && answer_for(t, v[R_RAX], &rax)) {
         t->table_hits++;
+    } else if (cpl == 0 && lm && t->answers_enabled && (direct = direct_for(t, v[R_RAX]))) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        int failed = call_direct(t, uc, direct, v, &rax);
+        PyGILState_Release(gil);
+        if (failed)
+            return 1;
     } else {
         PyGILState_STATE gil = PyGILState_Ensure();
         t->python_calls++;
@@ -661,6 +741,59 @@ static PyObject *trap_set_answers(X86TrapObject *self, PyObject *answers)
     Py_RETURN_NONE;
 }
 
+static void clear_direct(X86TrapObject *self)
+{
+    for (Py_ssize_t i = 0; i < self->n_direct; i++)
+        Py_DECREF(self->direct_fn[i]);
+    PyMem_Free(self->direct_nr);
+    PyMem_Free(self->direct_fn);
+    self->direct_nr = NULL;
+    self->direct_fn = NULL;
+    self->n_direct = 0;
+}
+
+static PyObject *trap_set_direct(X86TrapObject *self, PyObject *args)
+{
+    /* ({nr: handler}, on_error, vcpu); only while the engine is stopped */
+    PyObject *direct, *on_error, *vcpu;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyDict_Type, &direct, &on_error, &vcpu))
+        return NULL;
+    PyObject *keys = PyDict_Keys(direct);
+    if (!keys || PyList_Sort(keys) < 0) {
+        Py_XDECREF(keys);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    uint64_t *nr = PyMem_Calloc((size_t)(n ? n : 1), sizeof(uint64_t));
+    PyObject **fn = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (!nr || !fn) {
+        PyMem_Free(nr);
+        PyMem_Free(fn);
+        Py_DECREF(keys);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        nr[i] = PyLong_AsUnsignedLongLong(k);
+        fn[i] = Py_NewRef(PyDict_GetItem(direct, k));
+    }
+    Py_DECREF(keys);
+    if (PyErr_Occurred()) {
+        for (Py_ssize_t i = 0; i < n; i++)
+            Py_DECREF(fn[i]);
+        PyMem_Free(nr);
+        PyMem_Free(fn);
+        return NULL;
+    }
+    clear_direct(self);
+    self->direct_nr = nr;
+    self->direct_fn = fn;
+    self->n_direct = n;
+    Py_XSETREF(self->on_error, on_error == Py_None ? NULL : Py_NewRef(on_error));
+    Py_XSETREF(self->vcpu, Py_NewRef(vcpu));
+    Py_RETURN_NONE;
+}
+
 static PyObject *trap_set_native(X86TrapObject *self, PyObject *arg)
 {
     /* only called while the engine is stopped */
@@ -735,6 +868,10 @@ static int trap_traverse(X86TrapObject *self, visitproc visit, void *arg)
     Py_VISIT(self->on_invalid);
     Py_VISIT(self->on_msr);
     Py_VISIT(self->error);
+    Py_VISIT(self->on_error);
+    Py_VISIT(self->vcpu);
+    for (Py_ssize_t i = 0; i < self->n_direct; i++)
+        Py_VISIT(self->direct_fn[i]);
     return 0;
 }
 
@@ -744,6 +881,9 @@ static int trap_clear(X86TrapObject *self)
     Py_CLEAR(self->on_invalid);
     Py_CLEAR(self->on_msr);
     Py_CLEAR(self->error);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->vcpu);
+    clear_direct(self);
     return 0;
 }
 
@@ -782,6 +922,8 @@ static PyMethodDef trap_methods[] = {
     {"remove", (PyCFunction)trap_remove, METH_NOARGS, "delete every hook (idempotent)"},
     {"set_answers", (PyCFunction)trap_set_answers, METH_O,
      "constant answers: {nr: RAX} for CPL-0 64-bit callers"},
+    {"set_direct", (PyCFunction)trap_set_direct, METH_VARARGS,
+     "direct handlers: ({nr: handler}, on_error, vcpu) for CPL-0 64-bit callers"},
     {"set_native", (PyCFunction)trap_set_native, METH_O,
      "the native hypercall instruction now (a move to the other vendor's host)"},
     {"take_error", (PyCFunction)trap_take_error, METH_NOARGS,
@@ -798,7 +940,9 @@ static PyGetSetDef trap_getset[] = {
 
 static PyMemberDef trap_members[] = {
     {"python_calls", T_ULONGLONG, offsetof(X86TrapObject, python_calls), READONLY,
-     "hypercalls that reached the Python dispatcher"},
+     "hypercalls that reached Python (the dispatcher, or a direct handler)"},
+    {"direct_calls", T_ULONGLONG, offsetof(X86TrapObject, direct_calls), READONLY,
+     "hypercalls served by a direct handler"},
     {"table_hits", T_ULONGLONG, offsetof(X86TrapObject, table_hits), READONLY,
      "hypercalls answered from the answer table"},
     {"msr_calls", T_ULONGLONG, offsetof(X86TrapObject, msr_calls), READONLY,

@@ -26,6 +26,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 from pvkit.backends.trap import TrapPath, uc_function_addresses
 from pvkit.backends.x86 import regs as x
 from pvkit.backends.x86.paging import TranslationFault, translate
+from pvkit.hypercall.answer_table import DirectError
+from pvkit.hypercall.namespace import DirectHandler
 from pvkit.machine.memory import GuestMemory
 
 try:
@@ -54,19 +56,25 @@ REGS = (
 )
 REMOVE_CACHE = UC_CTL_TB_REMOVE_CACHE | 2 << 26 | UC_CTL_IO_WRITE << 30  # UC_CTL_WRITE(.., 2)
 _PAGE = 4096
+MASK64 = (1 << 64) - 1
 
 
 class X86Trap(Protocol):
-    python_calls: int
+    python_calls: int  # the dispatcher's calls and the direct handlers'
+    direct_calls: int
     table_hits: int
     msr_calls: int
-    answers_enabled: bool
+    answers_enabled: bool  # False while tracing: no constant answers, no direct handlers
 
     def install(self) -> None: ...
 
     def remove(self) -> None: ...
 
     def set_answers(self, answers: dict[int, int]) -> None: ...
+
+    def set_direct(
+        self, direct: dict[int, DirectHandler], on_error: DirectError, vcpu: int
+    ) -> None: ...
 
     def set_native(self, native: bytes) -> None: ...
 
@@ -175,6 +183,10 @@ class CtypesX86Trap:
         self._on_invalid = on_invalid
         self._on_msr = on_msr
         self.python_calls = 0
+        self.direct_calls = 0
+        self._direct: dict[int, DirectHandler] = {}
+        self._direct_error: DirectError | None = None
+        self._vcpu = 0
         self.table_hits = 0
         self.msr_calls = 0
         self.scans = 0
@@ -298,6 +310,13 @@ class CtypesX86Trap:
         self._answers = dict(answers)
         self.answers_enabled = True
 
+    def set_direct(
+        self, direct: dict[int, DirectHandler], on_error: DirectError, vcpu: int
+    ) -> None:
+        self._direct = dict(direct)
+        self._direct_error = on_error
+        self._vcpu = vcpu
+
     def set_native(self, native: bytes) -> None:
         self._native = bytes(native)
 
@@ -331,9 +350,13 @@ class CtypesX86Trap:
                 self._on_invalid()
                 return True
             cpl = cs & 3
-            rax = self._answers.get(gprs[0]) if cpl == 0 and long_mode else None
-            if rax is not None and self.answers_enabled:
+            fast = cpl == 0 and long_mode and self.answers_enabled
+            rax = self._answers.get(gprs[0]) if fast else None
+            direct = self._direct.get(gprs[0]) if fast and rax is None else None
+            if rax is not None:
                 self.table_hits += 1
+            elif direct is not None:
+                rax = self._call_direct(direct, gprs)
             else:
                 self.python_calls += 1
                 a, b, c, d, e = gprs
@@ -344,6 +367,19 @@ class CtypesX86Trap:
         except BaseException as exc:  # nothing may unwind through the engine's C frames
             self._fail(exc)
         return True
+
+    def _call_direct(self, direct: DirectHandler, gprs: list[int]) -> int:
+        """As the C trap: RAX is the first result (0 if none); a handler that raises is
+        answered by on_error, as the dispatcher answers a failed handler."""
+        self.python_calls += 1
+        self.direct_calls += 1
+        try:
+            results = tuple(direct(self._vcpu, gprs[1], gprs[2], gprs[3]))
+        except Exception as exc:
+            if self._direct_error is None:
+                raise
+            results = tuple(self._direct_error(self._vcpu, gprs[0], exc))
+        return results[0] & MASK64 if results else 0
 
     def _long_mode(self, cs: int, cr0: int, cr3: int) -> bool | None:
         """The C trap's long_mode(); None where the descriptor cannot be read."""
