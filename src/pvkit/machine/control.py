@@ -99,6 +99,7 @@ class VmControl:
         self._ready = [False] * vcpu_count  # parked with its engine able to run at once
         self._exits: list[VcpuExit | None] = [None] * vcpu_count  # parked at the checkpoint
         self._engines: list[VcpuEngine | None] = [None] * vcpu_count
+        self._expected = [False] * vcpu_count  # on already (restored): an engine is coming
         self._holds: dict[FrontEnd, _Hold] = {}
         self._paused = False  # any hold: read without the lock on the run loop's path
         self._closed = False  # the run is ending (stop or reset): parked threads go
@@ -212,9 +213,17 @@ class VmControl:
             return front in self._holds
 
     # -- the VM run loop --------------------------------------------------------------
+    def expect_engine(self, vcpu: int) -> None:
+        """`vcpu` is on before its thread runs (a restored VM): the VM does not stand
+        until it has built its engine, so every vCPU that is on has a PC to show."""
+        with self._cond:
+            self._expected[vcpu] = True
+
     def attach(self, vcpu: int, engine: VcpuEngine) -> None:
         with self._cond:
             self._engines[vcpu] = engine
+            self._expected[vcpu] = False
+            self._cond.notify_all()
         for hook in self._on_attach:
             hook(vcpu, engine)
 
@@ -275,6 +284,7 @@ class VmControl:
             self._busy = [False] * len(self._busy)
             self._ready = [False] * len(self._ready)
             self._exits = [None] * len(self._exits)
+            self._expected = [False] * len(self._expected)
             self._cond.notify_all()
 
     # -- with the lock held -----------------------------------------------------------
@@ -292,6 +302,7 @@ class VmControl:
             and hold.stop is not None
             and not self._closed
             and not any(self._busy)
+            and not any(self._expected)
             and any(e is not None for e in self._engines)
         )
 

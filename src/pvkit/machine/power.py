@@ -95,6 +95,12 @@ class VcpuPower:
             start, self._start = self._start, None
             return start
 
+    def restore_pending(self) -> bool:
+        """A restored vCPU's start waits for its thread (which builds its engine at once,
+        before any pause can hold it)."""
+        with self._cond:
+            return self._start is not None and self._start.restore is not None
+
     def pending_start(self) -> StartRequest | None:
         """While ON_PENDING: where the vCPU will start (snapshots keep it)."""
         with self._cond:

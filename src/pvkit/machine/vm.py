@@ -153,6 +153,9 @@ class VirtualMachine:
         self.scheduler.resume()
         if plan is not None:
             plan.apply(self)
+            for i, power in enumerate(self.power):
+                if power.restore_pending():
+                    self.control.expect_engine(i)
         threads = [
             threading.Thread(target=self._vcpu_main, args=(i,), name=f"vcpu{i}", daemon=True)
             for i in range(self.vcpu_count)
