@@ -295,6 +295,7 @@ def test_once_a_vcpu_has_run_the_monitor_gets_ebusy_for_a_change(tmp_path: Path)
 
     vm = start(tmp_path, "run", str(STEAL), "--smp", "2", "--host-cpus", "1",
                "--append", "work_ms=2000")  # fmt: skip
+    assert vm.ok("stop") == {} and vm.ok("cont") == {}  # it stood: a vCPU has run
     assert vm.ok("query-fw")["frozen"] is True
     busy = vm.ask("fw-set", name="std-hyp-bmap", value=0)["error"]["desc"]
     assert busy.startswith("firmware register std-hyp-bmap cannot change from 0x1 to 0x0")
