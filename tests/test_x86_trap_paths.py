@@ -109,32 +109,9 @@ def test_constant_answers_come_from_the_table_until_a_trace_sink_is_attached(tra
     assert "bench: last 0x1234" in console
     assert t.table_hits == 30 and t.python_calls == 0
     # Traced, every call reaches the dispatcher, with the same answer.
-    hub = TraceHub()
-    calls: list[CallEvent] = []
-
-    class Sink:
-        def on_call(self, event: CallEvent) -> None:
-            calls.append(event)
-
-        def on_event(self, event: object) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    hub.attach(Sink())  # type: ignore[arg-type]
-    clock = MarkerClock()
-    traced = PcX86(
-        PcConfig(
-            console=clock.feed,
-            bootargs=f"vmcall {ConstantService.NR:#x} 30",
-            trap=trap,
-            extra_services=[ConstantService()],
-        ),
-        bench_x86.BENCH_X86,
-        hub,
+    traced, _console, calls = _traced(
+        f"vmcall {ConstantService.NR:#x} 30", trap, extra_services=[ConstantService()]
     )
-    traced.run(60)
     t = traced._engines[0].trap
     assert t.table_hits == 0 and t.python_calls == 30
     answers = [c.results for c in calls if c.function_id == ConstantService.NR]
