@@ -98,7 +98,8 @@ def capture(
             continue
         uc = engine._uc  # type: ignore[attr-defined]
         if x86 and (why := x86_cpu.holdable(uc)) is not None:
-            raise SnapshotError(f"vCPU {i} cannot be saved now: {why}; save later")
+            # a vCPU still in its boot code gets to 64-bit mode on its own: a moment
+            raise SaveLater(f"vCPU {i} cannot be saved now: {why}; save later")
         regs = cpu.save_cpu(uc)
         at = stood.get(i)
         if at is not None and at.kind is ExitKind.HALT and at.pc is not None:

@@ -22,7 +22,7 @@ from pvkit.snapshot.format import Snapshot, SnapshotError, write_snapshot
 
 SAVE = "save"  # the stop cause
 STOP_TIMEOUT_S = 10.0  # a VM that does not stand still by then is not saved
-_RETRIES = 50  # a moment that passes on its own (capture.SaveLater)
+_RETRIES = 250  # a moment that passes on its own (capture.SaveLater): 0.5 s of running
 _RETRY_RUN_S = 0.002  # how long the VM runs before the next try
 
 
@@ -61,7 +61,8 @@ def take(
         try:
             return capture(board, image, checkpoints=checkpoints, ram=ram), clock
         except SaveLater:
-            if was_holding:
+            others = [n for n in control.holders() if n != front.name]
+            if was_holding or others:
                 raise  # it stands for someone who wants it to: cannot run it past this
             front.resume()
             time.sleep(_RETRY_RUN_S)
