@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pvkit.backends.x86 import trap as x86trap
+from pvkit.backends.x86.regs import VMCALL, VMMCALL
 from pvkit.bench import x86 as bench_x86
 from pvkit.bench.probes import MarkerClock
 from pvkit.bench.service import BENCH_SUM, BenchService
@@ -22,6 +23,8 @@ from pvkit.machine.vm import StopKind
 from pvkit.platform.pc_x86 import PcConfig, PcX86
 from pvkit.services.base import Service
 from pvkit.trace.events import CallEvent, TraceHub
+
+from .conftest import Recorder
 
 pytestmark = pytest.mark.skipif(not x86trap.c_available(), reason="the C extension is not built")
 PATHS = ("c", "ctypes")
@@ -190,3 +193,51 @@ def test_a_direct_handler_gives_the_dispatchers_answer_without_the_dispatcher(
     assert traced._engines[0].trap.direct_calls == 0
     assert f"bench: last {last}\r\n" in traced_console
     assert [c.results[0] for c in calls if c.function_id == nr][-1] == int(last, 16)
+
+
+class MoverService(Service):
+    """A direct handler whose 10th call moves the VM to an AMD host (as a restore or
+    migration there does), while the guest goes on issuing VMCALL from the same site."""
+
+    name = "mover"
+    abis = frozenset({Abi.KVM_X86})
+    NR = 0x5A00_0003
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.machine: PcX86 | None = None
+
+    def claims(self, abi: Abi = Abi.KVM_X86) -> list[IdRange]:
+        return [IdRange(self.NR, self.NR)]
+
+    def functions(self, abi: Abi = Abi.KVM_X86) -> list[Function]:
+        return [Function.served_directly(self.NR, "MOVER", self._serve)]
+
+    def _serve(self, vcpu: int, rbx: int, rcx: int, rdx: int) -> tuple[int, ...]:
+        self.calls += 1
+        if self.calls == 10 and self.machine is not None:
+            self.machine.move_to_host("amd")
+        return (self.calls,)
+
+
+@pytest.mark.parametrize("trap", PATHS)
+@pytest.mark.parametrize("traced", [False, True])
+def test_after_a_vendor_move_no_route_serves_the_old_hosts_instruction(
+    trap: str, traced: bool
+) -> None:
+    """The trap compares with the patcher's live instruction: after the move, the next
+    VMCALL is patched to VMMCALL first, on the direct route as on the dispatcher's."""
+    hub = TraceHub()
+    if traced:
+        hub.attach(Recorder())
+    mover, clock = MoverService(), MarkerClock()
+    config = PcConfig(
+        console=clock.feed, bootargs=f"vmcall {mover.NR:#x} 30", trap=trap, extra_services=[mover]
+    )
+    machine = mover.machine = PcX86(config, bench_x86.BENCH_X86, hub)
+    stop = machine.run(60)
+    assert stop.kind is StopKind.SHUTDOWN and stop.status == 1, stop
+    assert "bench: last 0x1e" in clock.text.decode() and mover.calls == 30
+    assert machine.patcher is not None
+    assert [(p.old, p.new) for p in machine.patcher.patches] == [(VMCALL, VMMCALL)]
+    assert machine._engines[0].trap.direct_calls == (0 if traced else 30)

@@ -86,8 +86,8 @@ typedef struct {
     uint64_t ram_base, ram_size;
     const uint8_t *ram_host;
     int hypercalls;     /* a hypercall port exists */
-    uint8_t native[3];  /* the native instruction, when a patcher decides (else any) */
-    int native_len;
+    Py_buffer native;   /* the native instruction: the patcher's live buffer (3 bytes) */
+    int has_native;     /* 0: no patcher, either instruction is served */
     int watch_msr;
     PyObject *on_call;    /* on_call(gprs, vmmcall, cpl, long_mode) -> RAX or None */
     PyObject *on_invalid; /* on_invalid() for everything else the hook sees */
@@ -344,7 +344,7 @@ static int x86_invalid(void *uc, void *user)
     int vmcall = n == 3 && !memcmp(code, VMCALL, 3);
     int vmmcall = n == 3 && !memcmp(code, VMMCALL, 3);
     if (!t->hypercalls || !(vmcall || vmmcall) ||
-        (t->native_len && memcmp(code, t->native, 3))) {
+        (t->has_native && memcmp(code, t->native.buf, 3))) {
         slow_invalid(t, uc);
         return 1;
     }
@@ -594,18 +594,23 @@ static int trap_init(X86TrapObject *self, PyObject *args, PyObject *kwds)
                                      &native, &hypercalls, &watch, &on_call, &on_invalid,
                                      &on_msr))
         return -1;
-    int native_len = (int)native.len;
-    if (native_len == 3)
-        memcpy(self->native, native.buf, 3);
-    PyBuffer_Release(&native);
-    if (native_len != 0 && native_len != 3) {
+    if (native.len != 0 && native.len != 3) {
+        PyBuffer_Release(&native);
         PyErr_SetString(PyExc_ValueError, "native must be 3 instruction bytes or empty");
         return -1;
     }
     if (self->installed) {
+        PyBuffer_Release(&native);
         PyErr_SetString(PyExc_RuntimeError, "trap already installed");
         return -1;
     }
+    if (self->has_native)
+        PyBuffer_Release(&self->native);
+    self->has_native = native.len == 3;
+    if (self->has_native)
+        self->native = native; /* kept and read at every call: a move rewrites it */
+    else
+        PyBuffer_Release(&native);
     if (!PyCallable_Check(on_call) || !PyCallable_Check(on_invalid) || !PyCallable_Check(on_msr)) {
         PyErr_SetString(PyExc_TypeError, "on_call, on_invalid and on_msr must be callable");
         return -1;
@@ -642,7 +647,6 @@ static int trap_init(X86TrapObject *self, PyObject *args, PyObject *kwds)
     self->ram_base = ram_base;
     self->ram_size = ram_size;
     self->ram_host = (const uint8_t *)(uintptr_t)ram_host;
-    self->native_len = native_len;
     self->hypercalls = hypercalls;
     self->watch_msr = watch;
     Py_XSETREF(self->on_call, Py_NewRef(on_call));
@@ -794,25 +798,6 @@ static PyObject *trap_set_direct(X86TrapObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *trap_set_native(X86TrapObject *self, PyObject *arg)
-{
-    /* only called while the engine is stopped */
-    Py_buffer b;
-    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0)
-        return NULL;
-    int ok = b.len == 0 || b.len == 3;
-    if (b.len == 3)
-        memcpy(self->native, b.buf, 3);
-    if (ok)
-        self->native_len = (int)b.len;
-    PyBuffer_Release(&b);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "native must be 3 instruction bytes or empty");
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
 static PyObject *trap_take_error(X86TrapObject *self, PyObject *unused)
 {
     (void)unused;
@@ -891,6 +876,8 @@ static void trap_dealloc(X86TrapObject *self)
 {
     PyObject_GC_UnTrack(self);
     trap_clear(self);
+    if (self->has_native)
+        PyBuffer_Release(&self->native);
     free(self->site_hooks);
     free(self->site_set);
     PyMem_Free(self->answer_nr);
@@ -924,8 +911,6 @@ static PyMethodDef trap_methods[] = {
      "constant answers: {nr: RAX} for CPL-0 64-bit callers"},
     {"set_direct", (PyCFunction)trap_set_direct, METH_VARARGS,
      "direct handlers: ({nr: handler}, on_error, vcpu) for CPL-0 64-bit callers"},
-    {"set_native", (PyCFunction)trap_set_native, METH_O,
-     "the native hypercall instruction now (a move to the other vendor's host)"},
     {"take_error", (PyCFunction)trap_take_error, METH_NOARGS,
      "the exception the Python side raised inside a hook, once, or None"},
     {"take_restart", (PyCFunction)trap_take_restart, METH_NOARGS,

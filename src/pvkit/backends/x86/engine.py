@@ -142,7 +142,7 @@ class X86Engine(UnicornVcpu):
             trap_path,
             uc,
             memory,
-            self._native,
+            b"" if patcher is None else patcher.live_native,
             hypercalls=port is not None,
             watch_msr=msrs is not None and not counting,
             on_call=self._on_call,
@@ -271,13 +271,15 @@ class X86Engine(UnicornVcpu):
             return None
 
     def _native_moved(self) -> bool:
-        """Did the VM move to the other vendor's host (HypercallPatcher.retarget) since the
-        trap last heard? Then the trap learns the new native instruction."""
+        """Did the VM move to the other vendor's host (HypercallPatcher.retarget) since this
+        vCPU last looked? (The trap reads the patcher's live buffer itself.)"""
         patcher = self._patcher
-        if patcher is None or patcher.native == self._native:
+        if patcher is None:
             return False
-        self._native = patcher.native
-        self.trap.set_native(self._native)
+        native = patcher.native
+        if native == self._native:
+            return False
+        self._native = native
         return True
 
     def _on_invalid(self) -> None:

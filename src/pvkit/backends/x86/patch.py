@@ -40,7 +40,9 @@ class HypercallPatcher:
         foreign: bytes,
         fix: bool = True,
     ):
-        self.native = native
+        if len(native) != 3:
+            raise ValueError("a hypercall instruction is 3 bytes")
+        self._native = bytearray(native)
         self.foreign = foreign
         self.fix = fix
         self.patches: list[PatchRecord] = []
@@ -49,10 +51,25 @@ class HypercallPatcher:
         self._trace = trace
         self._lock = threading.Lock()
 
+    @property
+    def native(self) -> bytes:
+        return bytes(self._native)
+
+    @property
+    def live_native(self) -> bytearray:
+        """The native instruction as the traps read it while vCPUs run (without the GIL):
+        `retarget` rewrites it in place, so a trap's short routes (constants, direct
+        handlers) never serve the old host's instruction after a move (3 bytes, never
+        resized)."""
+        return self._native
+
     def retarget(self, native: bytes, foreign: bytes) -> None:
         """The VM now runs on a host whose native instruction is `native` (restore,
         migration); sites patched for the old host are foreign now and get patched back."""
-        self.native, self.foreign = native, foreign
+        if len(native) != 3:
+            raise ValueError("a hypercall instruction is 3 bytes")
+        self._native[:] = native
+        self.foreign = foreign
 
     def patch(self, vcpu: int, rip: int, physical: Sequence[int]) -> None:
         """Make the instruction at `physical` (one address per byte) native, once."""
@@ -60,9 +77,10 @@ class HypercallPatcher:
             old = bytes(self._memory.read(a, 1)[0] for a in physical)
             if old != self.foreign:
                 return  # another vCPU patched this site while we waited
-            for address, byte in zip(physical, self.native, strict=True):
+            new = self.native
+            for address, byte in zip(physical, new, strict=True):
                 self._memory.write(address, bytes((byte,)))
-            record = PatchRecord(vcpu, rip, old, self.native)
+            record = PatchRecord(vcpu, rip, old, new)
             with self._lock:
                 self.patches.append(record)
         self._trace.event(
@@ -70,6 +88,6 @@ class HypercallPatcher:
                 "patch",
                 time.perf_counter_ns(),
                 vcpu,
-                {"address": f"{rip:#x}", "old": old.hex(" "), "new": self.native.hex(" ")},
+                {"address": f"{rip:#x}", "old": old.hex(" "), "new": record.new.hex(" ")},
             )
         )

@@ -76,8 +76,6 @@ class X86Trap(Protocol):
         self, direct: dict[int, DirectHandler], on_error: DirectError, vcpu: int
     ) -> None: ...
 
-    def set_native(self, native: bytes) -> None: ...
-
     def take_error(self) -> BaseException | None: ...
 
     def take_restart(self) -> bool: ...
@@ -89,7 +87,7 @@ def make_x86_trap(
     path: TrapPath,
     uc: Uc,
     memory: GuestMemory,
-    native: bytes,
+    native: bytes | bytearray,
     *,
     hypercalls: bool,
     watch_msr: bool,
@@ -97,7 +95,8 @@ def make_x86_trap(
     on_invalid: OnInvalid,
     on_msr: OnMsr,
 ) -> X86Trap:
-    """`native`: the hypercall instruction served here (empty: both; a patcher decides)."""
+    """`native`: the hypercall instruction served here (empty: both), read at every call:
+    the patcher's live buffer (HypercallPatcher.live_native), which a move rewrites."""
     if uc._uch is None:
         raise ValueError("the engine is already closed")
     if path is TrapPath.C and _x86trap is not None:
@@ -167,7 +166,7 @@ class CtypesX86Trap:
         self,
         uc: Uc,
         memory: GuestMemory,
-        native: bytes,
+        native: bytes | bytearray,
         hypercalls: bool,
         watch_msr: bool,
         on_call: OnCall,
@@ -176,7 +175,7 @@ class CtypesX86Trap:
     ):
         self._uch = uc._uch
         self._memory = memory
-        self._native = native
+        self._native = native  # the patcher's live buffer: never copied
         self._hypercalls = hypercalls
         self._watch_msr = watch_msr
         self._on_call = on_call
@@ -316,9 +315,6 @@ class CtypesX86Trap:
         self._direct = dict(direct)
         self._direct_error = on_error
         self._vcpu = vcpu
-
-    def set_native(self, native: bytes) -> None:
-        self._native = bytes(native)
 
     def take_error(self) -> BaseException | None:
         error, self._error = self._error, None
