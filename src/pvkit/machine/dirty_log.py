@@ -50,10 +50,7 @@ class DirtyLog:
             return
         first = (address - self.base) // PAGE
         last = (address - self.base + size - 1) // PAGE
-        if first == last:
-            page_map[first] = 1
-        else:
-            ctypes.memset(ctypes.addressof(page_map) + first, 1, last - first + 1)
+        ctypes.memset(ctypes.addressof(page_map) + first, 1, last - first + 1)
 
     def join(self, key: int, arm: Arm) -> None:
         """An engine that maps this RAM, built by its vCPU's thread (before it runs):

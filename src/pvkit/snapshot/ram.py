@@ -54,12 +54,18 @@ def nonzero_runs(memory: GuestMemory) -> list[tuple[int, int]]:
 def save_ram(memory: GuestMemory, compress: bool = True) -> Section:
     runs = nonzero_runs(memory)
     method = COMPRESS_ZLIB if compress else COMPRESS_NONE
-    parts = [_HEAD.pack(memory.base, memory.size, PAGE, method, len(runs))]
+    head = _HEAD.pack(memory.base, memory.size, PAGE, method, len(runs))
+    return Section(RAM_VERSION, head + _encode_runs(memory, runs, compress), ENCODING_BYTES)
+
+
+def _encode_runs(memory: GuestMemory, runs: list[tuple[int, int]], compress: bool) -> bytes:
+    """Each run as `u64 first page | u32 pages | u64 stored length | bytes`."""
+    parts = []
     for first, count in runs:
         data = memory.read(memory.base + first * PAGE, count * PAGE)
         stored = zlib.compress(data, 1) if compress else data
         parts += [_RUN.pack(first, count, len(stored)), stored]
-    return Section(RAM_VERSION, b"".join(parts), ENCODING_BYTES)
+    return b"".join(parts)
 
 
 def ram_pages(section: Section) -> tuple[int, int, int]:
@@ -97,9 +103,9 @@ def restore_ram(memory: GuestMemory, section: Section) -> None:
 
 def _write_runs(
     memory: GuestMemory, payload: bytes, at: int, count: int, method: int, what: str
-) -> int:
-    """Write `count` runs from `payload[at:]` into RAM; the pages written."""
-    pages, written = memory.size // PAGE, 0
+) -> None:
+    """Write `count` runs from `payload[at:]` into RAM."""
+    pages = memory.size // PAGE
     for _ in range(count):
         if at + _RUN.size > len(payload):
             raise SnapshotError(f"{what} is damaged: a run runs past its end")
@@ -113,10 +119,8 @@ def _write_runs(
         if len(data) != n * PAGE:
             raise SnapshotError(f"{what} is damaged: a run has the wrong length")
         memory.write(memory.base + first * PAGE, data)
-        written += n
     if at != len(payload):
         raise SnapshotError(f"{what} is damaged: bytes follow its last run")
-    return written
 
 
 # A migration's PAGES message (pre-copy): u8 compression | u32 run count | runs, as in
@@ -127,23 +131,18 @@ _PAGES_HEAD = struct.Struct("<BI")
 def encode_pages(memory: GuestMemory, runs: list[tuple[int, int]], compress: bool = True) -> bytes:
     """The pages of `runs` ((first page, count) pairs) as they are now."""
     method = COMPRESS_ZLIB if compress else COMPRESS_NONE
-    parts = [_PAGES_HEAD.pack(method, len(runs))]
-    for first, count in runs:
-        data = memory.read(memory.base + first * PAGE, count * PAGE)
-        stored = zlib.compress(data, 1) if compress else data
-        parts += [_RUN.pack(first, count, len(stored)), stored]
-    return b"".join(parts)
+    return _PAGES_HEAD.pack(method, len(runs)) + _encode_runs(memory, runs, compress)
 
 
-def apply_pages(memory: GuestMemory, payload: bytes) -> int:
-    """Write a PAGES message into RAM; the pages it held. SnapshotError if damaged."""
+def apply_pages(memory: GuestMemory, payload: bytes) -> None:
+    """Write a PAGES message into RAM; SnapshotError if it is damaged."""
     what = "a PAGES message"
     if len(payload) < _PAGES_HEAD.size:
         raise SnapshotError(f"{what} is damaged: its header is missing")
     method, count = _PAGES_HEAD.unpack_from(payload)
     if method not in (COMPRESS_NONE, COMPRESS_ZLIB):
         raise SnapshotError(f"{what} uses compression {method}, which this pvkit does not read")
-    return _write_runs(memory, payload, _PAGES_HEAD.size, count, method, what)
+    _write_runs(memory, payload, _PAGES_HEAD.size, count, method, what)
 
 
 def pages_bound(pages: int) -> int:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from pvkit.machine.dirty_log import PAGE
 from pvkit.machine.memory import GuestMemory
 from pvkit.snapshot import ram
 from pvkit.snapshot.migration.stream import Channel, Kind
@@ -59,21 +60,19 @@ class PreCopy:
         self.briefly = briefly
         self.copied = Copied()
         self._logging = False
-        self._left: Runs = []  # taken, not sent yet: they go with the VM stood
 
     def run(self) -> Copied:
         memory = self.memory
         if self.briefly is None:
-            self._send(ram.nonzero_runs(memory))
+            self.copied.pages, _ = self._send(ram.nonzero_runs(memory))
             self.copied.rounds = 1
             return self.copied
         log = memory.dirty
         with self.briefly():
             log.start()
             self._logging = True
-        seconds = self._send(ram.nonzero_runs(memory))
-        sent = self.copied.pages
-        self.copied.rounds = 1
+        sent, seconds = self._send(ram.nonzero_runs(memory))
+        self.copied.pages, self.copied.rounds = sent, 1
         stalled = 0
         while self.copied.rounds < MAX_ROUNDS:
             with self.briefly():
@@ -82,27 +81,22 @@ class PreCopy:
             per_page = seconds / sent if sent else 0.0
             stalled = stalled + 1 if pages >= sent else 0
             if pages * per_page <= DOWNTIME_LIMIT_S or stalled >= STALLED:
-                self._left = runs  # sent with the VM stood, with what it writes meanwhile
+                for first, n in runs:  # back in the log: they go with the VM stood
+                    log.mark(log.base + first * PAGE, n * PAGE)
                 return self.copied
-            before = self.copied.pages
-            seconds = self._send(runs)
-            sent = self.copied.pages - before
+            sent, seconds = self._send(runs)
+            self.copied.pages += sent
             self.copied.rounds += 1
-        self._left = []
         return self.copied
 
     def finish(self) -> Copied:
         """The VM stands: send what is left and stop logging."""
-        runs = self._left
         if self._logging:
             log = self.memory.dirty
-            runs = _merge(runs, log.take(rearm=False))
+            runs = log.take(rearm=False)
             log.stop()
             self._logging = False
-        before = self.copied.pages
-        self._send(runs)
-        self.copied.final_pages = self.copied.pages - before
-        self.copied.pages = before
+            self.copied.final_pages, _ = self._send(runs)
         return self.copied
 
     def abandon(self, standing: bool) -> None:
@@ -121,13 +115,14 @@ class PreCopy:
         except MigrationError:
             pass  # the failure the caller reports is the one that ended the move
 
-    def _send(self, runs: Runs) -> float:
-        """Send `runs` in messages of at most MESSAGE_PAGES pages; the seconds it took."""
-        start = time.monotonic()
+    def _send(self, runs: Runs) -> tuple[int, float]:
+        """Send `runs` in messages of at most MESSAGE_PAGES pages: the pages sent and the
+        seconds it took."""
+        start, pages = time.monotonic(), 0
         for batch in _batches(runs):
             self.channel.send(Kind.PAGES, ram.encode_pages(self.memory, batch))
-            self.copied.pages += sum(n for _, n in batch)
-        return time.monotonic() - start
+            pages += sum(n for _, n in batch)
+        return pages, time.monotonic() - start
 
 
 def _batches(runs: Runs) -> Iterator[Runs]:
@@ -143,15 +138,3 @@ def _batches(runs: Runs) -> Iterator[Runs]:
                 batch, room = [], MESSAGE_PAGES
     if batch:
         yield batch
-
-
-def _merge(a: Runs, b: Runs) -> Runs:
-    """The union of two sets of page runs, as sorted runs."""
-    pages = sorted({p for first, n in (*a, *b) for p in range(first, first + n)})
-    out: Runs = []
-    for p in pages:
-        if out and out[-1][0] + out[-1][1] == p:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((p, 1))
-    return out
