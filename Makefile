@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 ENGINE := engine/unicorn-2.1.4-pvkit.patch scripts/setup-engine.sh
 
 # The vCPU engine is Unicorn 2.1.4 with pvkit's patch, built once and cached (setup-engine.sh).
-$(STAMP): pyproject.toml setup.py $(wildcard src/pvkit/backends/_*.c src/pvkit/backends/*/_*.c) $(ENGINE)
+$(STAMP): pyproject.toml setup.py $(wildcard src/pvkit/backends/_*.[ch] src/pvkit/backends/*/_*.c) $(ENGINE)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_direct.h"
+
 #define MAX_ARGS 18
 #define MAX_RESULTS 4
 #define FIRST_BATCH 2 /* x0 and x1: all the answer table needs */
@@ -608,34 +610,7 @@ static void call_direct(TrapObject *t, void *uc, const TableObject *table, const
     PyGILState_STATE gil = PyGILState_Ensure();
     t->python_calls++;
     t->direct_calls++;
-    PyObject *argv[4] = {t->vcpu, PyLong_FromUnsignedLongLong(x[0]),
-                         PyLong_FromUnsignedLongLong(x[1]), PyLong_FromUnsignedLongLong(x[2])};
-    PyObject *r = NULL;
-    if (argv[1] && argv[2] && argv[3])
-        r = PyObject_Vectorcall(d->handler, argv, 4, NULL);
-    for (int i = 1; i < 4; i++)
-        Py_XDECREF(argv[i]);
-    if (r) { /* what the dispatcher's call.answer(*r) would refuse: a failed handler too */
-        PyObject *fast = PySequence_Fast(r, "a direct handler returns a sequence of results");
-        Py_DECREF(r);
-        r = fast;
-    }
-    if (!r && table->on_error && PyErr_ExceptionMatches(PyExc_Exception)) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        PyObject *fidobj = PyLong_FromUnsignedLong(fid);
-        if (fidobj && value) {
-            if (tb)
-                PyException_SetTraceback(value, tb);
-            PyObject *eargv[3] = {t->vcpu, fidobj, value};
-            r = PyObject_Vectorcall(table->on_error, eargv, 3, NULL);
-        }
-        Py_XDECREF(fidobj);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-    }
+    PyObject *r = pvkit_call_direct(d->handler, t->vcpu, x, table->on_error, fid);
     if (!r)
         trap_fail(t, uc);
     else {

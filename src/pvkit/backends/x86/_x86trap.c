@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_direct.h"
+
 typedef int (*uc_batch_fn)(void *uc, const int *regs, void *const *vals, int count);
 typedef int (*uc_stop_fn)(void *uc);
 typedef int (*uc_hook_add_fn)(void *uc, size_t *hh, int type, void *callback, void *user_data,
@@ -228,34 +230,32 @@ static void slow_invalid(X86TrapObject *t, void *uc)
 static const uint8_t VMCALL[3] = {0x0F, 0x01, 0xC1};
 static const uint8_t VMMCALL[3] = {0x0F, 0x01, 0xD9};
 
-static int answer_for(const X86TrapObject *t, uint64_t nr, uint64_t *rax)
+/* Where nr is in the sorted `keys`, or -1. */
+static Py_ssize_t find_nr(const uint64_t *keys, Py_ssize_t n, uint64_t nr)
 {
-    Py_ssize_t lo = 0, hi = t->n_answers;
+    Py_ssize_t lo = 0, hi = n;
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
-        if (t->answer_nr[mid] < nr)
+        if (keys[mid] < nr)
             lo = mid + 1;
         else
             hi = mid;
     }
-    if (lo < t->n_answers && t->answer_nr[lo] == nr) {
-        *rax = t->answer_rax[lo];
-        return 1;
-    }
-    return 0;
+    return lo < n && keys[lo] == nr ? lo : -1;
+}
+
+static int answer_for(const X86TrapObject *t, uint64_t nr, uint64_t *rax)
+{
+    Py_ssize_t i = find_nr(t->answer_nr, t->n_answers, nr);
+    if (i >= 0)
+        *rax = t->answer_rax[i];
+    return i >= 0;
 }
 
 static PyObject *direct_for(const X86TrapObject *t, uint64_t nr)
 {
-    Py_ssize_t lo = 0, hi = t->n_direct;
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (t->direct_nr[mid] < nr)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < t->n_direct && t->direct_nr[lo] == nr ? t->direct_fn[lo] : NULL;
+    Py_ssize_t i = find_nr(t->direct_nr, t->n_direct, nr);
+    return i >= 0 ? t->direct_fn[i] : NULL;
 }
 
 /* RAX from a direct handler's results (0 if it named none); -1 after a failure that
@@ -265,37 +265,8 @@ static int call_direct(X86TrapObject *t, void *uc, PyObject *fn, const uint64_t 
 {
     t->python_calls++;
     t->direct_calls++;
-    PyObject *argv[4] = {t->vcpu, PyLong_FromUnsignedLongLong(v[R_RBX]),
-                         PyLong_FromUnsignedLongLong(v[R_RCX]),
-                         PyLong_FromUnsignedLongLong(v[R_RDX])};
-    PyObject *r = NULL;
-    if (argv[1] && argv[2] && argv[3])
-        r = PyObject_Vectorcall(fn, argv, 4, NULL);
-    for (int i = 1; i < 4; i++)
-        Py_XDECREF(argv[i]);
-    if (r) { /* what call.answer(*r) would refuse: a failed handler too */
-        PyObject *fast = PySequence_Fast(r, "a direct handler returns a sequence of results");
-        Py_DECREF(r);
-        r = fast;
-    }
-    if (!r && t->on_error && PyErr_ExceptionMatches(PyExc_Exception)) {
-        PyObject *type, *value, *tb;
-        PyErr_Fetch(&type, &value, &tb);
-        PyErr_NormalizeException(&type, &value, &tb);
-        PyObject *nrobj = PyLong_FromUnsignedLongLong(v[R_RAX]);
-        if (nrobj && value) {
-            if (tb)
-                PyException_SetTraceback(value, tb);
-            PyObject *eargv[3] = {t->vcpu, nrobj, value};
-            PyObject *answer = PyObject_Vectorcall(t->on_error, eargv, 3, NULL);
-            r = answer ? PySequence_Fast(answer, "on_error returns the preset results") : NULL;
-            Py_XDECREF(answer);
-        }
-        Py_XDECREF(nrobj);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(tb);
-    }
+    const uint64_t args[3] = {v[R_RBX], v[R_RCX], v[R_RDX]};
+    PyObject *r = pvkit_call_direct(fn, t->vcpu, args, t->on_error, v[R_RAX]);
     if (!r) {
         trap_fail(t, uc);
         return -1;
