@@ -18,7 +18,6 @@ from pvkit.backends.base import ExitKind, VcpuExit
 from pvkit.backends.budget import InsnBudget
 from pvkit.backends.faults import unmapped_fault
 from pvkit.devices.base import MmioDevice
-from pvkit.machine.dirty_log import DirtyLog
 from pvkit.machine.memory import GuestMemory
 from pvkit.machine.residency import HostResidency
 
@@ -37,7 +36,6 @@ class UnicornVcpu:
     _exit: VcpuExit | None
     _unmapped: tuple[int, int, int] | None
     _residency: HostResidency | None = None
-    _dirty_log: DirtyLog | None = None
     _absent: int | None = None  # the absent page an access just touched
     # A debugger's stop (backends/debug_port.py): the flag, and the instruction hook
     # whose `hold` also ends the run (the budget, or the debugger's own).
@@ -83,13 +81,10 @@ class UnicornVcpu:
         def arm(address: int | None) -> None:
             uc_controls.set_dirty_pages(uc, address, log.base, log.pages)
 
-        self._dirty_log = log
         log.join(id(self), arm)
 
     def _leave_dirty_log(self) -> None:
-        if self._dirty_log is not None:
-            self._dirty_log.leave(id(self))
-            self._dirty_log = None
+        self._memory.dirty.leave(id(self))
 
     def _watch_residency(self, uc: Uc, memory: GuestMemory, residency: HostResidency) -> None:
         """Accesses to RAM pages the host does not hold stop the engine before the

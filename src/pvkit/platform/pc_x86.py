@@ -26,7 +26,7 @@ from pvkit.devices.isa_debug_exit import IsaDebugExit
 from pvkit.devices.local_apic import DeliveryMode, Ipi, LocalApic, Shorthand
 from pvkit.devices.uart16550 import Uart16550
 from pvkit.discovery.cpuid import DEFAULT_BASE, VENDORS, CpuidTable, CpuVendor
-from pvkit.hypercall.answer_table import DirectError, build_answer_table
+from pvkit.hypercall.answer_table import build_answer_table
 from pvkit.hypercall.call import Conduit
 from pvkit.hypercall.dispatcher import Dispatcher
 from pvkit.hypercall.namespace import Abi, Claim, DirectHandler, Namespace
@@ -211,7 +211,8 @@ class PcX86(BoardPlatform):
         self.apics: dict[int, LocalApic] = {}  # the local APIC of each vCPU's engine
         self._answers: dict[int, int] | None = None  # constant hypercall answers by nr
         # handlers a trap may call with plain integers, by nr, and what a failed one answers
-        self._direct: tuple[dict[int, DirectHandler], DirectError] | None = None
+        self._direct: dict[int, DirectHandler] = {}
+        self._direct_failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
         swap = self.swap
         self.vm = VirtualMachine(
             config.smp,
@@ -259,12 +260,11 @@ class PcX86(BoardPlatform):
         self.policy.freeze()
         if self._abi is not None and self._answers is None:
             # Rules are frozen now, so constant answers computed from them stay true.
-            failed = partial(self.dispatcher.direct_failed, NOT_SUPPORTED_ANSWER)
             table = build_answer_table(
-                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=failed
+                self.namespace, self.policy, NOT_SUPPORTED_ANSWER, on_error=self._direct_failed
             )
             self._answers = self._abi.constant_answers(table)
-            self._direct = (self._abi.direct_handlers(table), failed)
+            self._direct = self._abi.direct_handlers(table)
         try:
             return self.vm.run(timeout)
         finally:
@@ -297,11 +297,11 @@ class PcX86(BoardPlatform):
             residency=self.swap.residency if self.swap is not None else None,
             trap_path=self.trap_path,
         )
-        if self._answers or (self._direct and self._direct[0]):
+        if self._answers or self._direct:
             trap = engine.trap
             trap.set_answers(self._answers or {})
-            if self._direct is not None and self._direct[0]:
-                trap.set_direct(*self._direct, index)
+            if self._direct:
+                trap.set_direct(self._direct, self._direct_failed, index)
             self.trace.watch(lambda tracing: setattr(trap, "answers_enabled", not tracing))
         self._engines[index] = engine
         return engine

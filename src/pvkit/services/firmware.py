@@ -147,7 +147,7 @@ class Firmware:
         self._registers = {r.name: r for r in registers}
         self._kvm_names = {r.kvm_name: r.name for r in registers if r.kvm_name}
         self.frozen = False
-        self._lock = threading.RLock()  # the monitor writes while a vCPU may start
+        self._lock = threading.Lock()  # the monitor writes while a vCPU may start
 
     # -- the registers -------------------------------------------------------------------
     def registers(self) -> list[Register]:
@@ -170,25 +170,23 @@ class Firmware:
     def set(self, name: str, value: int) -> None:
         """Write a register before the VM first runs, as KVM_SET_ONE_REG does."""
         with self._lock:
-            self._set(self.register(name), value)
-
-    def _set(self, reg: Register, value: int) -> None:
-        what = f"firmware register {reg.name}"
-        if not 0 <= value <= MASK64:
-            raise FirmwareError(f"{what} = {value}: not a 64-bit value", Refusal.INVALID)
-        if self.frozen and value != reg.value:
-            raise FirmwareError(
-                f"{what} cannot change from {shown(reg, reg.value)} to {shown(reg, value)}: "
-                "a vCPU of the VM has run, so the guest may have read it",
-                Refusal.BUSY,
-            )
-        why = reg.refuse(value)
-        if why is not None:
-            raise FirmwareError(f"{what} = {shown(reg, value)}: {why}", Refusal.INVALID)
-        changed = value != reg.value
-        reg.value = value
-        if changed and self._on_change is not None:
-            self._on_change(reg.name)
+            reg = self.register(name)
+            what = f"firmware register {reg.name}"
+            if not 0 <= value <= MASK64:
+                raise FirmwareError(f"{what} = {value}: not a 64-bit value", Refusal.INVALID)
+            if self.frozen and value != reg.value:
+                raise FirmwareError(
+                    f"{what} cannot change from {shown(reg, reg.value)} to {shown(reg, value)}: "
+                    "a vCPU of the VM has run, so the guest may have read it",
+                    Refusal.BUSY,
+                )
+            why = reg.refuse(value)
+            if why is not None:
+                raise FirmwareError(f"{what} = {shown(reg, value)}: {why}", Refusal.INVALID)
+            changed = value != reg.value
+            reg.value = value
+            if changed and self._on_change is not None:
+                self._on_change(reg.name)
 
     def freeze(self) -> None:
         """Called when a vCPU first runs: from now on the registers only read."""
