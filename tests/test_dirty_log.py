@@ -66,38 +66,37 @@ def memory() -> GuestMemory:
     return GuestMemory(BASE, PAGES * PAGE)
 
 
-@pytest.mark.parametrize("arch", ["arm64", "x86_64"])
-def test_the_pages_a_guest_stores_to_are_in_the_take_and_no_others(
-    arch: str, memory: GuestMemory
-) -> None:
-    engine = Engine(arch, memory)
+@pytest.fixture(params=["arm64", "x86_64"])
+def logging(request: pytest.FixtureRequest, memory: GuestMemory) -> Engine:
+    """An engine of each architecture on `memory`, the log started."""
+    engine = Engine(request.param, memory)
     memory.dirty.start()
-    engine.store(BASE + 3 * PAGE + 16, BASE + 9 * PAGE)
+    return engine
+
+
+def test_the_pages_a_guest_stores_to_are_in_the_take_and_no_others(
+    logging: Engine, memory: GuestMemory
+) -> None:
+    logging.store(BASE + 3 * PAGE + 16, BASE + 9 * PAGE)
     assert pages(memory.dirty.take()) == [3, 9]
     assert memory.dirty.take() == []  # nothing written since
 
 
-@pytest.mark.parametrize("arch", ["arm64", "x86_64"])
 def test_a_page_written_again_after_a_take_is_in_the_next_take(
-    arch: str, memory: GuestMemory
+    logging: Engine, memory: GuestMemory
 ) -> None:
     """The take re-arms the engine: the TLB entry that lost its mark at the first write
     is marked again, so the same page's next write is seen."""
-    engine = Engine(arch, memory)
-    memory.dirty.start()
-    engine.store(BASE + 5 * PAGE, BASE + 6 * PAGE)
+    logging.store(BASE + 5 * PAGE, BASE + 6 * PAGE)
     assert pages(memory.dirty.take()) == [5, 6]
-    engine.store(BASE + 5 * PAGE + 8, BASE + 5 * PAGE + 8)
+    logging.store(BASE + 5 * PAGE + 8, BASE + 5 * PAGE + 8)
     assert pages(memory.dirty.take()) == [5]
 
 
-@pytest.mark.parametrize("arch", ["arm64", "x86_64"])
 def test_a_guest_that_rewrites_its_own_code_dirties_that_page(
-    arch: str, memory: GuestMemory
+    logging: Engine, memory: GuestMemory
 ) -> None:
-    engine = Engine(arch, memory)
-    memory.dirty.start()
-    engine.store(BASE + 0x800, BASE + 2 * PAGE)
+    logging.store(BASE + 0x800, BASE + 2 * PAGE)
     assert pages(memory.dirty.take()) == [0, 2]
 
 
