@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import typer
-
-from pvkit.cli.options import fail
+from pvkit.cli.options import fail, say
 from pvkit.platform.virt_arm64 import VirtArm64
 from pvkit.services.firmware import FirmwareError
 from pvkit.services.stolen_time import StolenTimeService
@@ -68,8 +66,7 @@ def restored_revision_notice(board: object, pv_time_revision: int | None) -> Non
         raise fail(f"--pv-time-revision {pv_time_revision}: {refused}")
     in_use = service.record_revision.value
     if in_use != pv_time_revision:
-        typer.echo(
+        say(
             f"pvkit: stolen-time: the guest keeps record revision {in_use}, as saved; "
-            f"--pv-time-revision {pv_time_revision} is what this host gives a VM booted here",
-            err=True,
+            f"--pv-time-revision {pv_time_revision} is what this host gives a VM booted here"
         )

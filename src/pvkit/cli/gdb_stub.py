@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import typer
-
-from pvkit.cli.options import fail
+from pvkit.cli.options import fail, say
 from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 
 if TYPE_CHECKING:
@@ -49,6 +47,6 @@ def start_gdb_stub(
         raise fail(f"cannot listen for gdb on {address[0]}:{address[1]}: {exc.strerror}") from None
     host, port = server.address
     waits = "; the VM waits for it" if freeze else ""
-    typer.echo(f"pvkit: gdb stub listening on {host}:{port}{waits}", err=True)
+    say(f"pvkit: gdb stub listening on {host}:{port}{waits}")
     server.start()
     return server

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import typer
-
 from pvkit.cli.firmware import restored_revision_notice
-from pvkit.cli.options import fail
+from pvkit.cli.options import fail, say
 from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
@@ -43,13 +41,13 @@ def run_incoming(
         listener = listen(parse(spec, "--incoming", listening=True))
     except AddressError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"pvkit: waiting for a migration on {bound(listener)}", err=True)
+    say(f"pvkit: waiting for a migration on {bound(listener)}")
     sizes: list[int] = []
     try:
         board, image = receive(listener, choices, sizes.append)
     except IncomingError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"pvkit: incoming: took the VM ({sizes[0]} bytes of state)", err=True)
+    say(f"pvkit: incoming: took the VM ({sizes[0]} bytes of state)")
     restored_revision_notice(board, pv_time_revision)
     arch = "x86_64" if isinstance(board, pc_x86.PcX86) else "arm64"
     run_and_report(board, arch, image, session, console)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from pathlib import Path
-
-import typer
 
 from pvkit.services.profiles import PROFILES, HostProfile
 
@@ -62,9 +61,23 @@ def parse_profile(name: str) -> HostProfile:
         ) from None
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"pvkit: {message}", err=True)
-    return typer.Exit(code)
+class VerbExit(Exception):
+    """A verb ends with this exit status; what it had to say is already on stderr."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def say(line: str) -> None:
+    """One line on stderr, flushed, never wrapped (as typer.echo, without typer)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def fail(message: str, code: int = 2) -> VerbExit:
+    say(f"pvkit: {message}")
+    return VerbExit(code)
 
 
 def write_file(path: Path, data: bytes) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-import typer
-
-from pvkit.cli.options import fail
+from pvkit.cli.options import fail, say
 from pvkit.hypercall.policy import Action, Rule
 from pvkit.hypercall.rule_spec import RuleSpecError, parse_id_range, split_forward
 from pvkit.services.plugins import PluginError, load_handler
@@ -72,4 +70,4 @@ class RuleCounter:
                     + getattr(handler, "__qualname__", "?")
                 )
                 what = f"forward {rule.ids} to {name}"
-            typer.echo(f"pvkit: policy {what}: {count} call(s)", err=True)
+            say(f"pvkit: policy {what}: {count} call(s)")

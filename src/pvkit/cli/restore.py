@@ -3,28 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from pvkit.cli.firmware import restored_revision_notice
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
-from pvkit.cli.session import (
-    FreezeOption,
-    GdbDefaultOption,
-    GdbOption,
-    MigrateAtOption,
-    MigrateToOption,
-    MonitorOption,
-    SaveAtOption,
-    SaveOption,
-    Session,
-    StatsOption,
-    TimelineOption,
-    TimeoutOption,
-    TraceOption,
-    run_and_report,
+from pvkit.cli.params import (
+    FREEZE,
+    GDB,
+    GDB_DEFAULT,
+    MIGRATE_AT,
+    MIGRATE_TO,
+    MONITOR,
+    SAVE,
+    SAVE_AT,
+    STATS,
+    TIMELINE,
+    TIMEOUT,
+    TRACE,
+    argument,
+    option,
+    repeated,
 )
+from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
 from pvkit.snapshot.config import HostChoices
@@ -32,34 +31,50 @@ from pvkit.snapshot.format import SnapshotError, read_snapshot
 from pvkit.snapshot.resume import restore as restore_board
 from pvkit.snapshot.sections import KNOWN
 
+PARAMS = (
+    argument("file", Path, "a snapshot written by --save-at/--save or savevm"),
+    option("host_cpus", int, None, "host CPUs the vCPUs share (default: as saved)"),
+    option("slice_ms", float, None, "scheduler time slice in ms (default: as saved)"),
+    repeated("disable", "leave this service out (refused if the guest has it)"),
+    TRACE,
+    STATS,
+    TIMEOUT,
+    TIMELINE,
+    GDB,
+    GDB_DEFAULT,
+    FREEZE,
+    MONITOR,
+    SAVE_AT,
+    SAVE,
+    option(
+        "pv_time_revision",
+        int,
+        None,
+        "arm64: the revision a VM booted here gets; the guest keeps its own",
+    ),
+    MIGRATE_AT,
+    MIGRATE_TO,
+)
+
 
 def restore(
-    file: Annotated[Path, typer.Argument(help="a snapshot written by --save-at/--save or savevm")],
-    host_cpus: Annotated[
-        int | None, typer.Option(help="host CPUs the vCPUs share (default: as saved)")
-    ] = None,
-    slice_ms: Annotated[
-        float | None, typer.Option(help="scheduler time slice in ms (default: as saved)")
-    ] = None,
-    disable: Annotated[
-        list[str] | None, typer.Option(help="leave this service out (refused if the guest has it)")
-    ] = None,
-    trace: TraceOption = None,
-    stats: StatsOption = False,
-    timeout: TimeoutOption = None,
-    timeline: TimelineOption = None,
-    gdb: GdbOption = None,
-    gdb_default: GdbDefaultOption = False,
-    freeze: FreezeOption = False,
-    monitor: MonitorOption = None,
-    save_at: SaveAtOption = None,
-    save: SaveOption = None,
-    pv_time_revision: Annotated[
-        int | None,
-        typer.Option(help="arm64: the revision a VM booted here gets; the guest keeps its own"),
-    ] = None,
-    migrate_at: MigrateAtOption = None,
-    migrate_to: MigrateToOption = None,
+    file: Path,
+    host_cpus: int | None = None,
+    slice_ms: float | None = None,
+    disable: list[str] | None = None,
+    trace: Path | None = None,
+    stats: bool = False,
+    timeout: float | None = None,
+    timeline: Path | None = None,
+    gdb: str | None = None,
+    gdb_default: bool = False,
+    freeze: bool = False,
+    monitor: str | None = None,
+    save_at: float | None = None,
+    save: Path | None = None,
+    pv_time_revision: int | None = None,
+    migrate_at: float | None = None,
+    migrate_to: str | None = None,
 ) -> None:
     """Continue the VM saved in FILE; refuses, before anything runs, one this host cannot serve."""
     session = Session(

@@ -7,9 +7,7 @@ timeline writers and the table printer are imported only when a run needs them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from pvkit.cli.firmware import apply_firmware, firmware_settings
 from pvkit.cli.options import (
@@ -19,26 +17,29 @@ from pvkit.cli.options import (
     parse_size,
     parse_slice_ms,
     parse_timeout,
+    say,
     write_file,
+)
+from pvkit.cli.params import (
+    FREEZE,
+    GDB,
+    GDB_DEFAULT,
+    MIGRATE_AT,
+    MIGRATE_TO,
+    MONITOR,
+    SAVE,
+    SAVE_AT,
+    STATS,
+    TIMELINE,
+    TIMEOUT,
+    TRACE,
+    argument,
+    option,
+    repeated,
 )
 from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
-from pvkit.cli.session import (
-    FreezeOption,
-    GdbDefaultOption,
-    GdbOption,
-    MigrateAtOption,
-    MigrateToOption,
-    MonitorOption,
-    SaveAtOption,
-    SaveOption,
-    Session,
-    StatsOption,
-    TimelineOption,
-    TimeoutOption,
-    TraceOption,
-    run_and_report,
-)
+from pvkit.cli.session import Session, run_and_report
 from pvkit.cli.swap import swap_spec
 from pvkit.devices.console import BufferedConsole
 from pvkit.hypercall.namespace import NamespaceClash
@@ -55,109 +56,107 @@ if TYPE_CHECKING:
     from pvkit.platform import pc_x86
 
 
+PARAMS = (
+    argument("image", Path, "arm64 Image/ELF, or x86_64 PVH/multiboot ELF", None),
+    option("kernel", Path, None, "the kernel (same as IMAGE)", "--kernel", "-kernel"),
+    option("initrd", Path, None, "arm64: initial ramdisk", "--initrd", "-initrd"),
+    option(
+        "dtb", Path, None, "arm64: boot with this DTB (pvkit patches RAM, chosen)", "--dtb", "-dtb"
+    ),
+    option("dump_dtb", Path, None, "arm64: also write the generated DTB here"),
+    option("bios", Path, None, "arm64: firmware for flash bank 0", "--bios", "-bios"),
+    option(
+        "no_reboot", bool, False, "a guest reset ends the run (exit 0)", "--no-reboot", "-no-reboot"
+    ),
+    option("symbols", Path, None, "System.map or kallsyms: name a fault's PC as function+offset"),
+    option("arch", str, None, "arm64 or x86_64 (default: from the image)"),
+    option("smp", int, 1, "number of vCPUs", "--smp", "-smp"),
+    option("mem", str, "256M", "guest RAM, e.g. 256M or 1G (bare number: MiB)", "--mem", "-m"),
+    option("profile", str, "kvm", "kvm, pvkit or none"),
+    TRACE,
+    STATS,
+    TIMEOUT,
+    option("append", str, "", "kernel command line", "--append", "-append"),
+    option("conduit", str, "hvc", "arm64: hvc or smc, advertised in the DT"),
+    option("trap", str, "auto", "arm64: hypercall trap auto, c or ctypes"),
+    option("gic", int, 3, "arm64: GIC version 3, or 2 (at most 8 vCPUs)"),
+    option(
+        "cpu_vendor", str, None, "x86_64: intel or amd (default intel); --incoming: this host's"
+    ),
+    option("cpuid_base", str, "0x40000000", "x86_64: hypervisor CPUID base"),
+    option("fix_hypercall", bool, True, "x86_64: patch the other vendor's hypercall instruction"),
+    option("boot", str, "auto", "x86_64: pvh, multiboot or auto"),
+    repeated("disable", "leave this service out, e.g. stolen-time"),
+    repeated("service", "add your own service, package.module:Class (repeatable)"),
+    repeated("deny", "answer FID[-FID] NOT_SUPPORTED (-KVM_ENOSYS on x86) before dispatch"),
+    repeated("forward", "FID[-FID]=package.module:function: that function gets the Call"),
+    option("host_cpus", int, None, "host CPUs the vCPUs share (default: one each)"),
+    option(
+        "deterministic", bool, False, "time from guest instructions: the same run, the same times"
+    ),
+    option("slice_ms", float, None, "scheduler time slice in ms (default 10)"),
+    TIMELINE,
+    repeated("swap_out", "RAM absent on the host at boot: FRACTION, FIRST-LAST or FIRST+SIZE"),
+    option("swap_latency_ms", float, 10.0, "how long the host takes to bring back an absent page"),
+    GDB,
+    GDB_DEFAULT,
+    FREEZE,
+    MONITOR,
+    SAVE_AT,
+    SAVE,
+    repeated("fw", "arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
+    option("pv_time_revision", int, None, "arm64: stolen-time record revision, 0 (Linux's) or 1"),
+    MIGRATE_AT,
+    MIGRATE_TO,
+    option("incoming", str, None, "wait for a migration on tcp:HOST:PORT and run the VM it brings"),
+)
+
+
 def run(
-    image: Annotated[
-        Path | None, typer.Argument(help="arm64 Image/ELF, or x86_64 PVH/multiboot ELF")
-    ] = None,
-    kernel: Annotated[
-        Path | None, typer.Option("--kernel", "-kernel", help="the kernel (same as IMAGE)")
-    ] = None,
-    initrd: Annotated[
-        Path | None, typer.Option("--initrd", "-initrd", help="arm64: initial ramdisk")
-    ] = None,
-    dtb: Annotated[
-        Path | None,
-        typer.Option("--dtb", "-dtb", help="arm64: boot with this DTB (pvkit patches RAM, chosen)"),
-    ] = None,
-    dump_dtb: Annotated[
-        Path | None, typer.Option(help="arm64: also write the generated DTB here")
-    ] = None,
-    bios: Annotated[
-        Path | None, typer.Option("--bios", "-bios", help="arm64: firmware for flash bank 0")
-    ] = None,
-    no_reboot: Annotated[
-        bool,
-        typer.Option("--no-reboot", "-no-reboot", help="a guest reset ends the run (exit 0)"),
-    ] = False,
-    symbols: Annotated[
-        Path | None,
-        typer.Option(help="System.map or kallsyms: name a fault's PC as function+offset"),
-    ] = None,
-    arch: Annotated[
-        str | None, typer.Option(help="arm64 or x86_64 (default: from the image)")
-    ] = None,
-    smp: Annotated[int, typer.Option("--smp", "-smp", help="number of vCPUs")] = 1,
-    mem: Annotated[
-        str, typer.Option("--mem", "-m", help="guest RAM, e.g. 256M or 1G (bare number: MiB)")
-    ] = "256M",
-    profile: Annotated[str, typer.Option(help="kvm, pvkit or none")] = "kvm",
-    trace: TraceOption = None,
-    stats: StatsOption = False,
-    timeout: TimeoutOption = None,
-    append: Annotated[str, typer.Option("--append", "-append", help="kernel command line")] = "",
-    conduit: Annotated[str, typer.Option(help="arm64: hvc or smc, advertised in the DT")] = "hvc",
-    trap: Annotated[str, typer.Option(help="arm64: hypercall trap auto, c or ctypes")] = "auto",
-    gic: Annotated[int, typer.Option(help="arm64: GIC version 3, or 2 (at most 8 vCPUs)")] = 3,
-    cpu_vendor: Annotated[
-        str | None,
-        typer.Option(help="x86_64: intel or amd (default intel); --incoming: this host's"),
-    ] = None,
-    cpuid_base: Annotated[str, typer.Option(help="x86_64: hypervisor CPUID base")] = "0x40000000",
-    fix_hypercall: Annotated[
-        bool, typer.Option(help="x86_64: patch the other vendor's hypercall instruction")
-    ] = True,
-    boot: Annotated[str, typer.Option(help="x86_64: pvh, multiboot or auto")] = "auto",
-    disable: Annotated[
-        list[str] | None, typer.Option(help="leave this service out, e.g. stolen-time")
-    ] = None,
-    service: Annotated[
-        list[str] | None,
-        typer.Option(help="add your own service, package.module:Class (repeatable)"),
-    ] = None,
-    deny: Annotated[
-        list[str] | None,
-        typer.Option(help="answer FID[-FID] NOT_SUPPORTED (-KVM_ENOSYS on x86) before dispatch"),
-    ] = None,
-    forward: Annotated[
-        list[str] | None,
-        typer.Option(help="FID[-FID]=package.module:function: that function gets the Call"),
-    ] = None,
-    host_cpus: Annotated[
-        int | None, typer.Option(help="host CPUs the vCPUs share (default: one each)")
-    ] = None,
-    deterministic: Annotated[
-        bool, typer.Option(help="time from guest instructions: the same run, the same times")
-    ] = False,
-    slice_ms: Annotated[
-        float | None, typer.Option(help="scheduler time slice in ms (default 10)")
-    ] = None,
-    timeline: TimelineOption = None,
-    swap_out: Annotated[
-        list[str] | None,
-        typer.Option(help="RAM absent on the host at boot: FRACTION, FIRST-LAST or FIRST+SIZE"),
-    ] = None,
-    swap_latency_ms: Annotated[
-        float, typer.Option(help="how long the host takes to bring back an absent page")
-    ] = 10.0,
-    gdb: GdbOption = None,
-    gdb_default: GdbDefaultOption = False,
-    freeze: FreezeOption = False,
-    monitor: MonitorOption = None,
-    save_at: SaveAtOption = None,
-    save: SaveOption = None,
-    fw: Annotated[
-        list[str] | None,
-        typer.Option(help="arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
-    ] = None,
-    pv_time_revision: Annotated[
-        int | None, typer.Option(help="arm64: stolen-time record revision, 0 (Linux's) or 1")
-    ] = None,
-    migrate_at: MigrateAtOption = None,
-    migrate_to: MigrateToOption = None,
-    incoming: Annotated[
-        str | None,
-        typer.Option(help="wait for a migration on tcp:HOST:PORT and run the VM it brings"),
-    ] = None,
+    image: Path | None = None,
+    kernel: Path | None = None,
+    initrd: Path | None = None,
+    dtb: Path | None = None,
+    dump_dtb: Path | None = None,
+    bios: Path | None = None,
+    no_reboot: bool = False,
+    symbols: Path | None = None,
+    arch: str | None = None,
+    smp: int = 1,
+    mem: str = "256M",
+    profile: str = "kvm",
+    trace: Path | None = None,
+    stats: bool = False,
+    timeout: float | None = None,
+    append: str = "",
+    conduit: str = "hvc",
+    trap: str = "auto",
+    gic: int = 3,
+    cpu_vendor: str | None = None,
+    cpuid_base: str = "0x40000000",
+    fix_hypercall: bool = True,
+    boot: str = "auto",
+    disable: list[str] | None = None,
+    service: list[str] | None = None,
+    deny: list[str] | None = None,
+    forward: list[str] | None = None,
+    host_cpus: int | None = None,
+    deterministic: bool = False,
+    slice_ms: float | None = None,
+    timeline: Path | None = None,
+    swap_out: list[str] | None = None,
+    swap_latency_ms: float = 10.0,
+    gdb: str | None = None,
+    gdb_default: bool = False,
+    freeze: bool = False,
+    monitor: str | None = None,
+    save_at: float | None = None,
+    save: Path | None = None,
+    fw: list[str] | None = None,
+    pv_time_revision: int | None = None,
+    migrate_at: float | None = None,
+    migrate_to: str | None = None,
+    incoming: str | None = None,
 ) -> None:
     """Run IMAGE until it powers off, faults or idles; the exit code says which."""
     session = Session(
@@ -280,10 +279,7 @@ def run(
             if dump_dtb is not None:
                 write_file(dump_dtb, arm.dtb)
             if arm.plan.dtb_changes:
-                typer.echo(
-                    f"pvkit: booting with {dtb}; pvkit set {', '.join(arm.plan.dtb_changes)}",
-                    err=True,
-                )
+                say(f"pvkit: booting with {dtb}; pvkit set {', '.join(arm.plan.dtb_changes)}")
             machine = arm
     except (ImageError, ConfigError, NamespaceClash, HostMemoryError) as exc:
         raise fail(str(exc)) from None

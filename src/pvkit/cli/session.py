@@ -13,12 +13,10 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeAlias
-
-import typer
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 from pvkit.cli.gdb_stub import start_gdb_stub
-from pvkit.cli.options import fail
+from pvkit.cli.options import VerbExit, fail, say
 from pvkit.cli.policy import RuleCounter
 from pvkit.cli.swap import print_swap_stats
 from pvkit.devices.console import BufferedConsole, HostInput
@@ -51,35 +49,6 @@ EXIT_CODES = {
     StopKind.QUIT: 0,
     StopKind.MIGRATED: 0,
 }
-
-# The options both verbs take, declared once.
-TraceOption = Annotated[Path | None, typer.Option(help="write JSON-lines trace here")]
-StatsOption = Annotated[bool, typer.Option(help="print per-function call statistics")]
-TimeoutOption = Annotated[float | None, typer.Option(help="stop after this many seconds")]
-TimelineOption = Annotated[
-    Path | None, typer.Option(help="write a Perfetto/Chrome trace-event JSON file here")
-]
-GdbOption = Annotated[
-    str | None, typer.Option("--gdb", "-gdb", help="serve gdb on tcp::PORT or tcp:HOST:PORT")
-]
-GdbDefaultOption = Annotated[bool, typer.Option("-s", help="shorthand for --gdb tcp::1234")]
-FreezeOption = Annotated[
-    bool, typer.Option("--freeze", "-S", help="wait for gdb before the first instruction")
-]
-MonitorOption = Annotated[
-    str | None,
-    typer.Option("--monitor", help="serve a QMP-like monitor on unix:PATH (docs/monitor.md)"),
-]
-SaveAtOption = Annotated[
-    float | None, typer.Option(help="save the VM when its clock reaches this many ms")
-]
-SaveOption = Annotated[Path | None, typer.Option(help="the snapshot file --save-at writes")]
-MigrateAtOption = Annotated[
-    float | None, typer.Option(help="migrate the VM when its clock reaches this many ms")
-]
-MigrateToOption = Annotated[
-    str | None, typer.Option(help="where --migrate-at sends the VM: tcp:HOST:PORT")
-]
 
 
 @dataclass(frozen=True)
@@ -189,7 +158,7 @@ def run_and_report(
         hub.close()
     sys.stdout.flush()
     _report(machine, arch, session, reason, call_stats, rules, sink, symbols)
-    raise typer.Exit(status)
+    raise VerbExit(status)
 
 
 def _save_point(machine: Board, image: Path | None, session: Session) -> SavePoint | None:
@@ -216,7 +185,7 @@ def _migrate_point(machine: Board, image: Path | None, session: Session) -> Migr
     from pvkit.snapshot.migration.point import MigratePoint
 
     def failed(why: str) -> None:
-        typer.echo(f"pvkit: migrate: {why}; the VM runs on here", err=True)
+        say(f"pvkit: migrate: {why}; the VM runs on here")
 
     try:
         to = parse(session.migrate_to, "--migrate-to")
@@ -243,7 +212,7 @@ def _start_monitor(
     except AddressError as exc:
         raise fail(str(exc)) from None
     waits = "; the VM waits for cont" if freeze else ""
-    typer.echo(f"pvkit: monitor listening on {path}{waits}", err=True)
+    say(f"pvkit: monitor listening on {path}{waits}")
     server.start()
     return server
 
@@ -273,27 +242,26 @@ def _report(
         print_swap_stats(getattr(machine, "swap", None))
         if rules is not None:
             rules.print(arch)
-    if machine.dispatcher.internal_errors:  # pvkit's own lines: typer.echo, never wrapped
+    if machine.dispatcher.internal_errors:  # pvkit's own lines: never wrapped
         errors = machine.dispatcher.internal_errors
-        typer.echo(f"pvkit: {errors} hypercall handler error(s)", err=True)
+        say(f"pvkit: {errors} hypercall handler error(s)")
     resets = f" after {machine.vm.resets} reset(s)" if machine.vm.resets else ""
     message = reason.message
     if symbols is not None and reason.pc is not None and (where := symbols.describe(reason.pc)):
         message += f" ({where})"
-    typer.echo(f"pvkit: {reason.kind.value}{resets}: {message}", err=True)
+    say(f"pvkit: {reason.kind.value}{resets}: {message}")
 
 
 def print_vcpu_times(sched: Scheduler) -> None:
     """One line per vCPU, exact (ns) for scripts and readable (steal share) for people."""
     clock = "deterministic" if sched.deterministic else "wall clock"
-    typer.echo(f"pvkit: vCPU time ({clock}, {sched.host_cpus} host CPU(s))", err=True)
+    say(f"pvkit: vCPU time ({clock}, {sched.host_cpus} host CPU(s))")
     for v, t in enumerate(sched.times):
         busy = t.run_ns + t.steal_ns
         share = f"{100 * t.steal_ns / busy:.1f}%" if busy else "-"
-        typer.echo(
+        say(
             f"pvkit: vcpu {v} run_ns={t.run_ns} steal_ns={t.steal_ns} idle_ns={t.idle_ns} "
-            f"steal={share}",
-            err=True,
+            f"steal={share}"
         )
 
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from typing import Protocol
 
-import typer
-
-from pvkit.cli.options import fail
+from pvkit.cli.options import fail, say
 from pvkit.machine.residency import HostResidency, SwapSpec, parse_swap_out
 from pvkit.services.async_pf import AsyncPfCore
 
@@ -46,16 +44,14 @@ def print_swap_stats(swap: SwapSource | None) -> None:
     if swap is None:
         return
     s = swap.residency.stats
-    typer.echo(
+    say(
         f"pvkit: swap absent_at_boot={s.absent_at_boot} touched={s.touched} "
-        f"fetched={s.fetched} waits={s.waits}",
-        err=True,
+        f"fetched={s.fetched} waits={s.waits}"
     )
     notifier = swap.notifier
     if isinstance(notifier, AsyncPfCore):
         a = notifier.stats
-        typer.echo(
+        say(
             f"pvkit: async-pf not_present={a.not_present} ready={a.ready} "
-            f"wake_all={a.wake_all} acks={a.acks} dropped={a.dropped}",
-            err=True,
+            f"wake_all={a.wake_all} acks={a.acks} dropped={a.dropped}"
         )
