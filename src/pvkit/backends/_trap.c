@@ -473,6 +473,12 @@ typedef struct {
     int result_regs[MAX_RESULTS];
     uint64_t results[MAX_RESULTS];
     void *result_ptrs[MAX_RESULTS];
+    /* where the engine keeps each of those registers (UC_CTL_REG_POINTER), when it said:
+     * then a register is one load or store, not a call and a decode of its ID */
+    int pointers;
+    uint64_t *reg_at[MAX_ARGS + 1];
+    uint64_t *first_at[FIRST_BATCH + 1];
+    uint64_t *result_at[MAX_RESULTS];
     uint32_t hvc_intno, smc_intno;
     /* exceptions the engine takes itself (bit n = exception n); on_other hears of one
      * only when `report` is set (tracing) or its vectors are missing or unfetchable */
@@ -507,6 +513,27 @@ static uint32_t instruction_word(const TrapObject *t, uint64_t address)
     if (address >= t->ram_base && address - t->ram_base <= t->ram_size - 4)
         memcpy(&w, t->ram_host + (address - t->ram_base), 4);
     return w;
+}
+
+static inline void read_regs(TrapObject *t, void *uc, const int *regs, uint64_t *const *at,
+                             void *const *vals, int n)
+{
+    if (t->pointers) {
+        for (int i = 0; i < n; i++)
+            *(uint64_t *)vals[i] = *at[i];
+        return;
+    }
+    t->read_batch(uc, regs, vals, n);
+}
+
+static inline void write_result_regs(TrapObject *t, void *uc, void *const *vals, int n)
+{
+    if (t->pointers) {
+        for (int i = 0; i < n; i++)
+            *t->result_at[i] = *(const uint64_t *)vals[i];
+        return;
+    }
+    t->write_batch(uc, t->result_regs, vals, n);
 }
 
 static void trap_fail(TrapObject *t, void *uc)
@@ -548,7 +575,7 @@ static void write_results(TrapObject *t, void *uc, PyObject *seq, int zero_fill)
             t->results[i] = 0;
         n = t->nresults;
     }
-    t->write_batch(uc, t->result_regs, t->result_ptrs, (int)n);
+    write_result_regs(t, uc, t->result_ptrs, (int)n);
 }
 
 static void call_python(TrapObject *t, void *uc, int smc, uint32_t imm)
@@ -600,7 +627,7 @@ static void call_direct(TrapObject *t, void *uc, const TableObject *table, const
     int nargs = t->nregs - 1;
     int more = nargs >= 4 ? 2 : nargs - 2;
     if (more > 0) {
-        t->read_batch(uc, t->regs + 2, t->val_ptrs + 2, more);
+        read_regs(t, uc, t->regs + 2, t->reg_at + 2, t->val_ptrs + 2, more);
         for (int i = 0; i < more; i++)
             x[1 + i] = t->vals[2 + i];
     }
@@ -658,7 +685,7 @@ static int answer_by_state(TrapObject *t, void *uc, const TableObject *table, co
 {
     if (t->nregs - 1 < 3)
         return 0;
-    t->read_batch(uc, t->regs + 2, t->val_ptrs + 2, 1);
+    read_regs(t, uc, t->regs + 2, t->reg_at + 2, t->val_ptrs + 2, 1);
     uint64_t x2 = (fid & SMCCC_SMC64) ? t->vals[2] : (uint32_t)t->vals[2];
     const Slot *q = table_find(table, fid, KIND_BY_STATE, 0);
     uint64_t index = v->results[0];
@@ -672,7 +699,7 @@ static int answer_by_state(TrapObject *t, void *uc, const TableObject *table, co
     void *p[MAX_RESULTS];
     for (int i = 0; i < table->nresults; i++)
         p[i] = &r[i];
-    t->write_batch(uc, t->result_regs, p, table->nresults);
+    write_result_regs(t, uc, p, table->nresults);
     t->table_hits++;
     return 1;
 }
@@ -691,12 +718,12 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
     if (t->floor) {
         static uint64_t zero = 0;
         void *p = &zero;
-        t->write_batch(uc, t->result_regs, &p, 1);
+        write_result_regs(t, uc, &p, 1);
         return;
     }
     int nargs = t->nregs - 1;
     int first = nargs < FIRST_BATCH ? nargs : FIRST_BATCH;
-    t->read_batch(uc, t->first_regs, t->first_ptrs, first + 1);
+    read_regs(t, uc, t->first_regs, t->first_at, t->first_ptrs, first + 1);
     uint64_t pc = t->first_vals[first]; /* already past the HVC/SMC */
     uint32_t imm = (instruction_word(t, pc - 4) >> 5) & 0xFFFF;
     const TableObject *table = t->table;
@@ -709,7 +736,7 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
             void *p[MAX_RESULTS];
             for (int i = 0; i < table->nresults; i++)
                 p[i] = (void *)&s->results[i];
-            t->write_batch(uc, t->result_regs, p, table->nresults);
+            write_result_regs(t, uc, p, table->nresults);
             t->table_hits++;
             return;
         }
@@ -728,7 +755,8 @@ static void trap_intr(void *uc, uint32_t intno, void *user)
     for (int i = 0; i < first; i++)
         t->vals[i] = t->first_vals[i];
     if (nargs > first)
-        t->read_batch(uc, t->regs + first, t->val_ptrs + first, nargs - first);
+        read_regs(t, uc, t->regs + first, t->reg_at + first, t->val_ptrs + first,
+                  nargs - first);
     call_python(t, uc, intno == t->smc_intno, imm);
 }
 
@@ -754,21 +782,59 @@ static int read_int_list(PyObject *obj, int *out, int max, const char *what)
     return (int)n;
 }
 
+/* `pointers`: None, or the engine's address of each argument register, PC and each result
+ * register, in that order (all or none). */
+static int read_pointers(TrapObject *self, PyObject *pointers, int nargs, int first)
+{
+    self->pointers = 0;
+    if (pointers == Py_None)
+        return 0;
+    PyObject *fast = PySequence_Fast(pointers, "pointers must be a sequence or None");
+    if (!fast)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    uint64_t *at[MAX_ARGS + 1 + MAX_RESULTS];
+    if (n != self->nregs + self->nresults) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "pointers: one per argument register, PC and result");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (PyErr_Occurred() || a == 0) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "pointers: a register without an address");
+            return -1;
+        }
+        at[i] = (uint64_t *)(uintptr_t)a;
+    }
+    Py_DECREF(fast);
+    for (int i = 0; i < self->nregs; i++)
+        self->reg_at[i] = at[i];
+    for (int i = 0; i <= FIRST_BATCH; i++)
+        self->first_at[i] = i < first ? at[i] : at[nargs];
+    for (int i = 0; i < self->nresults; i++)
+        self->result_at[i] = at[self->nregs + i];
+    self->pointers = 1;
+    return 0;
+}
+
 static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"uc", "functions", "argument_regs", "pc_reg", "result_regs",
                              "hvc_intno", "smc_intno", "ram_base", "ram_size", "ram_host",
                              "table", "on_call", "on_other", "delivered", "vbar_reg", "vcpu",
-                             NULL};
+                             "pointers", NULL};
     unsigned long long uc, ram_base, ram_size, ram_host, delivered = 0;
     int vbar_reg = 0, vcpu = 0;
-    PyObject *functions, *argregs, *resregs, *table, *on_call, *on_other;
+    PyObject *functions, *argregs, *resregs, *table, *on_call, *on_other, *pointers = Py_None;
     int pc_reg;
     unsigned int hvc, smc;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO|Kii", kwlist, &uc, &functions,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOOiOIIKKKOOO|KiiO", kwlist, &uc, &functions,
                                      &argregs, &pc_reg, &resregs, &hvc, &smc, &ram_base,
                                      &ram_size, &ram_host, &table, &on_call, &on_other,
-                                     &delivered, &vbar_reg, &vcpu))
+                                     &delivered, &vbar_reg, &vcpu, &pointers))
         return -1;
     if (self->installed) {
         PyErr_SetString(PyExc_RuntimeError, "trap already installed");
@@ -813,6 +879,8 @@ static int trap_init(TrapObject *self, PyObject *args, PyObject *kwds)
     self->nresults = nres;
     for (int i = 0; i < nres; i++)
         self->result_ptrs[i] = &self->results[i];
+    if (read_pointers(self, pointers, nargs, first) < 0)
+        return -1;
     self->hvc_intno = hvc;
     self->smc_intno = smc;
     if (delivered && !vbar_reg) {
@@ -921,6 +989,8 @@ static PyMethodDef trap_methods[] = {
     {NULL}};
 
 static PyMemberDef trap_members[] = {
+    {"pointers", T_INT, offsetof(TrapObject, pointers), READONLY,
+     "1 when registers are loaded and stored where the engine keeps them"},
     {"table_hits", T_ULONGLONG, offsetof(TrapObject, table_hits), READONLY,
      "calls answered from the answer table"},
     {"python_calls", T_ULONGLONG, offsetof(TrapObject, python_calls), READONLY,

@@ -22,6 +22,7 @@ UC_CTL_STOP_AT_BLOCK = 18
 UC_CTL_ABSENT_PAGES = 19
 UC_CTL_CPU_RAISE_EXCEPTION = 20
 UC_CTL_DIRTY_PAGES = 21
+UC_CTL_REG_POINTER = 22
 _IO_WRITE, _IO_READ = 1, 2
 LINE_IRQ, LINE_FIQ = 0, 1  # uc_cpu_line
 
@@ -107,6 +108,19 @@ def set_dirty_pages(uc: Uc, page_map: int | None, base: int, pages: int) -> None
         ctypes.c_uint64(pages if page_map is not None else 0),
     )
     _check(err, "dirty-page logging")
+
+
+def reg_pointer(uc: Uc, reg: int) -> int | None:
+    """The host address where the engine keeps 64-bit register `reg` (arm64 X0..X30 and
+    PC), valid while the engine lives; None for one it does not keep so."""
+    where = ctypes.c_void_p()
+    err = uclib.uc_ctl(
+        _handle(uc),
+        _ctl(UC_CTL_REG_POINTER, 2, _IO_WRITE | _IO_READ),
+        ctypes.c_int(reg),
+        ctypes.byref(where),
+    )
+    return where.value if not err and where.value else None
 
 
 # Registers the patch adds after UC_ARM64_REG_FPSR (292): SVE's, whole (QEMU's largest

@@ -1,0 +1,91 @@
+"""UC_CTL_REG_POINTER: the engine tells where it keeps X0..X30 and PC, and the C trap, which
+then loads and stores them itself, answers every kind of call as it does through
+uc_reg_read_batch and uc_reg_write_batch."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_MODE_64, UC_MODE_ARM, Uc  # type: ignore[attr-defined]
+from unicorn.arm64_const import (  # type: ignore[attr-defined]
+    UC_ARM64_REG_PC,
+    UC_ARM64_REG_SP,
+    UC_ARM64_REG_VBAR_EL1,
+    UC_ARM64_REG_W3,
+    UC_ARM64_REG_X0,
+    UC_ARM64_REG_X29,
+    UC_ARM64_REG_X30,
+)
+from unicorn.x86_const import UC_X86_REG_RAX  # type: ignore[attr-defined]
+
+from pvkit.backends import trap as trap_module
+from pvkit.backends.arm64.engine import Arm64Engine
+from pvkit.backends.uc_controls import reg_pointer
+from pvkit.machine.vm import StopKind
+from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
+from pvkit.trace.events import TraceHub
+
+RESULT = 0x4010_0000
+CALLS = [  # (x0, x1, x2, x3): each kind of answer the C trap gives
+    (0x8400_0000, 0, 0, 0),  # PSCI_VERSION: the table
+    (0x8400_000A, 0x8400_0000, 0, 0),  # PSCI_FEATURES(PSCI_VERSION): the table, keyed by w1
+    (0xC400_0004, 0, 0, 0),  # AFFINITY_INFO of vCPU 0: the power-state array
+    (0xC400_0003, 0x99, 0x4008_0000, 7),  # CPU_ON of no such CPU: the dispatcher, x1..x3 read
+    (0x8400_00FF, 0, 0, 0),  # a PSCI number with no function: the dispatcher
+]
+
+
+def test_the_engine_gives_where_x0_to_x30_and_pc_live_and_nothing_else() -> None:
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    for reg, value in ((UC_ARM64_REG_X0, 5), (UC_ARM64_REG_X29, 29), (UC_ARM64_REG_X30, 30)):
+        address = reg_pointer(uc, reg)
+        assert address is not None
+        uc.reg_write(reg, value)
+        assert ctypes.c_uint64.from_address(address).value == value
+        ctypes.c_uint64.from_address(address).value = value + 100
+        assert uc.reg_read(reg) == value + 100
+    pc = reg_pointer(uc, UC_ARM64_REG_PC)
+    assert pc is not None
+    uc.reg_write(UC_ARM64_REG_PC, 0x4008_0000)
+    assert ctypes.c_uint64.from_address(pc).value == 0x4008_0000
+    # kept otherwise (a 32-bit view, SP banked by EL, a system register): no pointer
+    for reg in (UC_ARM64_REG_W3, UC_ARM64_REG_SP, UC_ARM64_REG_VBAR_EL1):
+        assert reg_pointer(uc, reg) is None
+    assert reg_pointer(Uc(UC_ARCH_X86, UC_MODE_64), UC_X86_REG_RAX) is None
+
+
+def guest(asm) -> Path:  # type: ignore[no-untyped-def]
+    body = f"ldr x20, ={RESULT:#x}\n"
+    for x in CALLS:
+        body += "".join(f"ldr x{i}, ={v:#x}\n" for i, v in enumerate(x))
+        body += "hvc #0\nstp x0, x1, [x20], #16\nstp x2, x3, [x20], #16\n"
+    body += "ldr x0, =0x84000008\nhvc #0\nb ."
+    return asm(body)  # type: ignore[no-any-return]
+
+
+def answers(image: Path) -> tuple[list[int], Arm64Engine]:
+    machine = VirtArm64(VirtConfig(console=lambda b: None), image, TraceHub())
+    engines: list[Arm64Engine] = []
+    machine.on_engine = engines.append
+    assert machine.run(30).kind is StopKind.SHUTDOWN
+    words = [machine.memory.read_u64(RESULT + 8 * i) for i in range(4 * len(CALLS))]
+    return words, engines[0]
+
+
+def test_the_c_trap_answers_alike_through_pointers_and_through_batch_calls(
+    asm, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PVKIT_TRAP", "c")
+    image = guest(asm)
+    direct, engine = answers(image)
+    assert engine.trap.pointers == 1
+    assert (engine.trap.table_hits, engine.trap.python_calls) == (3, 3)
+    monkeypatch.setattr(trap_module, "_register_pointers", lambda uc, layout: {})
+    batched, engine = answers(image)
+    assert engine.trap.pointers == 0
+    assert direct == batched
+    minus = lambda n: n % 2**64  # noqa: E731
+    assert direct[0::4] == [0x1_0001, 0, 0, minus(-2), minus(-1)]  # x0 of each call
+    assert direct[1:8] == [0, 0, 0, 0, 0, 0, 0]  # a table answer zeroes x1..x3 too
