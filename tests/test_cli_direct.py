@@ -1,7 +1,7 @@
 """The direct parser of `pvkit run` and `pvkit restore` (cli/direct.py) reads a command
-line as the typer command built from the same declarations does, or declines it; a
-plain `pvkit run` then imports no CLI library; and each verb's declarations are its
-function's signature."""
+line as the typer command built from the same declarations does, or declines it; and each
+verb's declarations are its function's signature (tests/test_startup_imports.py checks
+that a plain `pvkit run` then imports no CLI library)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import inspect
 import io
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -174,17 +172,3 @@ def test_random_lines_are_read_as_typer_reads_them_or_declined(args: list[str]) 
     values = parse(args, run.PARAMS)
     if values is not None:
         assert comparable(values) == typer_values(run, args)
-
-
-def test_a_plain_run_imports_no_cli_library() -> None:
-    code = (
-        "import sys\n"
-        "from pvkit.cli.app import _status\n"
-        f"status = _status(['run', {str(SMP_HELLO)!r}, '--smp', '2'])\n"
-        "libraries = {m.split('.')[0] for m in sys.modules} & {'typer', 'click', 'rich'}\n"
-        "print(status, sorted(libraries))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert done.stdout.splitlines()[-1] == "0 []"

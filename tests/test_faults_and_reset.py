@@ -7,6 +7,7 @@ import pytest
 from pvkit.machine.vm import StopKind
 from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
 from pvkit.services.profiles import NONE
+from pvkit.trace.events import TraceHub
 
 from .conftest import SMP_HELLO, boot
 
@@ -74,3 +75,17 @@ def test_kicking_an_engine_that_was_just_closed_is_harmless() -> None:
     engine = m._engine(0)
     engine.close()
     engine.kick()  # the race _halt_all can lose: no exception, nothing to stop
+
+
+def test_a_pvkit_error_on_a_vcpu_thread_ends_the_run_with_a_fault() -> None:
+    """An exception outside every guest call (here while the vCPU's engine is built) is
+    pvkit's own bug: the run ends with it, instead of waiting for a thread that is gone."""
+    machine = VirtArm64(VirtConfig(console=lambda b: None), SMP_HELLO, TraceHub())
+
+    def broken(engine: object) -> None:
+        raise RuntimeError("engine set-up failed")
+
+    machine.on_engine = broken
+    reason = machine.run(30)
+    assert reason.kind is StopKind.FAULT
+    assert reason.message == "vCPU 0: internal error: RuntimeError('engine set-up failed')"

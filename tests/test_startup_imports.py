@@ -42,6 +42,9 @@ FORBIDDEN = (
     "pvkit.trace.timeline",  # no --timeline
     "pvkit.trace.jsonl",  # no --trace
     "rich",  # no --stats: nothing to print as a table
+    "typer",  # plain options: cli/direct.py reads them without the CLI library
+    "click",
+    "pvkit.cli.tree",
     "matplotlib",
     "numpy",
     "pydantic",
@@ -76,3 +79,9 @@ def test_the_probe_sees_a_module_an_option_asks_for(tmp_path: Path) -> None:
     """The same check fails when something forbidden is loaded: --stats prints a table."""
     names = loaded_modules(tmp_path, "run", str(SMP_HELLO), "--stats")
     assert "rich" in forbidden_in(names)
+
+
+def test_a_line_the_direct_parser_declines_goes_to_typer(tmp_path: Path) -> None:
+    """An option given twice is click's to settle (the last wins), so typer parses it."""
+    names = loaded_modules(tmp_path, "run", str(SMP_HELLO), "--smp", "1", "--smp", "2")
+    assert {"typer", "pvkit.cli.tree"} <= set(forbidden_in(names))

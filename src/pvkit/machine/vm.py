@@ -212,6 +212,10 @@ class VirtualMachine:
     def _vcpu_main(self, index: int) -> None:
         try:
             self._vcpu_loop(index)
+        except Exception as exc:  # a pvkit bug: the VM ends with it, rather than waiting
+            # for a thread that is gone (the run would never return)
+            message = f"vCPU {index}: internal error: {exc!r}"
+            self.request_stop(StopReason(StopKind.FAULT, message))
         finally:
             self.control.park(index)  # for good: this thread touches no engine now
 
