@@ -11,7 +11,7 @@ from unicorn import arm64_const as r
 
 from pvkit.backends import uc_controls as ucc
 from pvkit.backends.arm64 import cpu_state
-from pvkit.snapshot.format import SnapshotError
+from pvkit.snapshot.errors import SnapshotError
 from pvkit.snapshot.state import Fields
 
 

@@ -19,7 +19,8 @@ import pytest
 from pvkit.platform.virt_arm64 import RAM_BASE, VirtArm64, VirtConfig
 from pvkit.services.stolen_time import RECORD_SIZE, StolenTimeService
 from pvkit.snapshot.config import HostChoices
-from pvkit.snapshot.format import Section, SnapshotError, read_snapshot, write_snapshot
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Section, read_snapshot, write_snapshot
 from pvkit.snapshot.resume import compatibility, restore
 from pvkit.snapshot.sections import KNOWN
 from tests.conftest import PREBUILT, pvkit

@@ -12,10 +12,10 @@ from pvkit.machine.memory import GuestMemory
 from pvkit.services.base import Service
 from pvkit.services.catalog import builtin_services
 from pvkit.snapshot import ram
+from pvkit.snapshot.errors import SnapshotError
 from pvkit.snapshot.format import (
     FORMAT_MAJOR,
     Snapshot,
-    SnapshotError,
     decode,
     encode,
     json_section,

@@ -27,7 +27,8 @@ from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
 from pvkit.snapshot.config import HostChoices
-from pvkit.snapshot.format import SnapshotError, read_snapshot
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import read_snapshot
 from pvkit.snapshot.resume import restore as restore_board
 from pvkit.snapshot.sections import KNOWN
 

@@ -10,7 +10,8 @@ import typer
 from pvkit.cli.options import fail
 from pvkit.services.firmware import Firmware
 from pvkit.snapshot.config import HostChoices, saved_services
-from pvkit.snapshot.format import ENCODING_BYTES, Snapshot, SnapshotError, read_snapshot
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import ENCODING_BYTES, Snapshot, read_snapshot
 from pvkit.snapshot.ram import ram_pages
 from pvkit.snapshot.resume import compatibility, fields
 from pvkit.snapshot.sections import KNOWN

@@ -23,7 +23,7 @@ from pvkit.machine.vm import StopKind, StopReason
 from pvkit.monitor import firmware
 from pvkit.monitor.protocol import NOT_FOUND, CommandError, Request, no_arguments, string_argument
 from pvkit.snapshot import config, standing
-from pvkit.snapshot.format import SnapshotError
+from pvkit.snapshot.errors import SnapshotError
 
 NAME = "monitor"  # the monitor's front end on the control plane
 STOP = "stop"  # the monitor's stop cause

@@ -20,7 +20,6 @@ from pvkit.machine.vm import StopKind, StopReason, VirtualMachine
 from pvkit.platform.swap import SwapController
 from pvkit.platform.timekeeping import make_scheduler
 from pvkit.services.base import Service, SystemEvent
-from pvkit.services.catalog import ARCH_OF, builtin_names
 from pvkit.services.profiles import HostProfile
 from pvkit.services.registry import services_for
 
@@ -55,16 +54,21 @@ def select_services(
     replace it. Two services of one name, or an `extra` that cannot speak `abi`, are errors.
     """
     off = set(disabled)
-    known = builtin_names(abi)
-    unknown = sorted(off.difference(known))
-    if unknown:
-        raise ConfigError(
-            f"--disable {unknown[0]!r}: no built-in {ARCH_OF[abi]} service has that name; "
-            f"choose from {', '.join(known)}"
-        )
+    if off:  # the catalog builds every profile's services: only to check these names
+        from pvkit.services.catalog import ARCH_OF, builtin_names
+
+        known = builtin_names(abi)
+        unknown = sorted(off.difference(known))
+        if unknown:
+            raise ConfigError(
+                f"--disable {unknown[0]!r}: no built-in {ARCH_OF[abi]} service has that name; "
+                f"choose from {', '.join(known)}"
+            )
     chosen = [s for s in services_for(profile, abi) if s.name not in off]
     for s in extra:
         if abi not in s.abis:
+            from pvkit.services.catalog import ARCH_OF
+
             speaks = ", ".join(sorted(a.value for a in s.abis)) or "no ABI"
             raise ConfigError(
                 f"service {s.name!r} speaks {speaks}, not {abi.value}: it cannot serve an "

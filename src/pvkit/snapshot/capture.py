@@ -23,7 +23,8 @@ from pvkit.platform import pc_state
 from pvkit.platform.pc_x86 import PcX86
 from pvkit.snapshot import config
 from pvkit.snapshot import ram as ram_section
-from pvkit.snapshot.format import Section, Snapshot, SnapshotError, json_section
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Section, Snapshot, json_section
 from pvkit.snapshot.sections import SERVICE
 from pvkit.snapshot.state import State
 

@@ -22,7 +22,7 @@ from pvkit.machine.residency import SwapSpec
 from pvkit.platform import pc_x86, virt_arm64
 from pvkit.platform.board import ConfigError
 from pvkit.services.profiles import PROFILES
-from pvkit.snapshot.format import SnapshotError
+from pvkit.snapshot.errors import SnapshotError
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "machine"

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pvkit.snapshot.errors import SnapshotError
+
 MAGIC = b"PVKSNAP\0"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
@@ -35,10 +37,6 @@ _DIGEST = 32
 _HEAD = struct.Struct("<8sHHQ")
 _COUNT = struct.Struct("<I")
 _SECTION = struct.Struct("<HBQ")
-
-
-class SnapshotError(ValueError):
-    """A snapshot that cannot be read or used; the message is one sentence."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ import struct
 import zlib
 
 from pvkit.machine.memory import GuestMemory
-from pvkit.snapshot.format import ENCODING_BYTES, Section, SnapshotError
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import ENCODING_BYTES, Section
 
 RAM_VERSION = 1
 PAGE = 4096

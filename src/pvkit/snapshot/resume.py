@@ -25,7 +25,8 @@ from pvkit.platform.pc_x86 import PcX86
 from pvkit.platform.virt_arm64 import VirtArm64
 from pvkit.services.firmware import Firmware, FirmwareError
 from pvkit.snapshot import config, ram
-from pvkit.snapshot.format import Snapshot, SnapshotError
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Snapshot
 from pvkit.snapshot.sections import SERVICE
 from pvkit.snapshot.state import Fields
 

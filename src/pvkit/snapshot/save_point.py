@@ -19,7 +19,8 @@ from pvkit.platform.board import ConfigError
 from pvkit.snapshot import config, standing
 from pvkit.snapshot.capture import capture
 from pvkit.snapshot.clock_point import ClockPoint
-from pvkit.snapshot.format import SnapshotError, write_snapshot
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import write_snapshot
 
 SAVE_FAILED = 2
 

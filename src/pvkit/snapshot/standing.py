@@ -18,7 +18,8 @@ from pathlib import Path
 from pvkit.machine.control import FrontEnd
 from pvkit.snapshot import config
 from pvkit.snapshot.capture import SaveLater, capture
-from pvkit.snapshot.format import Snapshot, SnapshotError, write_snapshot
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Snapshot, write_snapshot
 
 SAVE = "save"  # the stop cause
 STOP_TIMEOUT_S = 10.0  # a VM that does not stand still by then is not saved

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar, Protocol, runtime_checkable
 
-from pvkit.snapshot.format import SnapshotError
+from pvkit.snapshot.errors import SnapshotError
 
 State = dict[str, object]
 

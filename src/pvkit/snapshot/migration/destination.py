@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pvkit.snapshot import config
-from pvkit.snapshot.format import Snapshot, SnapshotError, decode
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Snapshot, decode
 from pvkit.snapshot.migration.address import AddressError, TcpAddress
 from pvkit.snapshot.migration.precopy import MESSAGE_LIMIT
 from pvkit.snapshot.migration.stream import Channel, Kind, StreamError

@@ -25,7 +25,8 @@ from typing import Protocol
 from pvkit.platform.pc_x86 import PcX86
 from pvkit.services.firmware import Firmware
 from pvkit.snapshot import config
-from pvkit.snapshot.format import Snapshot, SnapshotError, encode, json_section
+from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Snapshot, encode, json_section
 from pvkit.snapshot.migration.address import TcpAddress
 from pvkit.snapshot.migration.precopy import Copied, PreCopy
 from pvkit.snapshot.migration.precopy import MigrationError as MigrationError
