@@ -675,6 +675,50 @@ static PyObject *trap_remove(X86TrapObject *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static void release_values(PyObject **values, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_DECREF(values[i]);
+    PyMem_Free(values);
+}
+
+/* A dict of nr -> value as find_nr searches it: the numbers in order, and a new reference
+ * to each one's value. */
+static int sorted_items(PyObject *dict, uint64_t **nr_out, PyObject ***values_out,
+                        Py_ssize_t *n_out)
+{
+    PyObject *keys = PyDict_Keys(dict);
+    if (!keys || PyList_Sort(keys) < 0) {
+        Py_XDECREF(keys);
+        return -1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    uint64_t *nr = PyMem_Calloc((size_t)(n ? n : 1), sizeof(uint64_t));
+    PyObject **values = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+    if (!nr || !values) {
+        PyMem_Free(nr);
+        PyMem_Free(values);
+        Py_DECREF(keys);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *k = PyList_GET_ITEM(keys, i);
+        nr[i] = PyLong_AsUnsignedLongLong(k);
+        values[i] = Py_NewRef(PyDict_GetItem(dict, k));
+    }
+    Py_DECREF(keys);
+    if (PyErr_Occurred()) {
+        release_values(values, n);
+        PyMem_Free(nr);
+        return -1;
+    }
+    *nr_out = nr;
+    *values_out = values;
+    *n_out = n;
+    return 0;
+}
+
 static PyObject *trap_set_answers(X86TrapObject *self, PyObject *answers)
 {
     /* answers: {nr: rax}; only read while the engine is stopped */
@@ -682,30 +726,19 @@ static PyObject *trap_set_answers(X86TrapObject *self, PyObject *answers)
         PyErr_SetString(PyExc_TypeError, "answers must be a dict of nr -> RAX");
         return NULL;
     }
-    PyObject *keys = PyDict_Keys(answers);
-    if (!keys || PyList_Sort(keys) < 0) {
-        Py_XDECREF(keys);
+    uint64_t *nr;
+    PyObject **values;
+    Py_ssize_t n;
+    if (sorted_items(answers, &nr, &values, &n) < 0)
         return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(keys);
-    uint64_t *nr = PyMem_Calloc((size_t)(n ? n : 1), sizeof(uint64_t));
     uint64_t *rax = PyMem_Calloc((size_t)(n ? n : 1), sizeof(uint64_t));
-    if (!nr || !rax) {
+    for (Py_ssize_t i = 0; rax && i < n; i++)
+        rax[i] = PyLong_AsUnsignedLongLongMask(values[i]);
+    release_values(values, n);
+    if (!rax || PyErr_Occurred()) {
         PyMem_Free(nr);
         PyMem_Free(rax);
-        Py_DECREF(keys);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyList_GET_ITEM(keys, i);
-        nr[i] = PyLong_AsUnsignedLongLong(k);
-        rax[i] = PyLong_AsUnsignedLongLongMask(PyDict_GetItem(answers, k));
-    }
-    Py_DECREF(keys);
-    if (PyErr_Occurred()) {
-        PyMem_Free(nr);
-        PyMem_Free(rax);
-        return NULL;
+        return rax ? NULL : PyErr_NoMemory();
     }
     PyMem_Free(self->answer_nr);
     PyMem_Free(self->answer_rax);
@@ -718,10 +751,8 @@ static PyObject *trap_set_answers(X86TrapObject *self, PyObject *answers)
 
 static void clear_direct(X86TrapObject *self)
 {
-    for (Py_ssize_t i = 0; i < self->n_direct; i++)
-        Py_DECREF(self->direct_fn[i]);
+    release_values(self->direct_fn, self->n_direct);
     PyMem_Free(self->direct_nr);
-    PyMem_Free(self->direct_fn);
     self->direct_nr = NULL;
     self->direct_fn = NULL;
     self->n_direct = 0;
@@ -733,33 +764,11 @@ static PyObject *trap_set_direct(X86TrapObject *self, PyObject *args)
     PyObject *direct, *on_error, *vcpu;
     if (!PyArg_ParseTuple(args, "O!OO", &PyDict_Type, &direct, &on_error, &vcpu))
         return NULL;
-    PyObject *keys = PyDict_Keys(direct);
-    if (!keys || PyList_Sort(keys) < 0) {
-        Py_XDECREF(keys);
+    uint64_t *nr;
+    PyObject **fn;
+    Py_ssize_t n;
+    if (sorted_items(direct, &nr, &fn, &n) < 0)
         return NULL;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(keys);
-    uint64_t *nr = PyMem_Calloc((size_t)(n ? n : 1), sizeof(uint64_t));
-    PyObject **fn = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
-    if (!nr || !fn) {
-        PyMem_Free(nr);
-        PyMem_Free(fn);
-        Py_DECREF(keys);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *k = PyList_GET_ITEM(keys, i);
-        nr[i] = PyLong_AsUnsignedLongLong(k);
-        fn[i] = Py_NewRef(PyDict_GetItem(direct, k));
-    }
-    Py_DECREF(keys);
-    if (PyErr_Occurred()) {
-        for (Py_ssize_t i = 0; i < n; i++)
-            Py_DECREF(fn[i]);
-        PyMem_Free(nr);
-        PyMem_Free(fn);
-        return NULL;
-    }
     clear_direct(self);
     self->direct_nr = nr;
     self->direct_fn = fn;
