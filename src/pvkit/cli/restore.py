@@ -4,25 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pvkit.cli import params
 from pvkit.cli.firmware import restored_revision_notice
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
-from pvkit.cli.params import (
-    FREEZE,
-    GDB,
-    GDB_DEFAULT,
-    MIGRATE_AT,
-    MIGRATE_TO,
-    MONITOR,
-    SAVE,
-    SAVE_AT,
-    STATS,
-    TIMELINE,
-    TIMEOUT,
-    TRACE,
-    argument,
-    option,
-    repeated,
-)
+from pvkit.cli.params import argument, option, repeated
 from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
@@ -37,24 +22,24 @@ PARAMS = (
     option("host_cpus", int, None, "host CPUs the vCPUs share (default: as saved)"),
     option("slice_ms", float, None, "scheduler time slice in ms (default: as saved)"),
     repeated("disable", "leave this service out (refused if the guest has it)"),
-    TRACE,
-    STATS,
-    TIMEOUT,
-    TIMELINE,
-    GDB,
-    GDB_DEFAULT,
-    FREEZE,
-    MONITOR,
-    SAVE_AT,
-    SAVE,
+    params.TRACE,
+    params.STATS,
+    params.TIMEOUT,
+    params.TIMELINE,
+    params.GDB,
+    params.GDB_DEFAULT,
+    params.FREEZE,
+    params.MONITOR,
+    params.SAVE_AT,
+    params.SAVE,
     option(
         "pv_time_revision",
         int,
         None,
         "arm64: the revision a VM booted here gets; the guest keeps its own",
     ),
-    MIGRATE_AT,
-    MIGRATE_TO,
+    params.MIGRATE_AT,
+    params.MIGRATE_TO,
 )
 
 

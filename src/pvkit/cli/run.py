@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pvkit.cli import params
 from pvkit.cli.firmware import apply_firmware, firmware_settings
 from pvkit.cli.options import (
     fail,
@@ -20,23 +21,7 @@ from pvkit.cli.options import (
     say,
     write_file,
 )
-from pvkit.cli.params import (
-    FREEZE,
-    GDB,
-    GDB_DEFAULT,
-    MIGRATE_AT,
-    MIGRATE_TO,
-    MONITOR,
-    SAVE,
-    SAVE_AT,
-    STATS,
-    TIMELINE,
-    TIMEOUT,
-    TRACE,
-    argument,
-    option,
-    repeated,
-)
+from pvkit.cli.params import argument, option, repeated
 from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
 from pvkit.cli.session import Session, run_and_report
@@ -73,9 +58,9 @@ PARAMS = (
     option("smp", int, 1, "number of vCPUs", "--smp", "-smp"),
     option("mem", str, "256M", "guest RAM, e.g. 256M or 1G (bare number: MiB)", "--mem", "-m"),
     option("profile", str, "kvm", "kvm, pvkit or none"),
-    TRACE,
-    STATS,
-    TIMEOUT,
+    params.TRACE,
+    params.STATS,
+    params.TIMEOUT,
     option("append", str, "", "kernel command line", "--append", "-append"),
     option("conduit", str, "hvc", "arm64: hvc or smc, advertised in the DT"),
     option("trap", str, "auto", "arm64: hypercall trap auto, c or ctypes"),
@@ -95,19 +80,19 @@ PARAMS = (
         "deterministic", bool, False, "time from guest instructions: the same run, the same times"
     ),
     option("slice_ms", float, None, "scheduler time slice in ms (default 10)"),
-    TIMELINE,
+    params.TIMELINE,
     repeated("swap_out", "RAM absent on the host at boot: FRACTION, FIRST-LAST or FIRST+SIZE"),
     option("swap_latency_ms", float, 10.0, "how long the host takes to bring back an absent page"),
-    GDB,
-    GDB_DEFAULT,
-    FREEZE,
-    MONITOR,
-    SAVE_AT,
-    SAVE,
+    params.GDB,
+    params.GDB_DEFAULT,
+    params.FREEZE,
+    params.MONITOR,
+    params.SAVE_AT,
+    params.SAVE,
     repeated("fw", "arm64: set a firmware register, NAME=VALUE (pvkit fw --list)"),
     option("pv_time_revision", int, None, "arm64: stolen-time record revision, 0 (Linux's) or 1"),
-    MIGRATE_AT,
-    MIGRATE_TO,
+    params.MIGRATE_AT,
+    params.MIGRATE_TO,
     option("incoming", str, None, "wait for a migration on tcp:HOST:PORT and run the VM it brings"),
 )
 
