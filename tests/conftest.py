@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,35 @@ def assemble(tmp_path: Path, source: str, name: str = "guest") -> Path:
         check=True,
     )
     return elf
+
+
+_SPAWNED: list[subprocess.Popen[str]] = []
+
+
+def spawn(command: list[str]) -> subprocess.Popen[str]:
+    """A pvkit process a test talks to while it runs (stdout and stderr piped, text). It is
+    killed after the test if it is still running: a failed assertion must not leave a VM
+    running on after the test, holding a core."""
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans() -> Iterator[None]:
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 TRAP_PATHS = ("c", "ctypes")

@@ -24,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from pvkit.debug.packets import Packet, PacketReader, frame
 
-from .conftest import ROOT, SMP_HELLO, X86_HELLO, assemble
+from .conftest import SMP_HELLO, X86_HELLO, assemble, spawn
 
 GDB_MULTIARCH = shutil.which("gdb-multiarch")
 GDB_X86 = shutil.which("gdb") or GDB_MULTIARCH
@@ -47,14 +47,7 @@ class Stub:
 
 def start(*args: str) -> Stub:
     """`pvkit run -S --gdb tcp::0 ARGS`, once it listens."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pvkit", "run", "-S", "--gdb", "tcp::0", *args],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn([sys.executable, "-m", "pvkit", "run", "-S", "--gdb", "tcp::0", *args])
     assert proc.stderr is not None
     seen = []
     while True:

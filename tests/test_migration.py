@@ -26,7 +26,7 @@ import pytest
 
 from pvkit.snapshot.migration.stream import MAGIC, Kind
 
-from .conftest import PREBUILT, ROOT, SMP_HELLO, pvkit
+from .conftest import PREBUILT, SMP_HELLO, pvkit, spawn
 from .test_monitor import start
 from .test_snapshot_guests import times
 
@@ -57,11 +57,9 @@ class Destination:
 
 def destination(*args: str, host: str = "127.0.0.1", inside: list[str] = []) -> Destination:  # noqa: B006
     """`pvkit run --incoming tcp:HOST:0 ARGS` (run `inside` a namespace), once it listens."""
-    proc = subprocess.Popen(
-        [*inside, sys.executable, "-m", "pvkit", "run", "--incoming", f"tcp:{host}:0", *args],
-        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    proc = spawn(
+        [*inside, sys.executable, "-m", "pvkit", "run", "--incoming", f"tcp:{host}:0", *args]
+    )
     assert proc.stderr is not None
     line = proc.stderr.readline()
     m = WAITING.search(line)

@@ -26,7 +26,7 @@ from pvkit.debug.packets import frame
 from pvkit.monitor.client import call
 from pvkit.monitor.protocol import MAX_LINE
 
-from .conftest import PREBUILT, ROOT, SMP_HELLO, X86_HELLO, assemble, pvkit
+from .conftest import PREBUILT, SMP_HELLO, X86_HELLO, assemble, pvkit, spawn
 from .test_gdb_stub import Client
 
 STEAL = PREBUILT / "steal.Image"
@@ -59,14 +59,7 @@ def start(tmp: Path, verb: str, *args: str, gdb: bool = False) -> Vm:
     """`pvkit VERB ARGS --monitor unix:...` (and --gdb tcp::0), once it listens."""
     sock = tmp / "m.sock"
     extra = ["--gdb", "tcp::0"] if gdb else []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pvkit", verb, *args, "--monitor", f"unix:{sock}", *extra],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn([sys.executable, "-m", "pvkit", verb, *args, "--monitor", f"unix:{sock}", *extra])
     assert proc.stderr is not None
     vm = Vm(proc, sock)
     while "monitor listening" not in "".join(vm.seen) or (gdb and vm.gdb_port is None):
