@@ -15,7 +15,8 @@ from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import IdRange
 from pvkit.hypercall.policy import Action, Rule
 from pvkit.machine.vm import StopKind
-from pvkit.platform.pc_x86 import PcX86
+from pvkit.platform.pc_x86 import PcConfig, PcX86
+from pvkit.trace.events import TraceHub
 
 from .conftest import X86_HELLO, boot_x86, pvkit
 
@@ -140,3 +141,17 @@ def test_deterministic_runs_repeat_to_the_nanosecond_up_to_the_exit() -> None:
     times = [[line for line in r.stderr.splitlines() if "run_ns=" in line] for r in runs]
     assert len(times[0]) == 2 and all(r.returncode == runs[0].returncode for r in runs)
     assert all(t == times[0] for t in times), times
+
+
+def test_untraced_kick_cpu_and_sched_yield_are_served_directly_with_the_same_answers() -> None:
+    """Nothing traces: KICK_CPU and SCHED_YIELD take the trap's direct route (no Call, no
+    dispatcher), and the guest prints what the traced run's dispatcher answered it."""
+    traced = boot_x86(smp=2)
+    chunks: list[bytes] = []
+    machine = PcX86(PcConfig(console=chunks.append, smp=2), X86_HELLO, TraceHub())
+    reason = machine.run(60)
+    assert reason.status == PASS_STATUS
+    assert b"".join(chunks).decode(errors="replace") == traced.console
+    assert sum(engine.trap.direct_calls for engine in machine._engines.values()) >= 2
+    served = {c.function_id for c in traced.trace.calls}
+    assert {KvmHypercall.KICK_CPU, KvmHypercall.SCHED_YIELD} <= served

@@ -1,7 +1,8 @@
 """KVM_HC_SCHED_YIELD: "the vCPU I am waiting for was preempted; run something else".
 
 a0 is the APIC ID of the preempted vCPU. The host yields the calling vCPU's thread so the
-target's thread can run. Needs KVM_FEATURE_PV_SCHED_YIELD (bit 13); answers 0.
+target's thread can run. Needs KVM_FEATURE_PV_SCHED_YIELD (bit 13); answers 0. Served
+directly (no `Call`, no dispatcher), as a spinning waiter may call it often.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import os
 
 from pvkit.abi.x86_kvm import KvmHypercall
-from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import Abi, Function, IdRange
 from pvkit.services.base import Service
 
@@ -24,9 +24,11 @@ class SchedYieldService(Service):
         return [IdRange(KvmHypercall.SCHED_YIELD, KvmHypercall.SCHED_YIELD)]
 
     def functions(self, abi: Abi = Abi.KVM_X86) -> list[Function]:
-        return [Function(KvmHypercall.SCHED_YIELD, "KVM_HC_SCHED_YIELD", self._yield)]
+        return [
+            Function.served_directly(KvmHypercall.SCHED_YIELD, "KVM_HC_SCHED_YIELD", self._yield)
+        ]
 
-    def _yield(self, call: Call) -> None:
-        if self.platform.vcpu_for_apic_id(call.arg(1)) is not None:
+    def _yield(self, vcpu: int, apic_id: int, _a1: int, _a2: int) -> tuple[int, ...]:
+        if self.platform.vcpu_for_apic_id(apic_id) is not None:
             os.sched_yield()
-        call.answer(0)
+        return (0,)
