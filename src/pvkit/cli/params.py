@@ -68,6 +68,9 @@ def argument(name: str, kind: type, help: str, default: Any = REQUIRED) -> Param
 
 
 # The options of every verb that runs a VM (`run`, `restore`), in their help order.
+SERVICE = repeated("service", "add your own service, package.module:Class (repeatable)")
+DENY = repeated("deny", "answer FID[-FID] NOT_SUPPORTED (-KVM_ENOSYS on x86) before dispatch")
+FORWARD = repeated("forward", "FID[-FID]=package.module:function: that function gets the Call")
 TRACE = option("trace", Path, None, "write JSON-lines trace here")
 STATS = option("stats", bool, False, "print per-function call statistics")
 TIMEOUT = option("timeout", float, None, "stop after this many seconds")

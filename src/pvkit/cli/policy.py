@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pvkit.cli.options import fail, say
 from pvkit.hypercall.policy import Action, Rule
 from pvkit.hypercall.rule_spec import RuleSpecError, parse_id_range, split_forward
-from pvkit.services.plugins import PluginError, load_handler
+from pvkit.services.plugins import PluginError, load_handler, spec_of
 from pvkit.trace.events import CallEvent, VmEvent
 
 ID_LIMITS = {"arm64": 0xFFFF_FFFF, "x86_64": 0xFFFF_FFFF_FFFF_FFFF}
@@ -19,7 +19,7 @@ DENY_ANSWERS = {"arm64": "NOT_SUPPORTED", "x86_64": "-KVM_ENOSYS"}
 
 def policy_rules(deny: Sequence[str], forward: Sequence[str], arch: str) -> list[Rule]:
     """The rules the options ask for; a mistake in one is one sentence, exit 2."""
-    limit = ID_LIMITS[arch]
+    limit = ID_LIMITS.get(arch, ID_LIMITS["x86_64"])  # a file's unknown arch is refused later
     rules = []
     for text in deny:
         try:
@@ -63,11 +63,5 @@ class RuleCounter:
             if rule.action is Action.DENY:
                 what = f"deny {rule.ids} (answered {DENY_ANSWERS[arch]})"
             else:
-                handler = rule.handler
-                name = (
-                    getattr(handler, "__module__", "?")
-                    + ":"
-                    + getattr(handler, "__qualname__", "?")
-                )
-                what = f"forward {rule.ids} to {name}"
+                what = f"forward {rule.ids} to {spec_of(rule.handler)}"
             say(f"pvkit: policy {what}: {count} call(s)")

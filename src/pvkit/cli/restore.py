@@ -8,6 +8,8 @@ from pvkit.cli import params
 from pvkit.cli.firmware import restored_revision_notice
 from pvkit.cli.options import fail, parse_host_cpus, parse_slice_ms, parse_timeout
 from pvkit.cli.params import argument, option, repeated
+from pvkit.cli.plugins import load_services
+from pvkit.cli.policy import RuleCounter, policy_rules
 from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
 from pvkit.platform import pc_x86
@@ -22,6 +24,9 @@ PARAMS = (
     option("host_cpus", int, None, "host CPUs the vCPUs share (default: as saved)"),
     option("slice_ms", float, None, "scheduler time slice in ms (default: as saved)"),
     repeated("disable", "leave this service out (refused if the guest has it)"),
+    params.SERVICE,
+    params.DENY,
+    params.FORWARD,
     params.TRACE,
     params.STATS,
     params.TIMEOUT,
@@ -48,6 +53,9 @@ def restore(
     host_cpus: int | None = None,
     slice_ms: float | None = None,
     disable: list[str] | None = None,
+    service: list[str] | None = None,
+    deny: list[str] | None = None,
+    forward: list[str] | None = None,
     trace: Path | None = None,
     stats: bool = False,
     timeout: float | None = None,
@@ -69,6 +77,11 @@ def restore(
     )  # fmt: skip
     session.check()
     console = BufferedConsole()
+    try:
+        snapshot = read_snapshot(file, KNOWN)
+    except SnapshotError as exc:
+        raise fail(str(exc)) from None
+    rules = policy_rules(deny or [], forward or [], snapshot.arch)
     choices = HostChoices(
         host_cpus=parse_host_cpus(host_cpus),
         keep_host_cpus=host_cpus is None,
@@ -76,12 +89,13 @@ def restore(
         record_slices=timeline is not None,
         disabled=frozenset(disable or ()),
         console=console,
+        extra_services=tuple(load_services(service or [])),
+        rules=tuple(rules),
     )
     try:
-        snapshot = read_snapshot(file, KNOWN)
         board, image = restore_board(snapshot, choices)
     except SnapshotError as exc:
         raise fail(str(exc)) from None
     restored_revision_notice(board, pv_time_revision)
     arch = "x86_64" if isinstance(board, pc_x86.PcX86) else "arm64"
-    run_and_report(board, arch, image, session, console)
+    run_and_report(board, arch, image, session, console, RuleCounter(rules) if rules else None)

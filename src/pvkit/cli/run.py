@@ -72,9 +72,9 @@ PARAMS = (
     option("fix_hypercall", bool, True, "x86_64: patch the other vendor's hypercall instruction"),
     option("boot", str, "auto", "x86_64: pvh, multiboot or auto"),
     repeated("disable", "leave this service out, e.g. stolen-time"),
-    repeated("service", "add your own service, package.module:Class (repeatable)"),
-    repeated("deny", "answer FID[-FID] NOT_SUPPORTED (-KVM_ENOSYS on x86) before dispatch"),
-    repeated("forward", "FID[-FID]=package.module:function: that function gets the Call"),
+    params.SERVICE,
+    params.DENY,
+    params.FORWARD,
     option("host_cpus", int, None, "host CPUs the vCPUs share (default: one each)"),
     option(
         "deterministic", bool, False, "time from guest instructions: the same run, the same times"
@@ -162,7 +162,6 @@ def run(
             "--conduit": conduit != "hvc", "--trap": trap != "auto", "--gic": gic != 3,
             "--cpuid-base": cpuid_base != "0x40000000",
             "--no-fix-hypercall": not fix_hypercall, "--boot": boot != "auto",
-            "--service": bool(service), "--deny": bool(deny), "--forward": bool(forward),
             "--deterministic": deterministic, "--swap-out": bool(swap_out),
             "--fw": bool(fw),
         })  # fmt: skip
@@ -176,6 +175,9 @@ def run(
             disabled=frozenset(disable or ()),
             console=console,
             host_vendor=cpu_vendor,
+            extra_services=tuple(load_services(service or [])),
+            # the stream says the architecture later: IDs are checked against its rules
+            rules=tuple(policy_rules(deny or [], forward or [], "x86_64")),
         )
         run_incoming(incoming, session, choices, console, pv_time_revision)
         return

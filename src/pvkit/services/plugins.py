@@ -87,3 +87,9 @@ def load_handler(spec: str) -> Callable[[Call], None]:
         raise PluginError(f"{spec!r} is {type(value).__name__}, not a function")
     handler: Callable[[Call], None] = value
     return handler
+
+
+def spec_of(target: object) -> str:
+    """The `package.module:name` of a class or function (the inverse of load_object): how a
+    snapshot records which services and handlers of the user's own a VM had."""
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', '?')}"

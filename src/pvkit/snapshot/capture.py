@@ -87,7 +87,7 @@ def capture(
     off = _stood(stood)
     snap = Snapshot(arch)
     s = snap.sections
-    s[config.STATE_SECTION] = json_section(config.STATE_VERSION, config.save_machine(board, image))
+    s[config.STATE_SECTION] = config.machine_section(board, image)
     s[vm_state.STATE_SECTION] = json_section(vm_state.STATE_VERSION, vm_state.save_vm(vm, off))
     sched: Any = vm.scheduler
     s[sched.STATE_SECTION] = json_section(sched.STATE_VERSION, sched.save_state(off))

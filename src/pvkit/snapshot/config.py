@@ -18,15 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvkit.hypercall.namespace import Abi
+from pvkit.hypercall.policy import Rule
 from pvkit.machine.residency import SwapSpec
 from pvkit.platform import pc_x86, virt_arm64
 from pvkit.platform.board import ConfigError
+from pvkit.services.base import Service
+from pvkit.services.plugins import spec_of
 from pvkit.services.profiles import PROFILES
 from pvkit.snapshot.errors import SnapshotError
+from pvkit.snapshot.format import Section, json_section
 from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "machine"
-STATE_VERSION = 2  # 2: "deterministic" (wall-clock VMs too); only the services the guest sees
+# 2: "deterministic" (wall-clock VMs too); only the services the guest sees. 3: the services
+# and policy rules of the user's own (written only for a VM that has some, so that a plain
+# VM's snapshot still restores on a pvkit that reads version 2)
+STATE_VERSION = 3
+PLAIN_VERSION = 2
 Board = virt_arm64.VirtArm64 | pc_x86.PcX86
 ARCHES = ("arm64", "x86_64")
 
@@ -55,8 +63,6 @@ def _boot_file(path: Path | None) -> dict[str, str] | None:
 def unsupported(board: Board, image: Path | None) -> str | None:
     """Why this VM cannot be snapshotted yet (one phrase), or None."""
     c = board.config
-    if c.extra_services or tuple(c.rules):
-        return "it has --service, --deny or --forward (not yet held by snapshots)"
     if c.swap is not None and c.swap.active:
         return "it has --swap-out (not yet held by snapshots)"
     arm = board.config if isinstance(board, virt_arm64.VirtArm64) else None
@@ -65,6 +71,14 @@ def unsupported(board: Board, image: Path | None) -> str | None:
     if image is None:
         return "it has no boot image file"
     return None
+
+
+def machine_section(board: Board, image: Path) -> Section:
+    state = save_machine(board, image)
+    return json_section(STATE_VERSION if _USER_KEYS & set(state) else PLAIN_VERSION, state)
+
+
+_USER_KEYS = {"extra_services", "rules"}
 
 
 def save_machine(board: Board, image: Path) -> State:
@@ -76,6 +90,9 @@ def save_machine(board: Board, image: Path) -> State:
         "deterministic": c.deterministic,
         "services": visible_revisions(board),
     }  # fmt: skip
+    if c.extra_services or c.rules:  # by name only: a restore is given them again
+        common["extra_services"] = [spec_of(type(s)) for s in c.extra_services]
+        common["rules"] = [_rule_state(r) for r in c.rules]
     if isinstance(board, virt_arm64.VirtArm64):
         a = board.config
         return {**common, "arch": "arm64", "conduit": a.conduit, "gic": a.gic,
@@ -97,6 +114,11 @@ class HostChoices:
     disabled: frozenset[str] = frozenset()  # services this host leaves out
     console: Callable[[bytes], None] | None = None  # where the arm64 UART writes
     host_vendor: str | None = None  # x86: the host's CPU vendor, if not the guest's model's
+    # The user's own services and policy rules, given again: the snapshot names them, but
+    # importing code a file names is the host's decision, not the file's (as QEMU's
+    # destination is started with the source's -device options)
+    extra_services: tuple[Service, ...] = ()
+    rules: tuple[Rule, ...] = ()
 
 
 def _boot_path(state: Fields, key: str) -> Path | None:
@@ -128,6 +150,7 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
     image = _boot_path(state, "image")
     if image is None:
         raise SnapshotError("the snapshot names no boot image")
+    _same_user_parts(state, host)
     saved_cpus = state.opt_int("host_cpus", 1, 4096)
     timing = {
         "host_cpus": saved_cpus if host.keep_host_cpus else host.host_cpus,
@@ -140,6 +163,7 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
         "profile": profile, "bootargs": state.text("bootargs"),
         "disabled": frozenset(_names(state, "disabled")) | host.disabled,
         "reboot": state.flag("reboot"), "swap": SwapSpec(),
+        "extra_services": list(host.extra_services), "rules": list(host.rules),
     }  # fmt: skip
     try:
         if arch == "arm64":
@@ -161,6 +185,77 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
     except ConfigError as exc:
         raise SnapshotError(f"this host cannot build the snapshot's VM: {exc}") from None
     raise _foreign(arch)
+
+
+RuleKey = tuple[int, int, str, str | None]  # first ID, last ID, action, handler's name
+
+
+def _rule_key(rule: Rule) -> RuleKey:
+    handler = spec_of(rule.handler) if rule.handler is not None else None
+    return (rule.ids.first, rule.ids.last, rule.action.value, handler)
+
+
+def _rule_state(rule: Rule) -> State:
+    first, last, action, handler = _rule_key(rule)
+    return {"ids": [first, last], "action": action, "handler": handler}
+
+
+def _rule_option(key: RuleKey) -> str:
+    first, last, action, handler = key
+    ids = f"{first:#x}" if first == last else f"{first:#x}-{last:#x}"
+    return f"--deny {ids}" if action == "deny" else f"--forward {ids}={handler}"
+
+
+def _saved_rules(state: Fields) -> list[RuleKey]:
+    value = state.raw("rules") if state.has("rules") else []
+    if not isinstance(value, list):
+        raise state.bad("rules", "a list of policy rules")
+    keys: list[RuleKey] = []
+    for r in value:
+        if not (isinstance(r, dict) and set(r) == {"ids", "action", "handler"}):
+            raise state.bad("rules", "a list of policy rules")
+        ids, action, handler = r["ids"], r["action"], r["handler"]
+        if not (
+            isinstance(ids, list)
+            and len(ids) == 2
+            and all(type(i) is int for i in ids)
+            and 0 <= ids[0] <= ids[1] < 1 << 64
+            and (action, handler is None) in (("deny", True), ("forward", False))
+            and (handler is None or isinstance(handler, str))
+        ):
+            raise state.bad("rules", "a list of policy rules")
+        keys.append((ids[0], ids[1], action, handler))
+    return sorted(keys)
+
+
+def _same_user_parts(state: Fields, host: HostChoices) -> None:
+    """The services and rules of the user's own that the saved VM had are given again."""
+    saved = _names(state, "extra_services") if state.has("extra_services") else []
+    given = [spec_of(type(s)) for s in host.extra_services]
+    if sorted(saved) != sorted(given):
+        raise _differ(
+            "--service", [f"--service {n}" for n in saved], [f"--service {n}" for n in given]
+        )
+    rules = _saved_rules(state)
+    mine = sorted(_rule_key(r) for r in host.rules)
+    if rules != mine:
+        raise _differ(
+            "--deny and --forward",
+            [_rule_option(r) for r in rules],
+            [_rule_option(r) for r in mine],
+        )
+
+
+def _differ(kind: str, saved: list[str], given: list[str]) -> SnapshotError:
+    if not saved:
+        return SnapshotError(
+            f"the saved VM had no {kind} options: restore it without them "
+            f"(given: {', '.join(given)})"
+        )
+    return SnapshotError(
+        f"the saved VM had {', '.join(saved)}: restore it with the same {kind} options "
+        f"(given: {', '.join(given) or 'none'})"
+    )
 
 
 def _foreign(arch: str) -> SnapshotError:

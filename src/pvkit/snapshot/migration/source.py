@@ -81,8 +81,7 @@ def offer(board: config.Board, image: Path) -> Snapshot:
     """What the destination checks before anything moves."""
     x86 = isinstance(board, PcX86)
     snap = Snapshot("x86_64" if x86 else "arm64")
-    machine = config.save_machine(board, image)
-    snap.sections[config.STATE_SECTION] = json_section(config.STATE_VERSION, machine)
+    snap.sections[config.STATE_SECTION] = config.machine_section(board, image)
     if not isinstance(board, PcX86):
         state = board.firmware.save_state()
         snap.sections[Firmware.STATE_SECTION] = json_section(Firmware.STATE_VERSION, state)
