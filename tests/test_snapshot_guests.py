@@ -87,6 +87,22 @@ def test_smp_guest_on_shared_host_cpus_restores_exactly(tmp_path: Path) -> None:
     assert times(s.restored.stderr) == times(s.whole.stderr)
 
 
+def test_a_guest_booted_with_its_own_dtb_restores_with_it_and_refuses_a_changed_one(
+    tmp_path: Path,
+) -> None:
+    """--dtb: the file is named by path and SHA-256, as the image is (a reset lays it out
+    again), and the restored run goes on as the uninterrupted one."""
+    dtb = tmp_path / "own.dtb"
+    assert pvkit("dtb", "--smp", "4", "-o", str(dtb)).returncode == 0
+    s = split_run(tmp_path, SMP_HELLO, "15", "--smp", "4", "--host-cpus", "2", "--dtb", str(dtb))
+    assert (s.saved.returncode, s.restored.returncode) == (0, 0), s.restored.stderr
+    assert s.saved.stdout + s.restored.stdout == s.whole.stdout
+    dtb.write_bytes(dtb.read_bytes() + b"\0")
+    changed = pvkit("restore", str(s.snapshot))
+    assert changed.returncode == 2 and changed.stdout == ""
+    assert changed.stderr.strip() == f"pvkit: boot file {dtb} changed since the snapshot was taken"
+
+
 def test_restore_on_more_host_cpus_runs_on_with_less_stolen(arm64_steal: Split) -> None:
     more = pvkit("restore", str(arm64_steal.snapshot), "--host-cpus", "4", "--stats")
     assert more.returncode == 0, more.stderr

@@ -31,8 +31,8 @@ from pvkit.snapshot.state import Fields, State
 
 STATE_SECTION = "machine"
 # 2: "deterministic" (wall-clock VMs too); only the services the guest sees. 3: the services
-# and policy rules of the user's own (written only for a VM that has some, so that a plain
-# VM's snapshot still restores on a pvkit that reads version 2)
+# and policy rules of the user's own, and a --dtb file (written only for a VM that has one
+# of them, so that a plain VM's snapshot still restores on a pvkit that reads version 2)
 STATE_VERSION = 3
 PLAIN_VERSION = 2
 Board = virt_arm64.VirtArm64 | pc_x86.PcX86
@@ -66,8 +66,8 @@ def unsupported(board: Board, image: Path | None) -> str | None:
     if c.swap is not None and c.swap.active:
         return "it has --swap-out (not yet held by snapshots)"
     arm = board.config if isinstance(board, virt_arm64.VirtArm64) else None
-    if arm is not None and (arm.bios is not None or arm.dtb is not None):
-        return "it boots --bios or --dtb (not yet held by snapshots)"
+    if arm is not None and arm.bios is not None:
+        return "it boots --bios (not yet held by snapshots)"
     if image is None:
         return "it has no boot image file"
     return None
@@ -75,10 +75,10 @@ def unsupported(board: Board, image: Path | None) -> str | None:
 
 def machine_section(board: Board, image: Path) -> Section:
     state = save_machine(board, image)
-    return json_section(STATE_VERSION if _USER_KEYS & set(state) else PLAIN_VERSION, state)
+    return json_section(STATE_VERSION if _VERSION_3_KEYS & set(state) else PLAIN_VERSION, state)
 
 
-_USER_KEYS = {"extra_services", "rules"}
+_VERSION_3_KEYS = {"extra_services", "rules", "dtb"}  # a version-2 reader would lose them
 
 
 def save_machine(board: Board, image: Path) -> State:
@@ -95,8 +95,11 @@ def save_machine(board: Board, image: Path) -> State:
         common["rules"] = [_rule_state(r) for r in c.rules]
     if isinstance(board, virt_arm64.VirtArm64):
         a = board.config
-        return {**common, "arch": "arm64", "conduit": a.conduit, "gic": a.gic,
-                "initrd": _boot_file(a.initrd)}  # fmt: skip
+        arm64: State = {**common, "arch": "arm64", "conduit": a.conduit, "gic": a.gic,
+                        "initrd": _boot_file(a.initrd)}  # fmt: skip
+        if a.dtb is not None:  # the file a reset lays out again, patched as at boot
+            arm64["dtb"] = _boot_file(a.dtb)
+        return arm64
     x = board.config
     return {**common, "arch": "x86_64", "vendor": x.vendor, "cpuid_base": x.cpuid_base,
             "fix_hypercall": x.fix_hypercall, "boot": x.boot,
@@ -170,6 +173,7 @@ def build_board(state: Fields, host: HostChoices) -> tuple[Board, Path]:
             config = virt_arm64.VirtConfig(
                 **common, **timing, conduit=state.text("conduit"),  # type: ignore[arg-type]
                 gic=state.integer("gic", 2, 3), initrd=_boot_path(state, "initrd"),
+                dtb=_boot_path(state, "dtb") if state.has("dtb") else None,
             )  # fmt: skip
             if host.console is not None:
                 config.console = host.console
