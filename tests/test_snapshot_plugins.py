@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from pvkit.snapshot.format import json_section, read_snapshot, write_snapshot
+from pvkit.snapshot.sections import KNOWN
+
 from .conftest import pvkit
 from .test_migration import destination, one_sentence
 
@@ -164,3 +167,35 @@ def test_a_migration_destination_without_the_service_refuses_the_guest(guest: st
     status, _out, err = dst.finish()
     one_sentence(err, 2, status, "the saved VM had --service counter:Counter")
     assert src.returncode == 0 and src.stdout == "123456\n", src.stderr  # it ran on there
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        "deny all",
+        [{"ids": [5, 4], "action": "deny", "handler": None}],
+        [{"ids": [1, 2], "action": "forward", "handler": None}],
+        [{"ids": [1, 2], "action": "deny", "handler": "counter:refuse"}],
+        [{"ids": [1, 2, 3], "action": "deny", "handler": None}],
+        [{"ids": [1, 2**64], "action": "deny", "handler": None}],
+        [{"ids": ["1", 2], "action": "deny", "handler": None}],
+        [{"ids": [1, 2], "action": "allow", "handler": None, "extra": 1}],
+    ],
+    ids=["text", "backwards", "forward-nowhere", "deny-with-handler", "three-ids", "too-big",
+         "string-id", "extra-key"],
+)  # fmt: skip
+def test_a_crafted_rules_field_is_one_sentence_not_a_traceback(
+    guest: str, tmp_path: Path, rules: object
+) -> None:
+    """The file is hostile input: its checksum is recomputed around a bad rules list."""
+    snap = saved(guest, tmp_path / "vm.snap", "--service", "counter:Counter", *RULES)
+    crafted = read_snapshot(snap, KNOWN)
+    machine = crafted.sections["machine"]
+    state = machine.json("machine")
+    state["rules"] = rules
+    crafted.sections["machine"] = json_section(machine.version, state)
+    write_snapshot(snap, crafted)
+    r = pvkit("restore", str(snap), "--service", "counter:Counter", *RULES)
+    one_sentence(
+        r.stderr, 2, r.returncode, "section 'machine' is damaged: 'rules' is not a list of policy"
+    )
