@@ -109,12 +109,21 @@ def test_a_wall_clock_guest_moved_by_the_monitor_finishes_on_the_destination(
     CPU: a migration 50 ms into the run lands mid-run."""
     dst = destination()
     src = start(tmp_path, "run", STEAL, "--smp", "4", "--host-cpus", "1")
-    answer = src.ok("migrate", uri=dst.uri)
-    assert set(answer) == {"uri", "downtime-ms", "bytes-sent", "clock-ns", "dirty-sync-count",
-                           "precopy-pages", "stopped-pages"}  # fmt: skip
-    assert answer["uri"] == dst.uri and answer["bytes-sent"] > 0 and answer["downtime-ms"] > 0
+    assert src.ok("migrate", uri=dst.uri) == {}  # QMP's: the move goes on after the reply
+    info = src.migration_end()
+    assert info["status"] == "completed", info
+    assert set(info) == {"status", "total-time", "downtime", "ram", "uri", "downtime-ms",
+                         "clock-ns", "precopy-pages", "stopped-pages"}  # fmt: skip
+    assert info["uri"] == dst.uri and info["ram"]["transferred"] > 0 and info["downtime-ms"] > 0
     # RAM went over while the guest ran, and the guest's image was in it
-    assert answer["dirty-sync-count"] >= 1 and answer["precopy-pages"] > 0
+    assert info["ram"]["dirty-sync-count"] >= 1 and info["precopy-pages"] > 0
+    assert info["ram"]["normal"] == info["precopy-pages"] + info["stopped-pages"]
+    # It stands here now, as QEMU's source does, until quit ends the run with the report.
+    assert src.ok("query-status") == {"running": False, "status": "postmigrate"}
+    assert src.ask("cont")["error"]["desc"] == (
+        "the VM runs on the destination now: quit ends this run"
+    )
+    src.ok("quit")
     s_status, s_out, s_err = src.finish()
     assert s_status == 0 and MIGRATED.search(s_err), s_err
     d_status, d_out, d_err = dst.finish()
@@ -211,19 +220,60 @@ def test_a_connection_that_drops_mid_copy_leaves_the_source_running(tmp_path: Pa
     server = threading.Thread(target=peer.serve, daemon=True)
     server.start()
     src = start(tmp_path, "run", str(SMP_HELLO), "--smp", "4", "-S")
-    answer = src.ask("migrate", uri=f"tcp:127.0.0.1:{peer.port}")
+    assert src.ok("migrate", uri=f"tcp:127.0.0.1:{peer.port}") == {}
     server.join(30)
-    assert "error" in answer, answer
-    assert answer["error"]["desc"].startswith(f"migration to tcp:127.0.0.1:{peer.port} failed: ")
+    failed = src.migration_end()
+    assert failed["status"] == "failed", failed
+    assert failed["error-desc"].startswith(f"migration to tcp:127.0.0.1:{peer.port} failed: ")
     assert src.ok("query-status") == {"running": False, "status": "paused"}  # it stood before
     nobody = socket.create_server(("127.0.0.1", 0))
     port = nobody.getsockname()[1]
     nobody.close()
-    unreachable = src.ask("migrate", uri=f"tcp:127.0.0.1:{port}")
-    assert "cannot reach a destination" in unreachable["error"]["desc"]
+    assert src.ok("migrate", uri=f"tcp:127.0.0.1:{port}") == {}
+    assert "cannot reach a destination" in src.migration_end()["error-desc"]
     src.ok("cont")
     status, out, err = src.finish()
     assert status == 0 and "all 3 secondary" in out, err
+
+
+def test_while_a_move_is_on_the_monitor_refuses_another_and_savevm_and_answers_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A destination that takes the connection and says nothing keeps the move active."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    src = start(tmp_path, "run", str(SMP_HELLO), "--smp", "2", "-S")
+    assert src.ok("query-migrate") == {}  # no migration yet, as QEMU answers
+    uri = f"tcp:127.0.0.1:{silent.getsockname()[1]}"
+    assert src.ok("migrate", uri=uri) == {}
+    conn, _ = silent.accept()
+    assert src.ok("query-migrate")["status"] == "active"
+    for command, arguments in (("migrate", {"uri": uri}), ("savevm", {"file": "x.snap"})):
+        assert src.ask(command, **arguments)["error"]["desc"] == (
+            f"{command}: a migration is in progress (query-migrate follows it)"
+        )
+    assert src.ok("query-status") == {"running": False, "status": "paused"}  # -S holds it
+    conn.close()  # the move fails; the VM stays as the monitor left it
+    assert src.migration_end()["status"] == "failed"
+    silent.close()
+    src.ok("cont")
+    status, out, err = src.finish()
+    assert status == 0 and "all 1 secondary" in out, err
+
+
+def test_the_cli_client_waits_for_the_move_and_prints_how_it_ended(tmp_path: Path) -> None:
+    """`pvkit monitor PATH migrate URI` asks query-migrate until the move is over, as HMP's
+    migrate waits; then the source stands until quit."""
+    dst = destination()
+    src = start(tmp_path, "run", STEAL, "--smp", "2", "--host-cpus", "1")
+    r = pvkit("monitor", str(src.socket), "migrate", dst.uri)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)["return"]
+    assert info["status"] == "completed" and info["uri"] == dst.uri
+    assert pvkit("monitor", str(src.socket), "quit").returncode == 0
+    s_status, _s_out, s_err = src.finish()
+    assert s_status == 0 and MIGRATED.search(s_err), s_err
+    d_status, d_out, d_err = dst.finish()
+    assert d_status == 0 and "steal: cpu 1 stolen" in d_out, d_err
 
 
 def test_a_connection_that_drops_during_pre_copy_leaves_the_guest_running_unharmed() -> None:

@@ -14,6 +14,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,15 @@ class Vm:
     def finish(self) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=120)
         return self.proc.returncode, out, "".join(self.seen) + err
+
+    def migration_end(self, timeout: float = 120) -> dict[str, Any]:
+        """query-migrate's answer once the move is no longer active."""
+        deadline = time.monotonic() + timeout
+        while (info := self.ok("query-migrate"))["status"] == "active":
+            assert time.monotonic() < deadline, info
+            time.sleep(0.02)
+        assert isinstance(info, dict)
+        return info
 
 
 def start(tmp: Path, verb: str, *args: str, gdb: bool = False) -> Vm:

@@ -2,14 +2,17 @@
 
 The reply is printed as the one JSON line the monitor sent; the exit status is 0 for a
 "return", 1 for an "error", 2 when there is no monitor to ask (or the command is given
-wrongly).
+wrongly). `migrate` waits for the move to end, as QEMU's HMP `migrate` does: it asks
+`query-migrate` until the status is no longer "active" and prints that last reply (exit
+status 1 unless "completed").
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +20,7 @@ from pvkit.cli.options import fail
 
 # The commands that take an argument, and the parameter it is (fw-set's NAME=VALUE is two).
 PARAMETERS = {"savevm": "file", "migrate": "uri", "fw-get": "name", "fw-set": "name=value"}
+POLL_S = 0.05  # between query-migrate asks
 
 
 def monitor(
@@ -24,7 +28,8 @@ def monitor(
     command: Annotated[
         str,
         typer.Argument(
-            help="stop, cont, savevm, migrate, info, query-status, query-fw, fw-get, fw-set, quit"
+            help="stop, cont, savevm, migrate, query-migrate, info, query-status, query-fw, "
+            "fw-get, fw-set, quit"
         ),
     ],
     arg: Annotated[
@@ -57,7 +62,23 @@ def monitor(
         raise fail(f"monitor: {command!r} takes no argument (only {takers} do)")
     try:
         answer = call(socket_path, command, arguments)
+        if command == "migrate" and "return" in answer:
+            answer = _migration_end(socket_path)
     except ClientError as exc:
         raise fail(f"monitor: {exc}") from None
     typer.echo(json.dumps(answer))
-    raise typer.Exit(1 if "error" in answer else 0)
+    failed = "error" in answer or (
+        command == "migrate" and answer["return"]["status"] != "completed"
+    )
+    raise typer.Exit(1 if failed else 0)
+
+
+def _migration_end(path: Path) -> dict[str, Any]:
+    """query-migrate's reply once the move is no longer active."""
+    from pvkit.monitor.client import call
+
+    while True:
+        answer = call(path, "query-migrate", {})
+        if "error" in answer or answer["return"].get("status") != "active":
+            return answer
+        time.sleep(POLL_S)

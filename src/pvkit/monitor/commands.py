@@ -4,10 +4,10 @@ As in QEMU: `stop` returns once every vCPU stands and `cont` lets it run again; 
 monitor's stop is its own, so a debugger's stop stays (`cont` says so) and a debugger
 never hears of the monitor's. `savevm FILE` stops the VM, writes it and lets it run on,
 or leaves it stopped if it was; `info` reports the run state, every vCPU's power state,
-scheduler activity and PC, and the clock; `migrate tcp:HOST:PORT` moves the VM to a
-destination (snapshot/migration/) and ends the run once it runs there; `query-fw`,
+scheduler activity and PC, and the clock; `migrate tcp:HOST:PORT` starts moving the VM
+to a destination (monitor/migration.py) and `query-migrate` follows the move; `query-fw`,
 `fw-get` and `fw-set` read and write the firmware registers (monitor/firmware.py);
-`quit` ends the run (exit status 0). Commands
+`quit` ends the run (exit status 0; after a migration, with its report). Commands
 run one at a time, whichever client sends them.
 """
 
@@ -20,7 +20,8 @@ from typing import Any
 
 from pvkit.backends.unicorn_vcpu import UnicornVcpu
 from pvkit.machine.vm import StopKind, StopReason
-from pvkit.monitor import firmware
+from pvkit.monitor import firmware, migration
+from pvkit.monitor.migration import ACTIVE, COMPLETED, MigrationJob
 from pvkit.monitor.protocol import NOT_FOUND, CommandError, Request, no_arguments, string_argument
 from pvkit.snapshot import config, standing
 from pvkit.snapshot.errors import SnapshotError
@@ -41,6 +42,8 @@ class Monitor:
         self.image = image
         self.vm = board.vm
         self.front = board.vm.control.front_end(NAME)
+        self._migration_front = board.vm.control.front_end(migration.NAME)
+        self._job: MigrationJob | None = None
         if freeze:
             self.front.pause(STOP, vcpu=0)
             if board.vm.resume is None and hasattr(board, "firmware_open"):
@@ -51,6 +54,7 @@ class Monitor:
             "cont": self._cont,
             "savevm": self._savevm,
             "migrate": self._migrate,
+            "query-migrate": self._query_migrate,
             "info": self._info,
             "query-status": self._query_status,
             "query-fw": self._query_fw,
@@ -77,6 +81,8 @@ class Monitor:
 
     def _cont(self, request: Request) -> Outcome:
         no_arguments(request)
+        if self._migrated():
+            raise CommandError("the VM runs on the destination now: quit ends this run")
         if getattr(self.board, "firmware_open", False):
             self.board.firmware_open = False  # type: ignore[union-attr]
             self.board.start_serving()  # type: ignore[union-attr]
@@ -88,6 +94,7 @@ class Monitor:
 
     def _savevm(self, request: Request) -> Outcome:
         file = string_argument(request, "file")
+        self._refuse_while_migrating("savevm")
         if "\0" in file:
             raise CommandError("parameter 'file' must not contain a NUL character")
         try:
@@ -97,29 +104,23 @@ class Monitor:
         return {"file": str(saved.path), "bytes": saved.size, "clock-ns": saved.clock_ns}, None
 
     def _migrate(self, request: Request) -> Outcome:
-        """QMP's `migrate uri`, carried out before the reply: the reply says how it went
-        (a refusal is an error and the VM runs on); after the reply the run ends."""
+        """QMP's `migrate uri`: the move starts and the reply comes at once; query-migrate
+        says how it goes. A refusal or a failure there leaves the VM as it was."""
         from pvkit.snapshot.migration.address import AddressError, parse
-        from pvkit.snapshot.migration.point import StandingHolder, migrated
-        from pvkit.snapshot.migration.source import MigrationError, migrate
 
         uri = string_argument(request, "uri")
+        self._refuse_while_migrating("migrate")
         try:
             address = parse(uri, "migrate")
-            holder = StandingHolder(self.board, self.image, self.front)
-            done = migrate(self.board, self.image, address, holder)
-        except (AddressError, MigrationError) as exc:
+        except AddressError as exc:
             raise CommandError(str(exc)) from None
-        value = {
-            "uri": str(done.address),
-            "downtime-ms": round(done.downtime_ns / 1e6, 3),
-            "bytes-sent": done.bytes_sent,
-            "clock-ns": done.clock_ns,
-            "dirty-sync-count": done.copied.rounds,  # QEMU's name for the pre-copy rounds
-            "precopy-pages": done.copied.pages,
-            "stopped-pages": done.copied.final_pages,
-        }
-        return value, lambda: migrated(self.board, done)
+        self._job = MigrationJob(self.board, self.image, self._migration_front, address)
+        self._job.start()
+        return {}, None
+
+    def _query_migrate(self, request: Request) -> Outcome:
+        no_arguments(request)
+        return (self._job.info() if self._job is not None else {}), None
 
     def _info(self, request: Request) -> Outcome:
         no_arguments(request)
@@ -141,7 +142,7 @@ class Monitor:
             "ns": max(v["clock-ns"] for v in vcpus),  # type: ignore[type-var]
         }
         return {
-            "status": _status(holders),
+            "status": self._status(holders),
             "running": not holders,
             "held-by": holders,
             "clock": clock,
@@ -151,7 +152,7 @@ class Monitor:
     def _query_status(self, request: Request) -> Outcome:
         no_arguments(request)
         holders = self.vm.control.holders()
-        return {"running": not holders, "status": _status(holders)}, None
+        return {"running": not holders, "status": self._status(holders)}, None
 
     def _query_fw(self, request: Request) -> Outcome:
         no_arguments(request)
@@ -159,10 +160,35 @@ class Monitor:
 
     def _quit(self, request: Request) -> Outcome:
         no_arguments(request)
-        reason = StopReason(StopKind.QUIT, "quit from the monitor")
+        done = self._job.done if self._job is not None else None
+        if done is not None:  # the VM went: the run ends as a migrated one
+            reason = StopReason(StopKind.MIGRATED, done.sentence())
+        else:
+            reason = StopReason(StopKind.QUIT, "quit from the monitor")
         return {}, lambda: self.vm.request_stop(reason)
 
     # -- helpers ------------------------------------------------------------------------
+    def _migrated(self) -> bool:
+        return self._job is not None and self._job.status == COMPLETED
+
+    def _refuse_while_migrating(self, command: str) -> None:
+        if self._job is not None and self._job.status == ACTIVE:
+            raise CommandError(f"{command}: a migration is in progress (query-migrate follows it)")
+        if self._migrated():
+            raise CommandError(f"{command}: the VM runs on the destination now")
+
+    def _status(self, holders: list[str]) -> str:
+        """QMP's run state: "running", "paused", "debug" while a debugger holds the VM,
+        "finish-migrate" while only a migration's final copy does, "postmigrate" after."""
+        if self._migrated():
+            return "postmigrate"
+        mine = [h for h in holders if h != migration.NAME]
+        if holders and not mine:
+            return "finish-migrate"
+        if not mine:
+            return "running"
+        return "debug" if "gdb" in mine else "paused"
+
     def _stand(self) -> None:
         self.front.pause(STOP)
         if self.front.wait_stopped(STOP_TIMEOUT_S) is None:
@@ -188,10 +214,3 @@ class Monitor:
         finally:
             if not was_holding:
                 self.front.resume()
-
-
-def _status(holders: list[str]) -> str:
-    """QMP's run state: "running", "paused", or "debug" while a debugger holds the VM."""
-    if not holders:
-        return "running"
-    return "debug" if "gdb" in holders else "paused"
