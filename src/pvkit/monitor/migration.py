@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pvkit.machine.control import FrontEnd
+from pvkit.machine.dirty_log import PAGE
 from pvkit.snapshot import config
 from pvkit.snapshot.migration.address import TcpAddress
 from pvkit.snapshot.migration.source import Migrated
@@ -82,12 +83,19 @@ class MigrationJob:
                 info["error-desc"] = self._error
             done = self._done
         if done is not None:
+            pages = done.copied.pages + done.copied.final_pages
+            seconds = max(info["total-time"], 1) / 1000
             info.update({
                 "downtime": round(done.downtime_ns / 1e6),
-                "ram": {
+                "ram": {  # the MigrationStats fields pvkit counts
                     "transferred": done.bytes_sent,
+                    "remaining": 0,
+                    "total": done.bytes_sent,
+                    "normal": pages,
+                    "normal-bytes": pages * PAGE,
+                    "page-size": PAGE,
+                    "mbps": round(done.bytes_sent * 8 / seconds / 1e6, 3),
                     "dirty-sync-count": done.copied.rounds,
-                    "normal": done.copied.pages + done.copied.final_pages,
                 },
                 "uri": str(done.address),
                 "downtime-ms": round(done.downtime_ns / 1e6, 3),
