@@ -8,7 +8,14 @@ import ctypes
 from pathlib import Path
 
 import pytest
-from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_MODE_64, UC_MODE_ARM, Uc  # type: ignore[attr-defined]
+from unicorn import (  # type: ignore[attr-defined]
+    UC_ARCH_ARM64,
+    UC_ARCH_X86,
+    UC_MODE_32,
+    UC_MODE_64,
+    UC_MODE_ARM,
+    Uc,
+)
 from unicorn.arm64_const import (  # type: ignore[attr-defined]
     UC_ARM64_REG_PC,
     UC_ARM64_REG_SP,
@@ -18,14 +25,24 @@ from unicorn.arm64_const import (  # type: ignore[attr-defined]
     UC_ARM64_REG_X29,
     UC_ARM64_REG_X30,
 )
-from unicorn.x86_const import UC_X86_REG_RAX  # type: ignore[attr-defined]
+from unicorn.x86_const import (  # type: ignore[attr-defined]
+    UC_X86_REG_CS,
+    UC_X86_REG_R15,
+    UC_X86_REG_RAX,
+    UC_X86_REG_RIP,
+    UC_X86_REG_RSI,
+)
 
 from pvkit.backends import trap as trap_module
 from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.uc_controls import reg_pointer
+from pvkit.backends.x86 import trap as x86_trap
 from pvkit.machine.vm import StopKind
+from pvkit.platform.pc_x86 import PcConfig, PcX86
 from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
 from pvkit.trace.events import TraceHub
+
+from .conftest import X86_HELLO
 
 RESULT = 0x4010_0000
 CALLS = [  # (x0, x1, x2, x3): each kind of answer the C trap gives
@@ -53,7 +70,18 @@ def test_the_engine_gives_where_x0_to_x30_and_pc_live_and_nothing_else() -> None
     # kept otherwise (a 32-bit view, SP banked by EL, a system register): no pointer
     for reg in (UC_ARM64_REG_W3, UC_ARM64_REG_SP, UC_ARM64_REG_VBAR_EL1):
         assert reg_pointer(uc, reg) is None
-    assert reg_pointer(Uc(UC_ARCH_X86, UC_MODE_64), UC_X86_REG_RAX) is None
+
+
+def test_an_x86_engine_in_64_bit_mode_gives_its_general_registers_and_rip() -> None:
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    for reg, value in ((UC_X86_REG_RAX, 1), (UC_X86_REG_RSI, 2), (UC_X86_REG_R15, 3),
+                       (UC_X86_REG_RIP, 0x10_0000)):  # fmt: skip
+        address = reg_pointer(uc, reg)
+        assert address is not None
+        uc.reg_write(reg, value)
+        assert ctypes.c_uint64.from_address(address).value == value
+    assert reg_pointer(uc, UC_X86_REG_CS) is None  # a segment: selector and hidden parts
+    assert reg_pointer(Uc(UC_ARCH_X86, UC_MODE_32), UC_X86_REG_RAX) is None
 
 
 def guest(asm) -> Path:  # type: ignore[no-untyped-def]
@@ -89,3 +117,27 @@ def test_the_c_trap_answers_alike_through_pointers_and_through_batch_calls(
     minus = lambda n: n % 2**64  # noqa: E731
     assert direct[0::4] == [0x1_0001, 0, 0, minus(-2), minus(-1)]  # x0 of each call
     assert direct[1:8] == [0, 0, 0, 0, 0, 0, 0]  # a table answer zeroes x1..x3 too
+
+
+def test_the_x86_trap_answers_alike_through_pointers_and_through_register_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """x86-hello's hypercalls (table, direct and dispatcher answers, a patched site, CPL 3)
+    print the same through RAX..RSI and RIP stored in place as through uc_reg_write."""
+    monkeypatch.setenv("PVKIT_TRAP", "c")
+    direct, traps = x86_hello()
+    assert traps and all(t.pointers == 1 for t in traps)
+    monkeypatch.setattr(x86_trap, "_register_pointers", lambda uc: {})
+    batched, traps = x86_hello()
+    assert traps and all(t.pointers == 0 for t in traps)
+    assert direct == batched
+    assert "x86-hello: KICK_CPU -> 0, cpu 1 left HLT" in direct and direct.endswith(
+        "x86-hello: done\r\n"
+    )
+
+
+def x86_hello() -> tuple[str, list[object]]:
+    chunks: list[bytes] = []
+    machine = PcX86(PcConfig(console=chunks.append, smp=2), X86_HELLO, TraceHub())
+    assert machine.run(60).status == 1  # isa-debug-exit: the guest passed
+    return b"".join(chunks).decode(), [e.trap for e in machine._engines.values()]

@@ -85,6 +85,11 @@ typedef struct {
                               restoring RIP when it leaves the block */
     int remove_cache; /* the uc_ctl code of UC_CTL_TB_REMOVE_CACHE with two arguments */
     int regs[NREGS];
+    /* where the engine keeps RAX..RSI and RIP (UC_CTL_REG_POINTER), when it said: a
+     * hypercall's registers are then loads and stores, and RIP's store does not make the
+     * engine leave and re-enter its loop as uc_reg_write does */
+    int pointers;
+    uint64_t *at[R_RIP + 1];
     uint64_t ram_base, ram_size;
     const uint8_t *ram_host;
     int hypercalls;     /* a hypercall port exists */
@@ -309,7 +314,12 @@ static int x86_invalid(void *uc, void *user)
         p[i] = &v[i];
     p[R_MSR] = &efer;
     p[R_GDTR] = &gdtr;
-    t->read_batch(uc, t->regs + R_RIP, p + R_RIP, 4); /* RIP, CS, CR0, CR3 */
+    if (t->pointers) {
+        v[R_RIP] = *t->at[R_RIP];
+        t->read_batch(uc, t->regs + R_CS, p + R_CS, 3); /* CS, CR0, CR3 */
+    } else {
+        t->read_batch(uc, t->regs + R_RIP, p + R_RIP, 4); /* RIP, CS, CR0, CR3 */
+    }
     uint8_t code[3];
     int n = fetch(t, v[R_CR0], v[R_CR3], v[R_RIP], code, 3);
     int vmcall = n == 3 && !memcmp(code, VMCALL, 3);
@@ -319,7 +329,12 @@ static int x86_invalid(void *uc, void *user)
         slow_invalid(t, uc);
         return 1;
     }
-    t->read_batch(uc, t->regs, p, 5);                 /* RAX, RBX, RCX, RDX, RSI */
+    if (t->pointers) {
+        for (int i = R_RAX; i < R_RIP; i++)
+            v[i] = *t->at[i];
+    } else {
+        t->read_batch(uc, t->regs, p, 5); /* RAX, RBX, RCX, RDX, RSI */
+    }
     t->read_batch(uc, t->regs + R_MSR, p + R_MSR, 2); /* EFER, GDTR */
     int lm;
     if (long_mode(t, v[R_CS], v[R_CR0], v[R_CR3], efer.value, &gdtr, &lm) < 0) {
@@ -350,6 +365,11 @@ static int x86_invalid(void *uc, void *user)
         if (got <= 0)
             return 1; /* a fault was reported: the registers stay as they were */
         rax = (uint64_t)out;
+    }
+    if (t->pointers) { /* no block runs in this hook: the engine fetches at RIP next */
+        *t->at[R_RAX] = rax;
+        *t->at[R_RIP] = rip;
+        return 1;
     }
     t->reg_write(uc, t->regs[R_RAX], &rax);
     t->reg_write(uc, t->regs[R_RIP], &rip);
@@ -551,19 +571,48 @@ static void msr_site(void *uc, uint64_t address, uint32_t size, void *user)
 }
 
 /* -- object --------------------------------------------------------------------------- */
+/* `pointers`: None, or the engine's address of RAX, RBX, RCX, RDX, RSI and RIP. */
+static int read_pointers(X86TrapObject *self, PyObject *pointers)
+{
+    self->pointers = 0;
+    if (pointers == Py_None)
+        return 0;
+    PyObject *seq = PySequence_Fast(pointers, "pointers must be a sequence or None");
+    if (!seq)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != R_RIP + 1) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "pointers: RAX, RBX, RCX, RDX, RSI and RIP");
+        return -1;
+    }
+    for (int i = 0; i <= R_RIP; i++) {
+        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
+        if (PyErr_Occurred() || a == 0) {
+            Py_DECREF(seq);
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "pointers: a register without an address");
+            return -1;
+        }
+        self->at[i] = (uint64_t *)(uintptr_t)a;
+    }
+    Py_DECREF(seq);
+    self->pointers = 1;
+    return 0;
+}
+
 static int trap_init(X86TrapObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"uc", "functions", "remove_cache", "regs", "ram_base", "ram_size",
                              "ram_host", "native", "hypercalls", "watch_msr", "on_call",
-                             "on_invalid", "on_msr", NULL};
+                             "on_invalid", "on_msr", "pointers", NULL};
     unsigned long long uc, ram_base, ram_size, ram_host;
     int remove_cache, hypercalls, watch;
-    PyObject *functions, *regs, *on_call, *on_invalid, *on_msr;
+    PyObject *functions, *regs, *on_call, *on_invalid, *on_msr, *pointers = Py_None;
     Py_buffer native;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOiOKKKy*ppOOO", kwlist, &uc, &functions,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOiOKKKy*ppOOO|O", kwlist, &uc, &functions,
                                      &remove_cache, &regs, &ram_base, &ram_size, &ram_host,
                                      &native, &hypercalls, &watch, &on_call, &on_invalid,
-                                     &on_msr))
+                                     &on_msr, &pointers))
         return -1;
     if (native.len != 0 && native.len != 3) {
         PyBuffer_Release(&native);
@@ -623,7 +672,7 @@ static int trap_init(X86TrapObject *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->on_call, Py_NewRef(on_call));
     Py_XSETREF(self->on_invalid, Py_NewRef(on_invalid));
     Py_XSETREF(self->on_msr, Py_NewRef(on_msr));
-    return 0;
+    return read_pointers(self, pointers);
 }
 
 static PyObject *trap_install(X86TrapObject *self, PyObject *unused)
@@ -906,6 +955,8 @@ static PyGetSetDef trap_getset[] = {
 static PyMemberDef trap_members[] = {
     {"python_calls", T_ULONGLONG, offsetof(X86TrapObject, python_calls), READONLY,
      "hypercalls that reached Python (the dispatcher, or a direct handler)"},
+    {"pointers", T_INT, offsetof(X86TrapObject, pointers), READONLY,
+     "1 when a hypercall's registers are loaded and stored where the engine keeps them"},
     {"direct_calls", T_ULONGLONG, offsetof(X86TrapObject, direct_calls), READONLY,
      "hypercalls served by a direct handler"},
     {"table_hits", T_ULONGLONG, offsetof(X86TrapObject, table_hits), READONLY,
