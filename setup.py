@@ -8,7 +8,7 @@ setup(
         Extension(
             "pvkit.backends._trap",
             ["src/pvkit/backends/_trap.c"],
-            depends=["src/pvkit/backends/_direct.h"],
+            depends=["src/pvkit/backends/_direct.h", "src/pvkit/backends/_pointers.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),
@@ -27,7 +27,7 @@ setup(
         Extension(
             "pvkit.backends.x86._x86trap",
             ["src/pvkit/backends/x86/_x86trap.c"],
-            depends=["src/pvkit/backends/_direct.h"],
+            depends=["src/pvkit/backends/_direct.h", "src/pvkit/backends/_pointers.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,
         ),

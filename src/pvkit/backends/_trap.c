@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "_direct.h"
+#include "_pointers.h"
 
 #define MAX_ARGS 18
 #define MAX_RESULTS 4
@@ -786,37 +787,18 @@ static int read_int_list(PyObject *obj, int *out, int max, const char *what)
  * register, in that order (all or none). */
 static int read_pointers(TrapObject *self, PyObject *pointers, int nargs, int first)
 {
-    self->pointers = 0;
-    if (pointers == Py_None)
-        return 0;
-    PyObject *fast = PySequence_Fast(pointers, "pointers must be a sequence or None");
-    if (!fast)
-        return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     uint64_t *at[MAX_ARGS + 1 + MAX_RESULTS];
-    if (n != self->nregs + self->nresults) {
-        Py_DECREF(fast);
-        PyErr_SetString(PyExc_ValueError, "pointers: one per argument register, PC and result");
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (PyErr_Occurred() || a == 0) {
-            Py_DECREF(fast);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "pointers: a register without an address");
-            return -1;
-        }
-        at[i] = (uint64_t *)(uintptr_t)a;
-    }
-    Py_DECREF(fast);
+    int got = pvkit_register_pointers(pointers, at, self->nregs + self->nresults,
+                                      "one per argument register, PC and result");
+    self->pointers = got > 0;
+    if (got <= 0)
+        return got;
     for (int i = 0; i < self->nregs; i++)
         self->reg_at[i] = at[i];
     for (int i = 0; i <= FIRST_BATCH; i++)
         self->first_at[i] = i < first ? at[i] : at[nargs];
     for (int i = 0; i < self->nresults; i++)
         self->result_at[i] = at[self->nregs + i];
-    self->pointers = 1;
     return 0;
 }
 

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "../_direct.h"
+#include "../_pointers.h"
 
 typedef int (*uc_batch_fn)(void *uc, const int *regs, void *const *vals, int count);
 typedef int (*uc_stop_fn)(void *uc);
@@ -574,30 +575,10 @@ static void msr_site(void *uc, uint64_t address, uint32_t size, void *user)
 /* `pointers`: None, or the engine's address of RAX, RBX, RCX, RDX, RSI and RIP. */
 static int read_pointers(X86TrapObject *self, PyObject *pointers)
 {
-    self->pointers = 0;
-    if (pointers == Py_None)
-        return 0;
-    PyObject *seq = PySequence_Fast(pointers, "pointers must be a sequence or None");
-    if (!seq)
-        return -1;
-    if (PySequence_Fast_GET_SIZE(seq) != R_RIP + 1) {
-        Py_DECREF(seq);
-        PyErr_SetString(PyExc_ValueError, "pointers: RAX, RBX, RCX, RDX, RSI and RIP");
-        return -1;
-    }
-    for (int i = 0; i <= R_RIP; i++) {
-        unsigned long long a = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(seq, i));
-        if (PyErr_Occurred() || a == 0) {
-            Py_DECREF(seq);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "pointers: a register without an address");
-            return -1;
-        }
-        self->at[i] = (uint64_t *)(uintptr_t)a;
-    }
-    Py_DECREF(seq);
-    self->pointers = 1;
-    return 0;
+    int got = pvkit_register_pointers(pointers, self->at, R_RIP + 1,
+                                      "RAX, RBX, RCX, RDX, RSI and RIP");
+    self->pointers = got > 0;
+    return got < 0 ? -1 : 0;
 }
 
 static int trap_init(X86TrapObject *self, PyObject *args, PyObject *kwds)
