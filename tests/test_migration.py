@@ -145,8 +145,9 @@ def test_a_guest_rewriting_its_memory_moves_while_it_runs_and_loses_no_write(spi
     """dirty.Image's 4 vCPUs rewrite an 8 MiB buffer all through the copy; the checksums
     they print at the end are the uninterrupted run's only if every page written after
     it was sent was sent again. `outpacing`: a pass is 100 times shorter, so the rounds
-    never catch up and the rest goes with the VM stopped."""
-    run = [DIRTY, "--smp", "4", "--append", f"spin={spin} passes={200_000_000 // int(spin)}"]
+    never catch up and the rest goes with the VM stopped. The guest works about 3 s, so the
+    move (at 400 ms, a second or so of pre-copy on a busy machine) is over before it ends."""
+    run = [DIRTY, "--smp", "4", "--append", f"spin={spin} passes={600_000_000 // int(spin)}"]
     whole = pvkit("run", *run)
     assert len(checksums(whole.stdout)) == 4, whole.stderr
     dst = destination()
