@@ -37,12 +37,9 @@ from pvkit.backends import trap as trap_module
 from pvkit.backends.arm64.engine import Arm64Engine
 from pvkit.backends.uc_controls import reg_pointer
 from pvkit.backends.x86 import trap as x86_trap
-from pvkit.machine.vm import StopKind
-from pvkit.platform.pc_x86 import PcConfig, PcX86
-from pvkit.platform.virt_arm64 import VirtArm64, VirtConfig
-from pvkit.trace.events import TraceHub
 
-from .conftest import X86_HELLO
+from .conftest import boot_x86
+from .test_trap_paths import run
 
 RESULT = 0x4010_0000
 CALLS = [  # (x0, x1, x2, x3): each kind of answer the C trap gives
@@ -94,12 +91,8 @@ def guest(asm) -> Path:  # type: ignore[no-untyped-def]
 
 
 def answers(image: Path) -> tuple[list[int], Arm64Engine]:
-    machine = VirtArm64(VirtConfig(console=lambda b: None), image, TraceHub())
-    engines: list[Arm64Engine] = []
-    machine.on_engine = engines.append
-    assert machine.run(30).kind is StopKind.SHUTDOWN
-    words = [machine.memory.read_u64(RESULT + 8 * i) for i in range(4 * len(CALLS))]
-    return words, engines[0]
+    machine, engines = run(image)
+    return [machine.memory.read_u64(RESULT + 8 * i) for i in range(4 * len(CALLS))], engines[0]
 
 
 def test_the_c_trap_answers_alike_through_pointers_and_through_batch_calls(
@@ -110,7 +103,7 @@ def test_the_c_trap_answers_alike_through_pointers_and_through_batch_calls(
     direct, engine = answers(image)
     assert engine.trap.pointers == 1
     assert (engine.trap.table_hits, engine.trap.python_calls) == (3, 3)
-    monkeypatch.setattr(trap_module, "_register_pointers", lambda uc, layout: {})
+    monkeypatch.setattr(trap_module, "reg_pointers", lambda uc, regs: None)
     batched, engine = answers(image)
     assert engine.trap.pointers == 0
     assert direct == batched
@@ -127,7 +120,7 @@ def test_the_x86_trap_answers_alike_through_pointers_and_through_register_calls(
     monkeypatch.setenv("PVKIT_TRAP", "c")
     direct, traps = x86_hello()
     assert traps and all(t.pointers == 1 for t in traps)
-    monkeypatch.setattr(x86_trap, "_register_pointers", lambda uc: {})
+    monkeypatch.setattr(x86_trap, "reg_pointers", lambda uc, regs: None)
     batched, traps = x86_hello()
     assert traps and all(t.pointers == 0 for t in traps)
     assert direct == batched
@@ -137,7 +130,6 @@ def test_the_x86_trap_answers_alike_through_pointers_and_through_register_calls(
 
 
 def x86_hello() -> tuple[str, list[object]]:
-    chunks: list[bytes] = []
-    machine = PcX86(PcConfig(console=chunks.append, smp=2), X86_HELLO, TraceHub())
-    assert machine.run(60).status == 1  # isa-debug-exit: the guest passed
-    return b"".join(chunks).decode(), [e.trap for e in machine._engines.values()]
+    b = boot_x86(smp=2, traced=False)
+    assert b.reason.status == 1  # isa-debug-exit: the guest passed
+    return b.console, [e.trap for e in b.machine._engines.values()]

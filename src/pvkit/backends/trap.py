@@ -22,7 +22,7 @@ from unicorn import UC_HOOK_INTR, Uc  # type: ignore[attr-defined]  # re-exporte
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pvkit.backends.arm64.regs import EXCP_SWI, VECTORS_SIZE
-from pvkit.backends.uc_controls import reg_pointer
+from pvkit.backends.uc_controls import reg_pointers
 from pvkit.hypercall.answer_table import MASK32, SMC64_BIT, AnswerTable, DirectError, table_key
 from pvkit.hypercall.namespace import DirectHandler
 from pvkit.machine.memory import GuestMemory
@@ -173,18 +173,11 @@ def make_trap(
             delivered=layout.delivered,
             vbar_reg=layout.vbar_reg,
             vcpu=vcpu,
-            **_register_pointers(uc, layout),
+            # where the engine keeps them, so the trap loads and stores them itself
+            pointers=reg_pointers(uc, [*layout.argument_regs, layout.pc_reg, *layout.result_regs]),
         )
         return trap
     return CtypesTrap(uc, layout, memory, table, on_call, on_other, vcpu)
-
-
-def _register_pointers(uc: Uc, layout: TrapLayout) -> dict[str, list[int]]:
-    """Where the engine keeps the argument registers, PC and the result registers, so the
-    C trap loads and stores them itself; none (a call per batch) if it keeps one otherwise."""
-    regs = [*layout.argument_regs, layout.pc_reg, *layout.result_regs]
-    known = [p for r in regs if (p := reg_pointer(uc, r)) is not None]
-    return {"pointers": known} if len(known) == len(regs) else {}
 
 
 MASK64 = (1 << 64) - 1

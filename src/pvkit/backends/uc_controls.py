@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 from unicorn import UC_ARCH_ARM64, UC_MODE_ARM, Uc  # type: ignore[attr-defined]
@@ -112,7 +113,8 @@ def set_dirty_pages(uc: Uc, page_map: int | None, base: int, pages: int) -> None
 
 def reg_pointer(uc: Uc, reg: int) -> int | None:
     """The host address where the engine keeps 64-bit register `reg` (arm64 X0..X30 and
-    PC), valid while the engine lives; None for one it does not keep so."""
+    PC; x86 in 64-bit mode the general registers and RIP), valid while the engine lives;
+    None for one it does not keep so."""
     where = ctypes.c_void_p()
     err = uclib.uc_ctl(
         _handle(uc),
@@ -121,6 +123,13 @@ def reg_pointer(uc: Uc, reg: int) -> int | None:
         ctypes.byref(where),
     )
     return where.value if not err and where.value else None
+
+
+def reg_pointers(uc: Uc, regs: Sequence[int]) -> list[int] | None:
+    """Each of `regs`' addresses (reg_pointer), or None if the engine keeps one otherwise:
+    a trap then makes register calls for all of them."""
+    known = [p for r in regs if (p := reg_pointer(uc, r)) is not None]
+    return known if len(known) == len(regs) else None
 
 
 # Registers the patch adds after UC_ARM64_REG_FPSR (292): SVE's, whole (QEMU's largest

@@ -24,7 +24,7 @@ from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE
 from unicorn.unicorn_py3.unicorn import uclib
 
 from pvkit.backends.trap import TrapPath, uc_function_addresses
-from pvkit.backends.uc_controls import reg_pointer
+from pvkit.backends.uc_controls import reg_pointers
 from pvkit.backends.x86 import regs as x
 from pvkit.backends.x86.paging import TranslationFault, translate
 from pvkit.hypercall.answer_table import DirectError
@@ -124,18 +124,11 @@ def make_x86_trap(
             on_call=on_call,
             on_invalid=on_invalid,
             on_msr=on_msr,
-            **_register_pointers(uc),
+            # RAX..RSI and RIP (REGS' first six), loaded and stored where the engine keeps them
+            pointers=reg_pointers(uc, REGS[: REGS.index(r.UC_X86_REG_RIP) + 1]),
         )
         return trap
     return CtypesX86Trap(uc, memory, native, hypercalls, watch_msr, on_call, on_invalid, on_msr)
-
-
-def _register_pointers(uc: Uc) -> dict[str, list[int]]:
-    """Where the engine keeps RAX, RBX, RCX, RDX, RSI and RIP (REGS' first six), so the C
-    trap loads and stores them itself; none (calls per batch) if it keeps one otherwise."""
-    regs = REGS[: REGS.index(r.UC_X86_REG_RIP) + 1]
-    known = [p for r in regs if (p := reg_pointer(uc, r)) is not None]
-    return {"pointers": known} if len(known) == len(regs) else {}
 
 
 def c_available() -> bool:
