@@ -15,8 +15,7 @@ from pvkit.hypercall.call import Call
 from pvkit.hypercall.namespace import IdRange
 from pvkit.hypercall.policy import Action, Rule
 from pvkit.machine.vm import StopKind
-from pvkit.platform.pc_x86 import PcConfig, PcX86
-from pvkit.trace.events import TraceHub
+from pvkit.platform.pc_x86 import PcX86
 
 from .conftest import X86_HELLO, boot_x86, pvkit
 
@@ -147,11 +146,10 @@ def test_untraced_kick_cpu_and_sched_yield_are_served_directly_with_the_same_ans
     """Nothing traces: KICK_CPU and SCHED_YIELD take the trap's direct route (no Call, no
     dispatcher), and the guest prints what the traced run's dispatcher answered it."""
     traced = boot_x86(smp=2)
-    chunks: list[bytes] = []
-    machine = PcX86(PcConfig(console=chunks.append, smp=2), X86_HELLO, TraceHub())
-    reason = machine.run(60)
-    assert reason.status == PASS_STATUS
-    assert b"".join(chunks).decode(errors="replace") == traced.console
-    assert sum(engine.trap.direct_calls for engine in machine._engines.values()) >= 2
+    untraced = boot_x86(smp=2, traced=False)
+    assert untraced.reason.status == PASS_STATUS
+    assert untraced.console == traced.console
+    engines = untraced.machine._engines.values()
+    assert sum(engine.trap.direct_calls for engine in engines) >= 2
     served = {c.function_id for c in traced.trace.calls}
     assert {KvmHypercall.KICK_CPU, KvmHypercall.SCHED_YIELD} <= served
