@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from pvkit.cli import params
@@ -12,6 +13,7 @@ from pvkit.cli.plugins import load_services
 from pvkit.cli.policy import RuleCounter, policy_rules
 from pvkit.cli.session import Session, run_and_report
 from pvkit.devices.console import BufferedConsole
+from pvkit.hypercall.policy import Rule
 from pvkit.platform import pc_x86
 from pvkit.snapshot.config import HostChoices
 from pvkit.snapshot.errors import SnapshotError
@@ -48,6 +50,31 @@ PARAMS = (
 )
 
 
+def host_choices(
+    host_cpus: int | None,
+    slice_ms: float | None,
+    timeline: Path | None,
+    disable: list[str] | None,
+    service: list[str] | None,
+    rules: Sequence[Rule],
+    console: BufferedConsole,
+    host_vendor: str | None = None,
+) -> HostChoices:
+    """What a VM that arrives whole (a snapshot here, a migration for `run --incoming`)
+    lets this host choose anew; its own services and rules must be the saved VM's."""
+    return HostChoices(
+        host_cpus=parse_host_cpus(host_cpus),
+        keep_host_cpus=host_cpus is None,
+        slice_ns=parse_slice_ms(slice_ms) if slice_ms is not None else None,
+        record_slices=timeline is not None,
+        disabled=frozenset(disable or ()),
+        console=console,
+        host_vendor=host_vendor,
+        extra_services=tuple(load_services(service or [])),
+        rules=tuple(rules),
+    )
+
+
 def restore(
     file: Path,
     host_cpus: int | None = None,
@@ -82,16 +109,7 @@ def restore(
     except SnapshotError as exc:
         raise fail(str(exc)) from None
     rules = policy_rules(deny or [], forward or [], snapshot.arch)
-    choices = HostChoices(
-        host_cpus=parse_host_cpus(host_cpus),
-        keep_host_cpus=host_cpus is None,
-        slice_ns=parse_slice_ms(slice_ms) if slice_ms is not None else None,
-        record_slices=timeline is not None,
-        disabled=frozenset(disable or ()),
-        console=console,
-        extra_services=tuple(load_services(service or [])),
-        rules=tuple(rules),
-    )
+    choices = host_choices(host_cpus, slice_ms, timeline, disable, service, rules, console)
     try:
         board, image = restore_board(snapshot, choices)
     except SnapshotError as exc:

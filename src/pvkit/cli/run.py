@@ -150,7 +150,7 @@ def run(
     )  # fmt: skip
     if incoming is not None:
         from pvkit.cli.incoming import refuse_vm_options, run_incoming
-        from pvkit.snapshot.config import HostChoices
+        from pvkit.cli.restore import host_choices
 
         refuse_vm_options({
             "IMAGE": image is not None, "--kernel": kernel is not None,
@@ -167,17 +167,10 @@ def run(
         })  # fmt: skip
         session.check()
         console = BufferedConsole()
-        choices = HostChoices(
-            host_cpus=parse_host_cpus(host_cpus),
-            keep_host_cpus=host_cpus is None,
-            slice_ns=parse_slice_ms(slice_ms) if slice_ms is not None else None,
-            record_slices=timeline is not None,
-            disabled=frozenset(disable or ()),
-            console=console,
-            host_vendor=cpu_vendor,
-            extra_services=tuple(load_services(service or [])),
-            # the stream says the architecture later: IDs are checked against its rules
-            rules=tuple(policy_rules(deny or [], forward or [], "x86_64")),
+        # the stream says the architecture later: IDs are checked against its rules
+        rules = policy_rules(deny or [], forward or [], "x86_64")
+        choices = host_choices(
+            host_cpus, slice_ms, timeline, disable, service, rules, console, cpu_vendor
         )
         run_incoming(incoming, session, choices, console, pv_time_revision)
         return
